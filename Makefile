@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv if it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# the stamp changes whenever the pins, the lock or the package metadata change
+STAMP := $(VENV)/.installed-$(shell cat requirements/pins.txt requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
+TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test test-fast bench clean-logs
+
+$(STAMP): requirements/pins.txt requirements/lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/pins.txt -c requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+# Synthetic dataset (generated once, cached under data/), CLIP training on CPU, test-split retrieval table.
+demo: install
+	$(PY) -m cxr_vlp.train +experiment=demo
+
+test: install
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests
+
+# unit tests only (seconds)
+test-fast: install
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+clean-logs:
+	rm -rf logs/debug logs/train

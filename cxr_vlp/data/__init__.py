@@ -1,0 +1,1 @@
+"""Data: label policy, study tables, splits, sampling, transforms and the LightningDataModule."""

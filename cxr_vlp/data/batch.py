@@ -1,0 +1,59 @@
+"""The typed batch every LightningModule receives, and the collator that tokenises text views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from cxr_vlp.data.dataset import StudySample
+
+
+@dataclass
+class Batch:
+    """A collated batch. ``B`` studies, ``Vi`` image views, ``Vt`` text views, ``L`` tokens.
+
+    Lightning moves the tensor fields to the device; strings stay on the host.
+    """
+
+    images: torch.Tensor  # [B, Vi, C, H, W] float
+    input_ids: torch.Tensor  # [B, Vt, L] long
+    attention_mask: torch.Tensor  # [B, Vt, L] long
+    labels: torch.Tensor  # [B, 14] float, NaN = unknown
+    index: torch.Tensor  # [B] long, row of the split's study table
+    study_ids: list[str]
+    subject_ids: list[str]
+    texts: list[list[str]]  # [B][Vt] raw strings (for logging / evaluation)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def image_views(self) -> list[torch.Tensor]:
+        """``Vi`` tensors of shape ``[B, C, H, W]``."""
+        return list(self.images.unbind(1))
+
+
+class Collator:
+    """Stacks samples and tokenises all text views in one call (padding to the longest, truncating)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: list[StudySample]) -> Batch:
+        num_text_views = len(samples[0].texts)
+        flat = [t for s in samples for t in s.texts]
+        tokens = self.tokenizer(flat, padding="longest", truncation=True, max_length=self.max_length,
+                                return_tensors="pt", return_token_type_ids=False)
+        shape = (len(samples), num_text_views, -1)
+        return Batch(
+            images=torch.stack([s.images for s in samples]),
+            input_ids=tokens["input_ids"].reshape(shape),
+            attention_mask=tokens["attention_mask"].reshape(shape),
+            labels=torch.stack([s.labels for s in samples]),
+            index=torch.tensor([s.index for s in samples], dtype=torch.long),
+            study_ids=[s.study_id for s in samples],
+            subject_ids=[s.subject_id for s in samples],
+            texts=[s.texts for s in samples],
+        )

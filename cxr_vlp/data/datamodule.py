@@ -1,0 +1,154 @@
+"""LightningDataModule over any study table: patient-safe splits, multi-view training, typed batches.
+
+The module is dataset-agnostic: ``reader`` is a callable returning a :class:`StudyTable` (the generic
+CSV reader, or a dataset-specific one), and the optional ``prepare`` callable runs once on rank 0 before
+reading (the synthetic generator uses it to create the dataset when it is not cached yet).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from cxr_vlp.data.batch import Collator
+from cxr_vlp.data.dataset import StudyDataset
+from cxr_vlp.data.splits import PatientSplit, patient_split, split_from_column
+from cxr_vlp.data.table import StudyTable
+from cxr_vlp.data.text_views import TextViewSampler
+from cxr_vlp.data.transforms import TransformConfig, build_transforms
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class CXRDataModule(L.LightningDataModule):
+    """Splits a study table by patient and serves train / val / test loaders of :class:`Batch`."""
+
+    def __init__(
+        self,
+        reader: Callable[[], StudyTable],
+        prepare: Callable[[], Any] | None = None,
+        split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        use_official_split: bool = True,
+        transforms: dict | TransformConfig | None = None,
+        text_views: dict | None = None,
+        num_image_views: int = 1,
+        eval_text_section: str = "impression",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_length: int = 128,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        max_studies: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.reader = reader
+        self.prepare = prepare
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.use_official_split = use_official_split
+        self.transform_cfg = (transforms if isinstance(transforms, TransformConfig)
+                              else TransformConfig(**dict(transforms or {})))
+        text_kwargs = dict(text_views or {})
+        self.train_text = TextViewSampler(**text_kwargs)
+        self.eval_text = TextViewSampler(**{**text_kwargs, "num_views": 1, "primary": eval_text_section})
+        self.num_image_views = num_image_views
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_length = max_length
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.max_studies = dict(max_studies or {})
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.split: PatientSplit | None = None
+        self.tables: dict[str, StudyTable] = {}
+        self.datasets: dict[str, StudyDataset] = {}
+
+    # ------------------------------------------------------------------ preparation and splitting
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tables:
+            return
+        table = self.reader()
+        if self.use_official_split and table.split is not None:
+            frame = pd.DataFrame({"subject_id": table.subject_ids, "split": table.split})
+            self.split = split_from_column(frame)
+        else:
+            self.split = patient_split(table.subject_ids, table.labels if table.has_labels else None,
+                                       fractions=self.split_fractions, seed=self.split_seed)
+        assigned = self.split.assign(table.subject_ids)
+        for name in SPLITS:
+            rows = np.flatnonzero(assigned == name)
+            limit = self.max_studies.get(name)
+            if limit is not None:
+                rows = rows[: int(limit)]
+            self.tables[name] = table.subset(rows)
+        self._check_disjoint()
+        log.info("studies per split: %s", {k: len(v) for k, v in self.tables.items()})
+        transforms = {True: build_transforms(self.transform_cfg, train=True),
+                      False: build_transforms(self.transform_cfg, train=False)}
+        for name, table_ in self.tables.items():
+            if len(table_) == 0:
+                continue
+            train = name == "train"
+            self.datasets[name] = StudyDataset(
+                table_, transforms[train], self.train_text if train else self.eval_text,
+                num_image_views=self.num_image_views if train else 1, train=train, seed=self.seed,
+            )
+
+    def _check_disjoint(self) -> None:
+        """Re-check on the final tables that no subject appears in two splits (belt and braces)."""
+        PatientSplit(**{name: frozenset(self.tables[name].subject_ids) for name in SPLITS})
+
+    def train_texts(self) -> list[str]:
+        """Report sections of the training split, e.g. to train a local tokenizer (never val/test)."""
+        self.setup("fit")
+        return self.tables["train"].texts()
+
+    def save_split(self, path: str | Path) -> None:
+        if self.split is None:
+            raise RuntimeError("setup() has not run yet")
+        self.split.to_json(path)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        if self.tokenizer is None:
+            raise RuntimeError("CXRDataModule.tokenizer must be set before creating data loaders")
+        if name not in self.datasets:
+            raise RuntimeError(f"the {name} split is empty: check split_fractions / the dataset")
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.tokenizer, self.max_length),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,69 @@
+"""Image pipelines (albumentations) for grayscale chest X-rays.
+
+Training: random resized crop (scale ~0.8-1.0), CLAHE, brightness/contrast, small affine. No horizontal
+flip by default: left and right carry meaning on a chest X-ray (dextrocardia, side of an effusion), and
+reports name the side. Evaluation: resize the shorter side and centre-crop. Output: float tensor
+``[1, H, W]`` normalised with ``mean``/``std`` (in units of the 0-1 range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+
+@dataclass
+class TransformConfig:
+    """Parameters of the train / eval pipelines (the ``data.transforms`` config node)."""
+
+    image_size: int = 224
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_ratio: tuple[float, float] = (0.9, 1.1)
+    clahe_p: float = 0.5
+    clahe_clip_limit: float = 2.0
+    brightness_contrast_p: float = 0.5
+    brightness_limit: float = 0.1
+    contrast_limit: float = 0.1
+    affine_p: float = 0.5
+    rotate_limit: float = 5.0
+    translate: float = 0.05
+    scale_limit: float = 0.05
+    hflip_p: float = 0.0
+    mean: float = 0.449
+    std: float = 0.226
+
+
+def build_transforms(cfg: TransformConfig, train: bool) -> A.Compose:
+    """The train or eval pipeline for ``uint8`` grayscale ``[H, W]`` images."""
+    size = (cfg.image_size, cfg.image_size)
+    tail = [A.Normalize(mean=(cfg.mean,), std=(cfg.std,), max_pixel_value=255.0), ToTensorV2()]
+    if not train:
+        return A.Compose(
+            [A.SmallestMaxSize(max_size=cfg.image_size, interpolation=cv2.INTER_AREA), A.CenterCrop(*size), *tail]
+        )
+    steps: list[A.BasicTransform] = [
+        A.RandomResizedCrop(size=size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
+                            interpolation=cv2.INTER_AREA),
+        A.CLAHE(clip_limit=cfg.clahe_clip_limit, tile_grid_size=(8, 8), p=cfg.clahe_p),
+        A.RandomBrightnessContrast(brightness_limit=cfg.brightness_limit, contrast_limit=cfg.contrast_limit,
+                                   p=cfg.brightness_contrast_p),
+        A.Affine(scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+                 translate_percent=(-cfg.translate, cfg.translate),
+                 rotate=(-cfg.rotate_limit, cfg.rotate_limit), border_mode=cv2.BORDER_CONSTANT, fill=0,
+                 p=cfg.affine_p),
+    ]
+    if cfg.hflip_p > 0:
+        steps.append(A.HorizontalFlip(p=cfg.hflip_p))
+    return A.Compose([*steps, *tail])
+
+
+def load_grayscale(path: str) -> np.ndarray:
+    """Decode an image file to ``uint8 [H, W]``; raises ``OSError`` naming the file if unreadable."""
+    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise OSError(f"unreadable or missing image: {path}")
+    return image

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval, zero-shot, probes and their metrics."""

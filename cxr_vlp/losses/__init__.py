@@ -1,0 +1,21 @@
+"""Contrastive losses, their DDP collectives and the loss heads."""
+
+from cxr_vlp.losses.functional import (
+    clip_loss,
+    contrastive_ce,
+    intra_modal_loss,
+    multi_view_clip_loss,
+    symmetric_infonce,
+)
+from cxr_vlp.losses.heads import ClipHead, LossHead, LossOutput
+
+__all__ = [
+    "ClipHead",
+    "LossHead",
+    "LossOutput",
+    "clip_loss",
+    "contrastive_ce",
+    "intra_modal_loss",
+    "multi_view_clip_loss",
+    "symmetric_infonce",
+]

@@ -1,0 +1,119 @@
+"""Loss heads: modules that own the loss's learnable parameters (e.g. the temperature).
+
+Every head takes lists of L2-normalised views and returns a :class:`LossOutput`; the Lightning
+module only calls ``head(image_views, text_views, labels)`` and logs ``output.logs``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cxr_vlp.losses.functional import multi_view_clip_loss
+
+__all__ = ["LossOutput", "LossHead", "ClipHead"]
+
+
+@dataclass
+class LossOutput:
+    """Result of a loss head: the scalar to backpropagate and detached scalars to log."""
+
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _as_views(views: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    return [views] if isinstance(views, Tensor) else list(views)
+
+
+class LossHead(nn.Module):
+    """Interface of all loss heads (CLIP, MCSL, ProbCLIP, CLEAR, ...).
+
+    ``forward(image_views, text_views, labels=None) -> LossOutput`` where each view list holds
+    ``[B_local, D]`` embeddings of the same B studies (a single tensor is accepted as one view) and
+    ``labels`` is an optional ``[B_local, C]`` label matrix for label-aware heads.
+    """
+
+    def forward(  # noqa: D102
+        self,
+        image_views: Sequence[Tensor],
+        text_views: Sequence[Tensor],
+        labels: Tensor | None = None,
+    ) -> LossOutput:
+        raise NotImplementedError
+
+    def similarity_scale(self) -> Tensor:
+        """Multiplicative scale applied to cosine similarities at evaluation / zero-shot."""
+        raise NotImplementedError(f"{type(self).__name__} does not define a similarity scale")
+
+
+class ClipHead(LossHead):
+    """CLIP (InfoNCE) head with a learnable temperature and optional CXR-CLIP intra-modal terms.
+
+    Scale s = min(exp(logit_scale_log), max_scale), with ``logit_scale_log`` initialised to
+    log(1 / temperature_init). Loss: :func:`~cxr_vlp.losses.functional.multi_view_clip_loss`
+    = mean over (image view, text view) pairings of ½[CE_i2t + CE_t2i] + w_i2i·i2i + w_t2t·t2t.
+    Note that once exp(param) exceeds ``max_scale`` the clamp makes the parameter's gradient 0, so
+    it stays where it is until the caller changes it.
+
+    Args:
+        temperature_init: initial τ (s = 1/τ).
+        max_scale: upper bound on s (CLIP uses 100).
+        learn_temperature: if False the parameter is frozen (``requires_grad=False``).
+        w_i2i, w_t2t: weights of the image–image and text–text terms (views 0 and 1).
+        gather: gather embeddings across ranks (with gradients) under DDP.
+    """
+
+    def __init__(
+        self,
+        temperature_init: float = 0.07,
+        max_scale: float = 100.0,
+        learn_temperature: bool = True,
+        w_i2i: float = 0.0,
+        w_t2t: float = 0.0,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        if temperature_init <= 0:
+            raise ValueError(f"temperature_init must be > 0, got {temperature_init}")
+        if max_scale <= 0:
+            raise ValueError(f"max_scale must be > 0, got {max_scale}")
+        self.max_scale = float(max_scale)
+        self.w_i2i = float(w_i2i)
+        self.w_t2t = float(w_t2t)
+        self.gather = bool(gather)
+        self.logit_scale_log = nn.Parameter(
+            torch.tensor(math.log(1.0 / temperature_init)), requires_grad=learn_temperature
+        )
+
+    def similarity_scale(self) -> Tensor:
+        """s = exp(logit_scale_log).clamp(max=max_scale) (differentiable, 0-dim)."""
+        return self.logit_scale_log.exp().clamp(max=self.max_scale)
+
+    def forward(
+        self,
+        image_views: Sequence[Tensor],
+        text_views: Sequence[Tensor],
+        labels: Tensor | None = None,
+    ) -> LossOutput:
+        """Compute the loss; ``labels`` is accepted for interface compatibility and ignored."""
+        scale = self.similarity_scale()
+        terms = multi_view_clip_loss(
+            _as_views(image_views),
+            _as_views(text_views),
+            scale,
+            w_i2i=self.w_i2i,
+            w_t2t=self.w_t2t,
+            gather=self.gather,
+        )
+        logs = {k: v.detach() for k, v in terms.items()}
+        logs["logit_scale"] = scale.detach()
+        logs["temperature"] = 1.0 / scale.detach()
+        return LossOutput(loss=terms["loss"], logs=logs)
+
+    def extra_repr(self) -> str:
+        return f"max_scale={self.max_scale}, w_i2i={self.w_i2i}, w_t2t={self.w_t2t}, gather={self.gather}"

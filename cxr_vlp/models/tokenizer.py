@@ -1,0 +1,62 @@
+"""Tokenizers: a WordPiece tokenizer trained on the training reports (offline default) or a hub one.
+
+The local tokenizer is trained with the ``tokenizers`` library and wrapped in
+``PreTrainedTokenizerFast`` so it behaves like any Hugging Face tokenizer. It is serialised into the
+checkpoint (:func:`tokenizer_to_json` / :func:`tokenizer_from_json`) so a checkpoint is self-contained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from cxr_vlp.models.hub import resolve_hf_model
+
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                  "mask_token": "[MASK]"}
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2,
+                    lowercase: bool = True) -> PreTrainedTokenizerFast:
+    """Train a BERT-style WordPiece tokenizer (``[CLS] text [SEP]``) on ``texts``. Deterministic."""
+    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, strip_accents=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return _wrap(tok)
+
+
+def tokenizer_to_json(tokenizer: PreTrainedTokenizerFast) -> str:
+    return tokenizer.backend_tokenizer.to_str()
+
+
+def tokenizer_from_json(data: str) -> PreTrainedTokenizerFast:
+    return _wrap(Tokenizer.from_str(data))
+
+
+def build_tokenizer(kind: str, train_texts: Iterable[str] | None = None, name_or_path: str | None = None,
+                    vocab_size: int = 4000, min_frequency: int = 2, lowercase: bool = True,
+                    allow_download: bool = True) -> PreTrainedTokenizerBase:
+    """``kind="wordpiece"``: train on ``train_texts``; ``kind="pretrained"``: load ``name_or_path``."""
+    if kind == "wordpiece":
+        if train_texts is None:
+            raise ValueError("a local WordPiece tokenizer needs the training report texts")
+        return train_wordpiece(train_texts, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
+    if kind == "pretrained":
+        if not name_or_path:
+            raise ValueError("tokenizer kind 'pretrained' needs name_or_path")
+        return AutoTokenizer.from_pretrained(resolve_hf_model(name_or_path, allow_download=allow_download))
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'wordpiece' or 'pretrained'")

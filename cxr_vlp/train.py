@@ -1,0 +1,99 @@
+"""Training entry point: ``python -m cxr_vlp.train +experiment=<name> [overrides]``.
+
+Instantiates data, tokenizer, model, callbacks, loggers and trainer from the Hydra config, fits, tests
+the best checkpoint on the held-out split and writes ``metrics.json`` in the run directory. Returns the
+value of ``optimized_metric`` (for sweepers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from cxr_vlp.lit.module import ContrastiveModule
+from cxr_vlp.models.tokenizer import build_tokenizer
+from cxr_vlp.utils.config import config_dir
+from cxr_vlp.utils.reporting import print_retrieval, to_floats, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` node (callbacks, loggers)."""
+    if not node:
+        return []
+    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+
+
+def build_tokenizer_for(cfg: DictConfig, datamodule: Any) -> Any:
+    tok = OmegaConf.to_container(cfg.model.text_encoder.tokenizer, resolve=True)
+    kind = tok.pop("kind")
+    texts = datamodule.train_texts() if kind == "wordpiece" else None
+    return build_tokenizer(kind, train_texts=texts, **tok)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) as the config says; returns the flat metric dict that is written to metrics.json."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    tokenizer = build_tokenizer_for(cfg, datamodule)
+    datamodule.tokenizer = tokenizer
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    module = ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
+                               scheduler=container["scheduler"],
+                               vocab_size=len(tokenizer) if cfg.model.text_encoder.get("name_or_path") is None else None)
+    module.set_tokenizer(tokenizer)
+
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        datamodule.save_split(output_dir / "split.json")
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(container)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = to_floats(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if not best:
+            log.warning("no best checkpoint (fast_dev_run or no validation); testing the current weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update(to_floats(trainer.callback_metrics))
+        if best:
+            metrics["best_model_score"] = float(checkpoint.best_model_score)
+
+    if trainer.is_global_zero:
+        write_metrics(metrics, output_dir / "metrics.json")
+        if cfg.get("test"):
+            print_retrieval(metrics, "test")
+        log.info("metrics written to %s", output_dir / "metrics.json")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
+
+
+if __name__ == "__main__":
+    main()
