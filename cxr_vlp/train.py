@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_vlp.lit.module import ContrastiveModule
-from cxr_vlp.models.tokenizer import build_tokenizer
 from cxr_vlp.utils.config import config_dir
 from cxr_vlp.utils.reporting import print_retrieval, to_floats, write_metrics
 
@@ -33,40 +32,27 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
 
 
-def build_tokenizer_for(cfg: DictConfig, datamodule: Any) -> Any:
-    tok = OmegaConf.to_container(cfg.model.text_encoder.tokenizer, resolve=True)
-    kind = tok.pop("kind")
-    texts = datamodule.train_texts() if kind == "wordpiece" else None
-    return build_tokenizer(kind, train_texts=texts, **tok)
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) as the config says; returns the flat metric dict that is written to metrics.json."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    tokenizer = build_tokenizer_for(cfg, datamodule)
-    datamodule.tokenizer = tokenizer
-
     container = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
     module = ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
-                               scheduler=container["scheduler"],
-                               vocab_size=len(tokenizer) if cfg.model.text_encoder.get("name_or_path") is None else None)
-    module.set_tokenizer(tokenizer)
+                               scheduler=container["scheduler"])
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
-        datamodule.save_split(output_dir / "split.json")
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(container)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.is_global_zero:
+        datamodule.save_split(output_dir / "split.json")
     metrics = to_floats(trainer.callback_metrics)
 
     if cfg.get("test"):
@@ -74,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if not best:
             log.warning("no best checkpoint (fast_dev_run or no validation); testing the current weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(to_floats(trainer.callback_metrics))
         if best:
             metrics["best_model_score"] = float(checkpoint.best_model_score)

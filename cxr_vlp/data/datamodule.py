@@ -24,6 +24,7 @@ from cxr_vlp.data.splits import PatientSplit, patient_split, split_from_column
 from cxr_vlp.data.table import StudyTable
 from cxr_vlp.data.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
+from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ SPLITS = ("train", "val", "test")
 
 
 class CXRDataModule(L.LightningDataModule):
-    """Splits a study table by patient and serves train / val / test loaders of :class:`Batch`."""
+    """Splits a study table by patient and serves train / val / test loaders of :class:`Batch`.
+
+    The tokenizer belongs to the data: ``tokenizer`` is the text encoder's tokenizer node. A local
+    WordPiece tokenizer is trained on the training split only, on rank 0, and broadcast to the other
+    ranks (training is not bit-reproducible across processes); it is part of the data module's state in
+    checkpoints, so a resumed run tokenises exactly as before.
+    """
 
     def __init__(
         self,
@@ -52,6 +59,7 @@ class CXRDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         max_studies: dict[str, int] | None = None,
+        tokenizer: dict | None = None,
     ) -> None:
         super().__init__()
         self.reader = reader
@@ -73,6 +81,7 @@ class CXRDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.max_studies = dict(max_studies or {})
+        self.tokenizer_cfg = dict(tokenizer or {})
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.split: PatientSplit | None = None
         self.tables: dict[str, StudyTable] = {}
@@ -102,6 +111,8 @@ class CXRDataModule(L.LightningDataModule):
             self.tables[name] = table.subset(rows)
         self._check_disjoint()
         log.info("studies per split: %s", {k: len(v) for k, v in self.tables.items()})
+        if self.tokenizer is None and self.tokenizer_cfg:
+            self.tokenizer = self._build_tokenizer()
         transforms = {True: build_transforms(self.transform_cfg, train=True),
                       False: build_transforms(self.transform_cfg, train=False)}
         for name, table_ in self.tables.items():
@@ -116,6 +127,28 @@ class CXRDataModule(L.LightningDataModule):
     def _check_disjoint(self) -> None:
         """Re-check on the final tables that no subject appears in two splits (belt and braces)."""
         PatientSplit(**{name: frozenset(self.tables[name].subject_ids) for name in SPLITS})
+
+    def _build_tokenizer(self) -> PreTrainedTokenizerBase:
+        cfg = dict(self.tokenizer_cfg)
+        kind = cfg.pop("kind")
+        if kind != "wordpiece":
+            return build_tokenizer(kind, **cfg)
+        trainer = getattr(self, "trainer", None)
+        distributed = trainer is not None and trainer.world_size > 1
+        data = None
+        if not distributed or trainer.is_global_zero:
+            data = tokenizer_to_json(build_tokenizer(kind, train_texts=self.tables["train"].texts(), **cfg))
+        if distributed:
+            data = trainer.strategy.broadcast(data, src=0)
+        return tokenizer_from_json(data)
+
+    def state_dict(self) -> dict[str, Any]:
+        local = self.tokenizer_cfg.get("kind") == "wordpiece" and self.tokenizer is not None
+        return {"tokenizer_json": tokenizer_to_json(self.tokenizer) if local else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("tokenizer_json"):
+            self.tokenizer = tokenizer_from_json(state_dict["tokenizer_json"])
 
     def train_texts(self) -> list[str]:
         """Report sections of the training split, e.g. to train a local tokenizer (never val/test)."""

@@ -111,14 +111,12 @@ class StudyDataset(Dataset):
     def _images(self, index: int, rng: np.random.Generator) -> list[np.ndarray] | None:
         paths, views = self.table.image_paths[index], self.table.view_names[index]
         wanted = choose_image_indices(views, self.num_image_views, self.train, rng)
-        fallback = [i for i in range(len(paths)) if i not in wanted]
         out = []
         for i in wanted:
-            image = self._load(paths[i])
-            while image is None and fallback:
-                image = self._load(paths[fallback.pop(0)])
-            if image is None:
-                image = out[-1] if out else None
+            # the wanted image, else any other image of the study, else a view already loaded
+            candidates = [i] + [j for j in range(len(paths)) if j != i]
+            image = next((img for img in map(self._load, (paths[j] for j in candidates)) if img is not None),
+                         out[-1] if out else None)
             if image is None:
                 return None
             out.append(image)

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -23,19 +24,31 @@ from cxr_vlp.eval.retrieval import bidirectional_retrieval
 from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
 from cxr_vlp.losses.heads import LossHead
 from cxr_vlp.models.dual_encoder import DualEncoder
-from cxr_vlp.models.tokenizer import tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.models.hub import ModelNotAvailableError
+from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
 
 
-def build_dual_encoder(model: dict, vocab_size: int | None) -> DualEncoder:
+def instantiate_node(node: dict) -> Any:
+    """``hydra.utils.instantiate`` that re-raises our own errors (e.g. a model not available offline)
+    instead of Hydra's wrapper, so the user reads the actionable message first."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ModelNotAvailableError, ValueError)):
+            raise err.__cause__ from None
+        raise
+
+
+def build_dual_encoder(model: dict) -> DualEncoder:
     """Instantiate image tower, text tower and projections from the ``model`` config node."""
     text_cfg = {k: v for k, v in model["text_encoder"].items() if k != "tokenizer"}
     if text_cfg.get("name_or_path") is None:
-        text_cfg["vocab_size"] = vocab_size
+        text_cfg["vocab_size"] = model["text_encoder"]["tokenizer"]["vocab_size"]
     return DualEncoder(
-        image_encoder=instantiate(model["image_encoder"]),
-        text_encoder=instantiate(text_cfg),
+        image_encoder=instantiate_node(model["image_encoder"]),
+        text_encoder=instantiate_node(text_cfg),
         embed_dim=model.get("embed_dim", 256),
         projection=model.get("projection", "linear"),
         projection_dropout=model.get("projection_dropout", 0.0),
@@ -51,13 +64,14 @@ class ContrastiveModule(L.LightningModule):
         loss: the ``loss`` node, instantiated to a :class:`LossHead`.
         optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``fused``.
         scheduler: ``warmup`` (steps, or a fraction of all steps if < 1) and ``min_lr_ratio``.
-        vocab_size: size of the local tokenizer (only for the local BERT).
+    The local BERT's embedding table has ``tokenizer.vocab_size`` rows (the tokenizer's upper bound; a
+    trained vocabulary may be smaller), so the model does not depend on the trained tokenizer.
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict, vocab_size: int | None = None) -> None:
+    def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = build_dual_encoder(model, vocab_size)
+        self.encoder = build_dual_encoder(model)
         self.loss_head: LossHead = instantiate(loss)
         self.optim_cfg = dict(optim)
         self.scheduler_cfg = dict(scheduler)
@@ -65,28 +79,14 @@ class ContrastiveModule(L.LightningModule):
         self._eval_outputs: dict[str, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
 
     # ------------------------------------------------------------------ tokenizer in the checkpoint
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        tok_cfg = self.hparams["model"]["text_encoder"].get("tokenizer", {})
-        local = tok_cfg.get("kind") == "wordpiece"
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None) or self.tokenizer
+        local = self.hparams["model"]["text_encoder"].get("tokenizer", {}).get("kind") == "wordpiece"
         checkpoint["cxr_vlp"] = {
             "version": cxr_vlp.__version__,
-            "tokenizer_json": tokenizer_to_json(self.tokenizer) if local and self.tokenizer is not None else None,
+            "tokenizer_json": tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
         }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = (checkpoint.get("cxr_vlp") or {}).get("tokenizer_json")
-        if saved is None:
-            return
-        if self.tokenizer is None:
-            self.tokenizer = tokenizer_from_json(saved)
-        elif tokenizer_to_json(self.tokenizer) != saved:
-            raise ValueError(
-                "the checkpoint's tokenizer differs from the one trained on the current training split; "
-                "resume with the same data and split settings as the original run"
-            )
 
     # ------------------------------------------------------------------ forward
     def _views(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -100,7 +100,7 @@ class ContrastiveModule(L.LightningModule):
         image_views, text_views = self._views(batch)
         out = self.loss_head(image_views, text_views, labels=batch.labels)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch))
-        self.log_dict({f"train/{k}": v for k, v in out.logs.items()}, batch_size=len(batch))
+        self.log_dict({f"train/{k}": v for k, v in out.logs.items() if k != "loss"}, batch_size=len(batch))
         return out.loss
 
     # ------------------------------------------------------------------ evaluation
@@ -184,5 +184,10 @@ def load_module(ckpt_path: str, map_location: str | torch.device = "cpu") -> Con
     hparams["model"] = model_cfg
     module = ContrastiveModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
-    module.on_load_checkpoint(checkpoint)
+    saved = (checkpoint.get("cxr_vlp") or {}).get("tokenizer_json")
+    if saved:
+        module.tokenizer = tokenizer_from_json(saved)
+    else:
+        tok = dict(model_cfg["text_encoder"]["tokenizer"])
+        module.tokenizer = build_tokenizer(tok.pop("kind"), **tok)
     return module

@@ -57,6 +57,8 @@ class PatientTraits:
     old_fracture: dict[str, Any] | None
     plaque: dict[str, Any] | None
     nodule: dict[str, Any] | None
+    incidental: dict[str, Any] = field(default_factory=dict)  # non-label findings: aortic calcification,
+    # scoliosis, surgical clips (rendered and always stated in the report)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class Study:
     heart_ratio: float  # cardiothoracic ratio to render
     icu: bool
     prior_date: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    incidental: dict[str, Any] = field(default_factory=dict)
 
     def attributes(self) -> dict[str, Any]:
         """Instance attributes as a plain, JSON-serialisable dict."""
@@ -93,6 +95,7 @@ class Study:
             "icu": self.icu,
             "findings": self.findings,
             "devices": self.devices,
+            "incidental": self.incidental,
         }
 
     def attributes_json(self) -> str:
@@ -131,14 +134,22 @@ def sample_patient(rng: np.random.Generator) -> PatientTraits:
         size_cm = float(_choice(rng, (0.9, 1.4, 2.2, 3.5, 4.5), [0.3, 0.3, 0.2, 0.12, 0.08]))
         nodule = {"side": _side(rng, 0.0), "zone": _choice(rng, ("upper", "middle", "lower"), [0.5, 0.25, 0.25]),
                   "size_cm": size_cm}
+    incidental: dict[str, Any] = {}
+    if rng.random() < 0.15:
+        incidental["aortic_calcification"] = True
+    if rng.random() < 0.08:
+        incidental["scoliosis"] = "dextro" if rng.random() < 0.6 else "levo"
+    if rng.random() < 0.06:
+        incidental["clips"] = "cholecystectomy"
     return PatientTraits(
+        incidental=incidental,
         sex=sex,
         thorax_scale=float(habitus * rng.uniform(0.97, 1.03) * (1.03 if sex == "M" else 0.97)),
         heart_ratio=float(rng.uniform(0.40, 0.47)),
         cardio_degree=cardio,
         ecm_degree=_choice(rng, ("mild", "marked"), [0.7, 0.3]) if rng.random() < 0.03 else None,
         copd=bool(rng.random() < 0.08),
-        icu_prone=bool(rng.random() < 0.26),
+        icu_prone=bool(rng.random() < 0.28),
         pacemaker=pacemaker,
         old_fracture=old_fracture,
         plaque=plaque,
@@ -220,15 +231,17 @@ def sample_study_content(rng: np.random.Generator, traits: PatientTraits,
         f[PNEUMONIA] = _lung_finding(rng, 0.15, [0.2, 0.25, 0.55])
     pneu = f.get(PNEUMONIA)
     if CONSOL not in f and rng.random() < 0.015 + 0.3 * (pneu is not None) + 0.02 * icu:
-        f[CONSOL] = dict(pneu) if pneu is not None and rng.random() < 0.8 else _lung_finding(rng, 0.1, [0.2, 0.25, 0.55])
+        same_place = pneu is not None and rng.random() < 0.8
+        f[CONSOL] = dict(pneu) if same_place else _lung_finding(rng, 0.1, [0.2, 0.25, 0.55])
     if ATELEC not in f and rng.random() < 0.115 + 0.12 * (EFFUSION in f) + 0.08 * icu + 0.1 * (lung_volumes == "low"):
         side = f[EFFUSION]["side"] if EFFUSION in f and rng.random() < 0.6 else _side(rng, 0.35)
         f[ATELEC] = {"side": side, "zone": _choice(rng, ("lower", "middle", "upper"), [0.75, 0.2, 0.05]),
                      "kind": _choice(rng, ("linear", "plate-like", "subsegmental"), [0.4, 0.3, 0.3])}
-    p_op = 0.115 + 0.4 * (pneu is not None) + 0.25 * (CONSOL in f) + 0.15 * edema + 0.05 * (ATELEC in f)
+    p_op = 0.125 + 0.4 * (pneu is not None) + 0.25 * (CONSOL in f) + 0.15 * edema + 0.05 * (ATELEC in f)
     if OPACITY not in f and rng.random() < p_op:
         src = pneu or f.get(CONSOL)
-        f[OPACITY] = dict(src) if src is not None and rng.random() < 0.6 else _lung_finding(rng, 0.25, [0.25, 0.3, 0.45])
+        same_place = src is not None and rng.random() < 0.6
+        f[OPACITY] = dict(src) if same_place else _lung_finding(rng, 0.25, [0.25, 0.3, 0.45])
     if PTX not in f and rng.random() < 0.024 + 0.06 * icu:
         f[PTX] = {"side": "right" if rng.random() < 0.5 else "left",
                   "size": _choice(rng, _SEVERITY, [0.6, 0.28, 0.12])}
@@ -317,7 +330,8 @@ def sample_cohort(num_patients: int, seed: int, max_studies_per_patient: int = 4
             studies.append(Study(
                 index=len(studies), patient_index=p, subject_id=f"p{10_000_000 + int(subject_offsets[p])}",
                 study_id=f"s{next_study}", study_date=date.isoformat(), labels=labels, findings=findings,
-                sex=traits.sex, thorax_scale=traits.thorax_scale, prior_date=prior, **content,
+                sex=traits.sex, thorax_scale=traits.thorax_scale, prior_date=prior,
+                incidental=dict(traits.incidental), **content,
             ))
             carried = {k: {a: v for a, v in findings[k].items() if a != "uncertain"}
                        for k in (EDEMA, EFFUSION, PNEUMONIA, CONSOL, ATELEC, OPACITY, PTX) if k in findings}

@@ -131,7 +131,7 @@ def _zone_y(top: float, bottom: float, zone: str) -> float:
 def _draw_frontal_anatomy(c: Canvas, st: Study, view: str, f: Frame, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Body, lungs, mediastinum, heart, bones and lung markings; returns per-side lung outlines."""
     cx, mx, w = f.cx, f.mx, f.w
-    c.ellipse(c.base, (cx, 0.2), (w + 0.15, 0.1), 0.42)
+    c.ellipse(c.base, (cx, 0.23), (w + 0.12, 0.13), 0.42)
     c.ellipse(c.base, (cx, 0.62), (w + 0.09, 0.62), 0.45)
     c.poly(c.base, [(cx - 0.08, 0.0), (cx + 0.08, 0.0), (cx + 0.09, 0.2), (cx - 0.09, 0.2)], 0.45)
     outlines = {s: _lung_outline(f, s) for s in ("right", "left")}
@@ -141,40 +141,49 @@ def _draw_frontal_anatomy(c: Canvas, st: Study, view: str, f: Frame, rng: np.ran
     c.ellipse(c.base, (cx + 0.45 * w, f.dome["left"] + 0.06), (0.05, 0.028), 0.3)  # gastric bubble
     mw = 0.05
     wide = {"mild": 1.55, "marked": 2.0}.get(st.findings.get(ECM, {}).get("degree", ""), 1.0)
-    hx, hy = mx + 0.3 * f.ctr * w, f.dome["left"] - 0.065
+    hx, hy = mx + 0.33 * f.ctr * w, f.dome["left"] - 0.08
     c.poly(c.base, [(mx - 0.8 * mw, 0.0), (mx + 0.8 * mw, 0.0), (mx + mw * wide, 0.17), (mx + mw * wide, 0.33),
                     (mx + 1.1 * mw, hy), (mx - mw, hy), (mx - mw * wide, 0.33), (mx - mw * wide, 0.17)], 0.56)
     c.ellipse(c.base, (mx + mw * wide + 0.005, 0.27), (0.026, 0.024), 0.56)  # aortic knob
-    c.ellipse(c.base, (hx, hy), (f.ctr * w, 0.095 + 0.22 * (f.ctr - 0.45)), 0.6)
-    c.ellipse(c.lung, (hx, hy), (f.ctr * w, 0.095 + 0.22 * (f.ctr - 0.45)), 0)
+    if st.incidental.get("aortic_calcification"):
+        c.ellipse(c.sharp, (mx + mw * wide + 0.005, 0.27), (0.024, 0.022), 0.22, 0, 190, 350, thick=0.007)
+    if st.incidental.get("clips"):
+        for k in range(3):
+            x0, y0 = cx - 0.45 * w + 0.025 * k, f.dome["right"] + 0.1 + 0.015 * (k % 2)
+            c.line(c.sharp, [(x0, y0), (x0 + 0.012, y0 + 0.018)], 0.5, 0.007)
+    hax = (f.ctr * w, 0.115 + 0.25 * (f.ctr - 0.45))
+    c.ellipse(c.base, (hx, hy), hax, 0.6, angle=-12.0)
+    c.ellipse(c.lung, (hx, hy), hax, 0, angle=-12.0)
     c.line(c.base, [(mx, 0.0), (mx, 0.31)], 0.33, 0.026)  # trachea and main bronchi
     c.line(c.base, [(mx - 0.07, 0.38), (mx, 0.31), (mx + 0.075, 0.39)], 0.36, 0.016)
+    scol = {"dextro": -0.035, "levo": 0.035}.get(st.incidental.get("scoliosis", ""), 0.0)  # convex to that side
     for y in np.arange(0.0, 1.0, 0.047):  # vertebral bodies + spinous processes
-        c.poly(c.sharp, [(cx - 0.028, y), (cx + 0.028, y), (cx + 0.028, y + 0.037), (cx - 0.028, y + 0.037)], 0.06)
-        c.ellipse(c.sharp, (cx, y + 0.02), (0.007, 0.01), 0.1)
+        sx = cx + scol * float(np.sin(np.pi * np.clip((y - 0.1) / 0.65, 0.0, 1.0)))
+        c.poly(c.sharp, [(sx - 0.028, y), (sx + 0.028, y), (sx + 0.028, y + 0.037), (sx - 0.028, y + 0.037)], 0.08)
+        c.ellipse(c.sharp, (sx, y + 0.02), (0.007, 0.01), 0.1)
     fx = st.findings.get(FRACTURE)
     for side in ("right", "left"):
         g = _SIDE_SIGN[side]
         a0, a1 = (180.0, 270.0) if g < 0 else (270.0, 360.0)
-        for i in range(10):  # posterior ribs: quarter-ellipse arcs from the spine outwards and down
-            yi = f.apex - 0.015 + i * 0.056
-            ctr_rib, axes = (cx + g * 0.02, yi + 0.085), (w * 0.98 - 0.02, 0.085)
+        for i in range(10):  # posterior ribs (outwards and down) and fainter anterior ribs (down and in)
+            yi = f.apex - 0.012 + i * 0.056
+            u = np.linspace(0.0, 1.0, 9)
+            rib = np.stack([cx + g * (0.02 + (0.97 * w - 0.02) * u), yi + 0.02 * u + 0.1 * u ** 2.5], 1)
             if fx is not None and fx["side"] == side and fx["rib"] == i + 1:
-                mid = a0 + 40.0 if g < 0 else a1 - 40.0
-                gap = 4.0
-                c.ellipse(c.sharp, ctr_rib, axes, 0.075, 0, a0, mid - gap, thick=0.017)
-                c.ellipse(c.sharp, (ctr_rib[0], ctr_rib[1] + 0.012), axes, 0.075, 0, mid + gap, a1, thick=0.017)
+                c.line(c.sharp, rib[:5], 0.07, 0.017)  # displaced fracture: gap + step-off
+                c.line(c.sharp, rib[5:] + np.array([-g * 0.004, 0.013]), 0.07, 0.017)
                 if fx.get("age") == "old":
-                    ang = np.deg2rad(mid)
-                    c.ellipse(c.sharp, (ctr_rib[0] + axes[0] * np.cos(ang), ctr_rib[1] + axes[1] * np.sin(ang)),
-                              (0.018, 0.013), 0.13)
+                    c.ellipse(c.sharp, tuple(rib[4:6].mean(0)), (0.018, 0.014), 0.16)
             else:
-                c.ellipse(c.sharp, ctr_rib, axes, 0.075, 0, a0, a1, thick=0.017)
+                c.line(c.sharp, rib, 0.07, 0.017)
+            ant = np.stack([cx + g * w * (0.95 - 0.55 * u), yi + 0.11 + 0.07 * u + 0.03 * np.sin(np.pi * u)], 1)
+            c.line(c.sharp, ant, 0.035, 0.013)
         y_med = f.apex + (0.04 if view == "PA" else 0.005)
         y_lat = f.apex - (0.005 if view == "PA" else 0.02)
         c.line(c.sharp, [(mx + g * 0.025, y_med), (cx + g * 0.65 * w, y_lat)], 0.1, 0.021)  # clavicle
         if view == "AP":  # scapular edge projecting over the lateral lung
-            c.line(c.sharp, [(cx + g * 0.93 * w, 0.17), (cx + g * 0.8 * w, 0.3), (cx + g * 0.88 * w, 0.45)], 0.05, 0.012)
+            scap = [(cx + g * 0.93 * w, 0.17), (cx + g * 0.8 * w, 0.3), (cx + g * 0.88 * w, 0.45)]
+            c.line(c.sharp, scap, 0.05, 0.012)
         hil = (mx + g * 0.09, 0.42)
         ends = rng.uniform([0.12, -0.7], [0.32, 0.9], size=(7, 2))
         for r, a in ends:  # vessels radiating from the hila
@@ -195,8 +204,8 @@ def _blobs(c: Canvas, rng: np.random.Generator, cxy: tuple[float, float], r: flo
 
 def _airspace(c: Canvas, rng: np.random.Generator, st: Study, xy: Any) -> None:
     """Lung opacity, consolidation and pneumonia; ``xy(side, zone) -> (x, y)`` locates a zone."""
-    for label, n, spread, value, rk in ((OPACITY, 3, 0.5, 0.13, 1.0), (CONSOL, 1, 0.0, 0.27, 0.9),
-                                        (PNEUMONIA, 6, 0.9, 0.15, 0.4)):
+    for label, n, spread, value, rk in ((OPACITY, 3, 0.5, 0.19, 1.0), (CONSOL, 1, 0.0, 0.32, 0.9),
+                                        (PNEUMONIA, 6, 0.9, 0.2, 0.4)):
         fd = st.findings.get(label)
         if fd is None:
             continue
@@ -207,7 +216,8 @@ def _airspace(c: Canvas, rng: np.random.Generator, st: Study, xy: Any) -> None:
             _blobs(c, rng, (x, y), r, n, spread, val)
             if label == CONSOL:  # air bronchograms: dark branching streaks inside the consolidation
                 for a in rng.uniform(-0.6, 0.6, size=3):
-                    c.line(c.sharp, [(x, y - 0.3 * r), (x + 0.8 * r * np.sin(a), y + 0.6 * r * np.cos(a))], -0.07, 0.007)
+                    streak = [(x, y - 0.3 * r), (x + 0.8 * r * np.sin(a), y + 0.6 * r * np.cos(a))]
+                    c.line(c.sharp, streak, -0.07, 0.007)
 
 
 def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray], rng: np.random.Generator) -> None:
@@ -219,21 +229,21 @@ def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray]
     _airspace(c, rng, st, xy)
     if EFFUSION in fd:
         e = fd[EFFUSION]
-        h = (0.06, 0.13, 0.23)[_SEV[e["size"]]] * (0.7 if e.get("uncertain") else 1.0)
+        h = (0.08, 0.15, 0.25)[_SEV[e["size"]]] * (0.7 if e.get("uncertain") else 1.0)
         for s in _sides(e["side"]):
             side_mask = np.zeros_like(c.lung)
             c.poly(side_mask, out[s], 1)
             lat = np.clip(_SIDE_SIGN[s] * (X - f.cx) / f.w, 0.0, 1.0)
             men = f.cp[s] - h - 0.06 * lat * lat
-            c.soft += (side_mask * np.clip((Y - men) / 0.015, 0.0, 1.0) * 0.36).astype(np.float32)
+            c.soft += (side_mask * np.clip((Y - men) / 0.015, 0.0, 1.0) * 0.42).astype(np.float32)
     if ATELEC in fd:
         a = fd[ATELEC]
-        th = {"linear": 0.009, "plate-like": 0.014, "subsegmental": 0.02}[a["kind"]]
+        th = {"linear": 0.012, "plate-like": 0.017, "subsegmental": 0.022}[a["kind"]]
         for s in _sides(a["side"]):
             g = _SIDE_SIGN[s]
             y = _zone_y(f.apex, f.dome[s], a["zone"]) + 0.03
             tilt = float(rng.uniform(-0.02, 0.03))
-            c.line(c.soft, [(f.cx + g * 0.3 * f.w, y - tilt), (f.cx + g * 0.85 * f.w, y + tilt)], 0.32, th)
+            c.line(c.soft, [(f.cx + g * 0.3 * f.w, y - tilt), (f.cx + g * 0.85 * f.w, y + tilt)], 0.45, th)
     if EDEMA in fd:
         sev = _SEV[fd[EDEMA]["severity"]]
         hs = c.haze.shape[0] / c.s
@@ -253,9 +263,9 @@ def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray]
     if PLEURAL_OTHER in fd:
         po = fd[PLEURAL_OTHER]
         for s in _sides(po["side"]):
-            wall = out[s][4:10] + np.array([_SIDE_SIGN[s] * 0.008, 0.0])
+            wall = out[s][4:10] + np.array([-_SIDE_SIGN[s] * 0.006, 0.0])
             if po["kind"] == "thickening":
-                c.line(c.soft, wall, 0.3, 0.016)
+                c.line(c.sharp, wall, 0.17, 0.015)
             else:
                 for k in range(0, len(wall) - 1, 2):
                     c.line(c.sharp, wall[k:k + 2], 0.32, 0.014)
@@ -270,9 +280,9 @@ def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray]
         c.poly(inner_m, inner, 1)
         region = (outer_m > inner_m) & (Y < lim)
         c.marks[region] = 0.0
-        c.base[region] -= 0.06
+        c.base[region] -= 0.09
         edge = np.zeros_like(c.soft)
-        c.line(edge, np.vstack([inner, inner[:1]]), 0.12, 0.005)
+        c.line(edge, np.vstack([inner, inner[:1]]), 0.16, 0.006)
         c.sharp += edge * (Y < lim) * (outer_m > 0)
 
 
@@ -284,7 +294,8 @@ def _frontal_devices(c: Canvas, st: Study, f: Frame) -> None:
             c.line(c.sharp, [(mx, 0.0), (mx, 0.31 - 0.012 * d["tip_cm"])], 0.45, 0.013)
         elif k == "ng":
             end = [(mx + 0.02, dl + 0.01), (cx + 0.3 * w, dl + 0.07), (cx + 0.42 * w, dl + 0.09)]
-            path = [(mx + 0.012, 0.0), (mx + 0.016, 0.35)] + (end if d["tip"] == "stomach" else [(mx + 0.02, dl - 0.08)])
+            end = end if d["tip"] == "stomach" else [(mx + 0.02, dl - 0.08)]
+            path = [(mx + 0.012, 0.0), (mx + 0.016, 0.35)] + end
             c.line(c.sharp, path, 0.42, 0.008)
         elif k == "cvc":
             g = _SIDE_SIGN[d["side"]]
@@ -322,11 +333,18 @@ def _lateral(c: Canvas, st: Study, rng: np.random.Generator) -> None:
     c.poly(c.base, lung, 0.17)
     c.poly(c.lung, lung, 1)
     ctr = st.heart_ratio
-    hc, ha = (0.36 + 0.25 * (ctr - 0.45) + ox, dome - 0.085), (0.13 + 0.5 * (ctr - 0.45), 0.12 + 0.2 * (ctr - 0.45))
-    c.ellipse(c.base, hc, ha, 0.46)
+    hc, ha = (0.38 + 0.3 * (ctr - 0.45) + ox, dome - 0.1), (0.16 + 0.6 * (ctr - 0.45), 0.15 + 0.25 * (ctr - 0.45))
+    c.ellipse(c.base, hc, ha, 0.46, angle=-30.0)
+    c.ellipse(c.lung, hc, ha, 0, angle=-30.0)
     c.line(c.base, [(0.47 + ox, 0.0), (0.52 + ox, 0.34)], 0.3, 0.03)  # trachea
+    if st.incidental.get("aortic_calcification"):
+        c.ellipse(c.sharp, (0.5 + ox, 0.27), (0.06, 0.05), 0.2, 0, 180, 360, thick=0.007)
+    if st.incidental.get("clips"):
+        for k in range(3):
+            c.line(c.sharp, [(0.33 + ox + 0.025 * k, dome + 0.1), (0.345 + ox + 0.025 * k, dome + 0.118)], 0.5, 0.007)
     if ECM in st.findings:  # widened anterior/superior mediastinum
-        c.ellipse(c.base, (0.42 + ox, 0.28), (0.07 * (1.5 if st.findings[ECM]["degree"] == "marked" else 1.1), 0.1), 0.44)
+        grow = 1.5 if st.findings[ECM]["degree"] == "marked" else 1.1
+        c.ellipse(c.base, (0.42 + ox, 0.28), (0.07 * grow, 0.1), 0.44)
     for y in np.arange(0.02, 1.0, 0.05):  # vertebral bodies
         x0 = 0.78 + ox + 0.05 * (sc - 1.0)
         c.poly(c.sharp, [(x0, y), (x0 + 0.075, y), (x0 + 0.075, y + 0.04), (x0, y + 0.04)], 0.13)
@@ -342,8 +360,9 @@ def _lateral(c: Canvas, st: Study, rng: np.random.Generator) -> None:
     if EFFUSION in fd:  # posterior costophrenic sulcus with a meniscus rising posteriorly
         e = fd[EFFUSION]
         h = (0.05, 0.11, 0.2)[_SEV[e["size"]]] * (1.25 if e["side"] == "bilateral" else 1.0)
-        men = dome + 0.12 - h - 0.08 * np.clip((X - 0.45 - ox) / 0.35, 0.0, 1.0)
-        c.soft += (c.lung * np.clip((Y - men) / 0.015, 0.0, 1.0) * 0.33).astype(np.float32)
+        post = np.clip((X - 0.45 - ox) / 0.35, 0.0, 1.0)
+        men = dome + 0.13 - h + 0.1 * (1.0 - post) ** 2
+        c.soft += (c.lung * np.clip((Y - men) / 0.015, 0.0, 1.0) * 0.31).astype(np.float32)
     if ATELEC in fd:
         y = _zone_y(0.13, dome, fd[ATELEC]["zone"]) + 0.03
         c.line(c.soft, [(0.3 + ox, y - 0.02), (0.7 + ox, y + 0.02)], 0.28, 0.014)

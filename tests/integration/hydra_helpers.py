@@ -1,0 +1,49 @@
+"""Compose the real Hydra configs the way the entry point does, pointed at test data and a tmp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from cxr_vlp.utils.config import config_dir
+
+
+def tiny_overrides(csv_path: Path) -> list[str]:
+    """Overrides that make any experiment run on the tiny dataset at 64 px in one CPU process."""
+    return [
+        f"data.reader.csv_path={csv_path}",
+        "data.prepare=null",
+        "data.transforms.image_size=64",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "model/image_encoder=resnet10t",
+        "model.embed_dim=32",
+        "model.text_encoder.local_config.hidden_size=32",
+        "model.text_encoder.local_config.intermediate_size=64",
+        "model.text_encoder.local_config.num_hidden_layers=1",
+        "model.text_encoder.tokenizer.vocab_size=500",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "callbacks.progress_bar=null",
+    ]
+
+
+def compose_train(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose ``train.yaml`` with overrides and register the Hydra runtime (as @hydra.main would)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg

@@ -1,0 +1,42 @@
+"""The real command lines, as subprocesses: Hydra entry point and Lightning DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "cxr_vlp.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_ddp_two_cpu_processes_from_the_command_line(tiny_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = _run(["+experiment=demo", f"data.reader.csv_path={tiny_dataset}", "data.prepare=null",
+                   "data.transforms.image_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
+                   "data.persistent_workers=false", "model.embed_dim=32", "model.text_encoder.tokenizer.vocab_size=500",
+                   "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                   "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    split = json.loads((run_dir / "split.json").read_text())
+    # every test study counted once although DistributedSampler pads the shards
+    from cxr_vlp.data.table import read_generic_csv
+
+    table = read_generic_csv(tiny_dataset)
+    n_test = sum(s in set(split["test"]) for s in table.subject_ids)
+    assert metrics["test/num_studies"] == n_test
+    assert "image → text" in result.stdout
+    # one run directory only: the second rank did not start its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -1,0 +1,129 @@
+"""End-to-end training through the real Hydra configs on generated data (in-process, CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxr_vlp.data.table import read_generic_csv
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from cxr_vlp.lit.module import ContrastiveModule, load_module
+from cxr_vlp.train import train
+from tests.integration.hydra_helpers import compose_train, tiny_overrides
+
+RETRIEVAL_KEYS = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nDCG@10")
+
+
+def _read_metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=true"])
+    train(cfg)
+    metrics = _read_metrics(tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())
+    n_test = sum(s in set(split["test"]) for s in read_generic_csv(tiny_dataset).subject_ids)
+    n = metrics["test/num_studies"]
+    assert n == min(16, n_test)  # fast_dev_run: one eval batch of eval_batch_size
+    for direction in ("i2t", "t2i"):
+        for key in RETRIEVAL_KEYS:
+            value = metrics[f"test/{direction}/{key}"]
+            assert math.isfinite(value)
+            if key.startswith("R@") or key == "nDCG@10":
+                assert 0.0 <= value <= 1.0
+            else:
+                assert 1.0 <= value <= n
+        assert metrics[f"test/{direction}/R@1"] <= metrics[f"test/{direction}/R@5"] <= metrics[f"test/{direction}/R@10"]
+    assert math.isfinite(metrics["train/loss"])
+    # the split and the resolved config are saved beside the metrics
+    assert set(split) >= {"train", "val", "test"}
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_training_checkpoints_resume_and_reload(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Two epochs with checkpoints; resuming continues the step count; a reloaded checkpoint embeds identically."""
+    base = ["+experiment=demo", *tiny_overrides(tiny_dataset), "test=false",
+            "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1"]
+    run1 = tmp_path / "run1"
+    train(compose_train(run1, [*base, "trainer.max_epochs=2"]))
+    ckpt_dir = run1 / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    best = [p for p in ckpt_dir.glob("epoch*.ckpt")]
+    assert last.is_file() and len(best) == 1
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    steps_after_two = state["global_step"]
+    assert steps_after_two > 0 and state["epoch"] == 1
+    # the tokenizer travels in the checkpoint
+    assert state["cxr_vlp"]["tokenizer_json"]
+
+    run2 = tmp_path / "run2"
+    train(compose_train(run2, [*base, "trainer.max_epochs=3", f"ckpt_path={last}"]))
+    resumed = torch.load(run2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == steps_after_two * 3 // 2
+
+    module = load_module(str(last)).eval()
+    module_again = load_module(str(last)).eval()
+    images = torch.randn(3, 1, 64, 64)
+    tokens = module.tokenizer(["small left pleural effusion.", "no pneumothorax.", "heart size normal."],
+                              padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = module.encoder.encode_image(images)
+        b = module_again.encoder.encode_image(images)
+        t = module.encoder.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(3))
+    # the weights really are the trained ones, not a fresh initialisation
+    torch.testing.assert_close(module.state_dict()["encoder.image_proj.weight"], state["state_dict"]["encoder.image_proj.weight"])
+
+
+def test_bf16_mixed_precision_trains(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=2",
+                                   "trainer.precision=bf16-mixed", "test=false"])
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
+
+
+def test_model_learns_on_a_fixed_batch(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Data module + dual encoder + CLIP head from the demo config can fit one batch: the loss must fall far
+    below its chance value log(B). (Lightning's overfit_batches would re-sample views and sections each epoch.)"""
+    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset)])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    torch.manual_seed(0)
+    module = ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
+                               scheduler=container["scheduler"])
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        image_views, text_views = module._views(batch)
+        loss = module.loss_head(image_views, text_views).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    chance = math.log(len(batch))
+    assert min(losses[-5:]) < 0.3 * chance, losses
+
+
+@pytest.mark.parametrize("logger", ["wandb", "tensorboard"])
+def test_loggers_write_offline(tiny_dataset: Path, tmp_path: Path, logger: str) -> None:
+    # not fast_dev_run: it swaps the loggers for a dummy
+    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.max_steps=2",
+                                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+                                   f"logger={logger}", "test=false"])
+    train(cfg)
+    if logger == "wandb":
+        runs = list((tmp_path / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    else:
+        assert list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
