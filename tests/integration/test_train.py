@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cxr_vlp.data.table import read_generic_csv
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cxr_vlp.data.table import read_generic_csv
 from cxr_vlp.lit.module import ContrastiveModule, load_module
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, tiny_overrides

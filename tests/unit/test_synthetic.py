@@ -183,7 +183,7 @@ def _plain_study(**kw: object) -> Study:
     return replace(base, **kw)
 
 
-def test_effusion_darkens_nothing_and_brightens_its_own_base() -> None:
+def test_right_effusion_brightens_the_image_left_base_only() -> None:
     """Convention: frontal views show the patient's right on the image LEFT."""
     size = 128
     plain = render_view(_plain_study(), "PA", image_rng(0, 0, 0), size).astype(float)

@@ -329,7 +329,7 @@ def write_report(st: Study, rng: np.random.Generator) -> tuple[str, str]:
                                 "The visualized osseous structures are intact.")))
     order = rng.permutation(len(body))
     findings = [body[i] for i in order]
-    if rng.random() < 0.4:
+    if rng.random() < 0.55:
         findings.insert(0, _technique(st.views, rng))
     if rng.random() < 0.4:
         findings.insert(0, f"Indication: {_pick(rng, _INDICATIONS)}.")
