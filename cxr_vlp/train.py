@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = to_floats(trainer.callback_metrics)
 
     if cfg.get("test"):
-        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if not best:
             log.warning("no best checkpoint (fast_dev_run or no validation); testing the current weights")
