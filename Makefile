@@ -32,3 +32,7 @@ test-fast: install
 
 clean-logs:
 	rm -rf logs/debug logs/train
+
+# performance figures (prints, never asserts)
+bench: install
+	$(PY) bench/train_step.py +experiment=demo
