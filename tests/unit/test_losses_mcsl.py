@@ -151,7 +151,7 @@ def test_jaccard_matches_reference_and_is_never_nan(seed: int) -> None:
 
 
 def test_jaccard_hand_example_and_other_argument() -> None:
-    lab = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [NAN, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    lab = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [NAN, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     expected = torch.tensor(
         [[1, 1 / 3, 1 / 3, 0], [1 / 3, 1, 1 / 3, 0], [1 / 3, 1 / 3, 1, 0], [0, 0, 0, 0]], dtype=torch.float64
     )
@@ -200,7 +200,9 @@ def test_diagonal_really_excluded_and_rows_sum_to_one(empty_row: str) -> None:
 
 def test_empty_rows_documented_behaviour_for_both_modes() -> None:
     lam = 0.7
-    lab = torch.tensor([[NAN] * 4, [1.0, 0.0, NAN, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    lab = torch.tensor(
+        [[NAN] * 4, [1.0, 0.0, NAN, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64
+    )
     # row 0: all unknown; row 3: a positive shared with nobody → both empty; rows 1, 2 overlap
     _, empty = concept_softmax(lab, lab, 0, 1.0, "identity")
     assert empty.tolist() == [True, False, False, True]
