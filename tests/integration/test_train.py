@@ -23,8 +23,9 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=true"])
+@pytest.mark.parametrize("experiment", ["demo", "mcsl_demo"])
+def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Path, experiment: str) -> None:
+    cfg = compose_train(tmp_path, [f"+experiment={experiment}", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=true"])
     train(cfg)
     metrics = _read_metrics(tmp_path)
     split = json.loads((tmp_path / "split.json").read_text())
