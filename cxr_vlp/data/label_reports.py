@@ -1,4 +1,6 @@
-"""CLI: ``python -m cxr_vlp.data.label_reports in_csv=IN out_csv=OUT [text_columns=findings,impression] [overwrite=false]``.
+"""CLI: label report text with CheXpert values.
+
+``python -m cxr_vlp.data.label_reports in_csv=IN out_csv=OUT [text_columns=findings,impression] [overwrite=false]``
 
 Reads ``in_csv``, labels the text of ``text_columns`` (joined per row, blank cells skipped) with the
 rule-based labeler (:mod:`cxr_vlp.data.labeler`) and writes a copy to ``out_csv`` with the 14 CheXpert

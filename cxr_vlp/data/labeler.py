@@ -16,7 +16,8 @@ How a report is read
    Enlarged Cardiomediastinum also have *attribute* mentions ("heart size", "cardiac silhouette",
    "mediastinal contours") that count only with a qualifier right before them or in their predicate:
    "enlarged" / "widened" make a mention that is then classified like any other, "normal" / "within
-   normal limits" / "not enlarged" a negative one; "heart size is stable" mentions nothing.
+   normal limits" / "not enlarged" a negative one, "borderline" an uncertain one; "heart size is stable"
+   mentions nothing.
 3. **Status of a mention**, in this order of precedence:
 
    * negative when a negation cue (:data:`PRE_NEGATION`: "no", "without", "negative for", "free of",
@@ -27,17 +28,22 @@ How a report is read
      "cannot exclude", "suggestive of", "concerning for", "questionable", "versus", "rule out",
      "differential includes", ...) precedes it in scope, or "cannot be excluded", "is likely",
      "versus ...", "?" follows it (:data:`POST_UNCERTAINTY`);
-   * positive otherwise.
+   * positive otherwise; but two positive findings offered as alternatives ("consistent with atelectasis
+     or consolidation", "atelectasis and/or pneumonia") are both uncertain.
+
+   "Unlikely" counts as a hedge (uncertain), not as a negation.
 
    A *pre* cue scopes forward up to :data:`PRE_SCOPE_WORDS` words, so lists are covered ("no A, B, or C"
    negates all three), and stops at a clause break (:data:`SCOPE_BREAK`): ``;`` ``:``, "but", "however",
-   "although", "which", "except", or a comma followed by a new clause or a hedge ("no effusion, possible
-   atelectasis", "no new opacity, stable small effusion"). A *post* cue must follow within
-   :data:`POST_SCOPE_WORDS` words with no comma or break in between. Phrases that contain a negation
-   word but mean something else are masked first: "no change in", "without interval change",
-   "not only" (pseudo-negations: "no change in the large right effusion" is positive), and hedges such as
-   "cannot be excluded" / "not ruled out" (uncertain, not negative). A negation that scopes over a hedge
-   wins ("no findings to suggest pneumonia" is negative).
+   "although", "which", "with", "except", or a comma followed by a new clause or a modifier ("no effusion,
+   possible atelectasis", "no pneumothorax, small left effusion") unless the list goes on after it ("no
+   consolidation, large effusion, or pneumothorax"). "not" reaches 3 words, "versus" 4. A *post* cue must
+   follow within :data:`POST_SCOPE_WORDS` words with no comma or break in between; a post-negation may
+   also reach back over a list ("consolidation, effusion, or pneumothorax is not seen"). Phrases that
+   contain a negation word but mean something else are masked first: pseudo-negations such as "no change
+   in", "without interval change", "not only", "partially resolved" ("no change in the large right
+   effusion" is positive), and hedges such as "cannot be excluded" / "not ruled out" (uncertain, not
+   negative). A negation that scopes over a hedge wins ("no findings to suggest pneumonia" is negative).
 4. **Aggregation per report**, as CheXpert does: positive beats uncertain beats negative across all
    mentions of a label; no mention leaves it blank (NaN).
 5. **No Finding** is ``1`` when no observation other than Support Devices is positive or uncertain
@@ -49,7 +55,7 @@ How a report is read
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -118,6 +124,8 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         r"(?:vascular|venous)\s+engorgement",
         r"kerley\s+b\s+lines",
         r"cephalization",
+        r"(?:vascular|venous)\s+redistribution",
+        r"engorged\s+(?:pulmonary\s+)?(?:vessels|vasculature)",
         r"(?:fluid|volume)\s+overload",
         r"(?:congestive\s+)?heart\s+failure",
         r"chf",
@@ -201,6 +209,10 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         r"tracheostomy",
         r"coils?",
         r"electrodes?",
+        r"tubing",
+        r"shunts?",
+        r"(?:neuro|(?:vagal\s+)?nerve\s+|spinal\s+cord\s+)?stimulators?",
+        r"(?:ekg|ecg|(?:cardiac\s+)?monitor(?:ing)?)\s+leads?",
         r"(?:prosthetic|mechanical|bioprosthetic|artificial|porcine)\s+(?:\w+\s+)?valves?",
         r"valve\s+(?:replacement|prosthesis)",
         r"(?:pacer|pacing|pacemaker|a?icd|defibrillator|transvenous|epicardial)\s+leads?",
@@ -216,7 +228,8 @@ EXCLUSIONS: dict[str, tuple[str, ...]] = {
     "Pleural Effusion": (r"(?:pericardial|joint)\s+effusions?",),
     "Lung Lesion": (
         r"mass\s+effect",
-        r"(?:osseous|bony|bone|lytic|sclerotic|blastic|skin|cutaneous|breast|soft[- ]tissue)\s+(?:lesions?|mass(?:es)?)",
+        r"(?:osseous|bony|bone|lytic|sclerotic|blastic|skin|cutaneous|breast|soft[- ]tissue)"
+        r"\s+(?:lesions?|mass(?:es)?)",
         r"body\s+mass",
     ),
     "Edema": (r"(?:soft[- ]tissue|subcutaneous|chest\s+wall|scalp|facial|extremity)\s+edema",),
@@ -260,19 +273,22 @@ PRE_NEGATION: tuple[str, ...] = (
     r"free\s+of",
     r"clear\s+of",
     r"absence\s+of",
-    r"resolution\s+of",
+    r"(?:resolution|clearing)\s+of",
     r"resolved",
     r"removal\s+of",
     r"neither",
     r"nor",
+    r"(?:does|do|did)\s+not\s+(?:(?:appear|seem)\s+to\s+(?:be|represent|have)|demonstrate|show|reveal)",
     r"rather\s+than",
     r"instead\s+of",
 )
 POST_NEGATION: tuple[str, ...] = (
-    r"(?:not|no\s+longer)\s+(?:\w+ly\s+)?(?:be\s+)?(?:seen|identified|present|visuali[sz]ed|appreciated|evident"
+    r"(?:not|no\s+longer)\s+(?:\w+ly\s+|well[- ]?)?(?:be\s+)?"
+    r"(?:seen|identified|present|visuali[sz]ed|appreciated|evident"
     r"|demonstrated|noted|detected|apparent|observed|appreciable|visible|shown|re-?demonstrated)",
     r"(?:has|have|had)?\s*(?:completely\s+|nearly\s+)?(?:resolved|cleared)",
-    r"(?:is|are|was|were|has\s+been|have\s+been)\s+(?:\w+ly\s+)?(?:removed|withdrawn|absent|excluded|ruled\s+out)",
+    r"(?:is|are|was|were|has\s+been|have\s+been)\s+(?:\w+ly\s+)?(?:removed|absent|excluded|ruled\s+out)",
+    r"(?:removal|removed)",
     r"(?:is|are|was|were)\s+(?:now\s+)?gone",
 )
 PRE_UNCERTAINTY: tuple[str, ...] = (
@@ -286,12 +302,12 @@ PRE_UNCERTAINTY: tuple[str, ...] = (
     r"could",
     r"can\s+be",
     r"questionabl[ey]",
-    r"question\s+of",
+    r"question(?:\s+of)?",
     r"suspicious(?:\s+for)?",
     r"suspected",
     r"suspect",
     r"suspicion\s+(?:of|for)",
-    r"suggest(?:s|ed|ing|ive)?(?:\s+of)?",
+    r"suggest(?:s|ed|ing|ive|ion)?(?:\s+of)?",
     r"concern(?:ing)?\s+for",
     r"worrisome\s+for",
     r"(?:cannot|can\s*not|can't)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:exclude[ds]?|ruled?\s+out)",
@@ -311,12 +327,14 @@ PRE_UNCERTAINTY: tuple[str, ...] = (
     r"consider(?:ed|ation)?",
     r"cannot\s+be\s+distinguished",
     r"raising\s+the\s+possibility\s+of",
+    r"(?:clinical(?:ly)?\s+)?correlat(?:e|ion)\s+(?:clinically\s+)?(?:for|with)",
     r"represent(?:s|ing)?",  # only counted when it follows a hedge: see _HEDGED_REPRESENT
 )
 POST_UNCERTAINTY: tuple[str, ...] = (
     r"(?:cannot|can\s*not|can't)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:excluded|ruled\s+out)",
     r"(?:is|are)?\s*not\s+(?:entirely\s+|completely\s+)?(?:excluded|ruled\s+out)",
-    r"(?:is|are|was|were)\s+(?:also\s+)?(?:(?:more|less|most)\s+)?(?:likely|possible|suspected|questioned|"
+    r"(?:(?:is|are|was|were)\s+)?(?:also\s+)?(?:(?:more|less|most)\s+)?"
+    r"(?:likely|unlikely|possible|suspected|questioned|"
     r"questionable|uncertain|equivocal|a\s+consideration|considered|not\s+certain)(?=\s*(?:[.,;:?]|$|and\b|but\b))",
     r"(?:may|might|could)\s+(?:also\s+)?(?:be\s+present|exist|be\s+seen)",
     r"versus",
@@ -329,24 +347,41 @@ PSEUDO_NEGATION: tuple[str, ...] = (
     r"\s+of\s+the\s+(?:known|previously))",
     r"not\s+(?:significantly\s+)?(?:changed|increased|decreased|worsened|improved)",
     r"not\s+only",
+    r"(?:has|have|had)?\s*(?:partially|partly|incompletely|not\s+(?:completely|fully|entirely))\s+(?:resolved|cleared)",
     r"no\s+longer\s+(?:intubated)",
     r"gram[- ]negative",
 )
 
 # Comma + one of these words starts a new clause (ends the scope of a pre cue).
 _CLAUSE_STARTERS = (
-    r"there|the|a|an|with|stable|unchanged|persistent|persisting|again|redemonstrated|re-demonstrated|interval"
-    r"|increased|increasing|decreased|decreasing|improved|improving|worsened|worsening|new|residual|small|moderate"
-    r"|large|mild|mildly|minimal|severe|trace|tiny|possible|possibly|probable|probably|likely|may|could|might"
-    r"|questionable|suspected|suspicious|concerning|which|but|however|although|though|otherwise|though|status"
-    r"|s/p|consistent|compatible|findings|and\s+(?:the|there)"
+    r"there|the|a|an|with|which|but|however|although|though|otherwise|status|s/p|consistent|compatible|findings"
+    r"|and\s+(?:the|there)"
+)
+# Comma + a modifier usually starts a new clause too ("no effusion, possible atelectasis", "no pneumothorax,
+# small left effusion") unless a list goes on after it: after a size or state word, any later "or" / "nor"
+# ("no consolidation, large effusion or pneumothorax"); after a hedge, another comma before the "or"
+# ("no consolidation, suspicious opacity, effusion or pneumothorax", but "no effusion, possible atelectasis or
+# pneumonia" hedges both).
+_SOFT_STARTERS = (
+    r"stable|unchanged|persistent|persisting|again|redemonstrated|re-demonstrated|interval|increased|increasing"
+    r"|decreased|decreasing|improved|improving|worsened|worsening|new|residual|small|moderate|large|mild|mildly"
+    r"|minimal|severe|trace|tiny|possible|possibly|probable|probably|likely|may|could|might|questionable"
+    r"|suspected|suspicious|concerning"
+)
+_HEDGE_STARTERS = re.compile(
+    r",\s*(?:possible|possibly|probable|probably|likely|may|could|might|questionable|suspected|suspicious"
+    r"|concerning)\b",
+    re.IGNORECASE,
 )
 SCOPE_BREAK = re.compile(
     r"[;:]|\s-\s|\b(?:but|however|although|though|except|whereas|while|which|yet|otherwise|aside\s+from|apart\s+from"
-    r"|other\s+than|and\s+(?:the|there)|with|given|due\s+to|secondary\s+to|following|after|since)\b"
+    r"|other\s+than|and\s+(?:the|there)|with|given|following|after|since)\b"
     rf"|,\s*(?:{_CLAUSE_STARTERS})\b",
     re.IGNORECASE,
 )
+SOFT_SCOPE_BREAK = re.compile(rf",\s*(?:{_SOFT_STARTERS})\b", re.IGNORECASE)
+_LIST_GOES_ON = re.compile(r"^,[^,]*,.*\b(?:or|nor)\b", re.IGNORECASE)
+_OR = re.compile(r"\b(?:or|nor)\b", re.IGNORECASE)
 POST_SCOPE_BREAK = re.compile(r"[;:,]|\b(?:but|however|although|though|which|and\s+(?:the|there))\b", re.IGNORECASE)
 PRE_SCOPE_WORDS = 12
 POST_SCOPE_WORDS = 6
@@ -361,7 +396,7 @@ _HEDGED_REPRESENT = re.compile(r"\b(?:may|might|could|likely|possibly|probably)\
 
 def _rx(fragments: Iterable[str]) -> re.Pattern[str]:
     alternation = "|".join(f"(?:{f})" for f in sorted(fragments, key=len, reverse=True))
-    return re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)
+    return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
 
 
 def _cue_rx(fragments: Iterable[str]) -> re.Pattern[str]:
@@ -374,23 +409,26 @@ _EXCLUSION_RX = {label: _rx(frags) for label, frags in EXCLUSIONS.items()}
 _ATTR_RX = {label: _rx(frags) for label, (frags, _) in ATTRIBUTE_MENTIONS.items()}
 _ATTR_EXCL_RX = _rx((_ATTRIBUTE_EXCLUSIONS,))
 _ANY_ATTR = "|".join(f for frags, _ in ATTRIBUTE_MENTIONS.values() for f in frags)
+_LIST_ITEM = rf"{_ANY_ATTR}|pulmonary\s+vascularity|hil(?:a|um|ar\s+contours?|ar\s+structures)|lungs?"
+_BORDERLINE = r"borderline(?:[- ](?:enlarged|large|sized?|in\s+size))?"
 _LINKING = (
     r"is|are|was|were|be|been|being|remains?|remained|appears?|appeared|seems?|looks?|again|has|have|now|still|at"
     r"|the|upper|limits?|of|in|size|top|to|also|overall|somewhat|likely|probably|possibly|may|might|could|stable"
-    r"|unchanged|within|\w+ly"
+    r"|unchanged|within|and|\w+ly"
 )
 _POST_QUALIFIER = {
     label: re.compile(
-        rf"\s*:?\s*(?:(?:and|,)\s+(?:the\s+)?(?:{_ANY_ATTR})\s+)?(?:(?:{_LINKING})\s+)*"
-        rf"(?:(?P<normal>{_NORMAL})|(?P<abnormal>{abnormal}))(?![\w-])",
+        rf"\s*:?\s*(?:(?:,\s*|\s+)(?:and\s+)?(?:the\s+)?(?:{_LIST_ITEM})\s*){{0,3}}(?:(?:{_LINKING})\s+)*"
+        rf"(?:(?P<borderline>{_BORDERLINE})|(?P<normal>{_NORMAL})|(?P<abnormal>{abnormal}))(?![\w-])",
         re.IGNORECASE,
     )
     for label, (_, abnormal) in ATTRIBUTE_MENTIONS.items()
 }
 _PRE_QUALIFIER = {
     label: re.compile(
-        rf"(?<![\w-])(?:(?P<normal>{_NORMAL})|(?P<abnormal>{abnormal}))(?:\s*-\s*sized|\s+in\s+size)?"
-        rf"(?:\s+of)?(?:\s+the)?\s+(?:(?:{_ANY_ATTR})\s+(?:and|,)\s+(?:the\s+)?)?$",
+        rf"(?<![\w-])(?:(?P<borderline>{_BORDERLINE})|(?P<normal>{_NORMAL})|(?P<abnormal>{abnormal}))"
+        rf"(?:\s*-\s*sized|\s+in\s+size)?(?:\s+of)?(?:\s+the)?\s+"
+        rf"(?:(?:{_LIST_ITEM})(?:\s*,\s*and\s+|\s*,\s*|\s+and\s+)(?:the\s+)?){{0,3}}$",
         re.IGNORECASE,
     )
     for label, (_, abnormal) in ATTRIBUTE_MENTIONS.items()
@@ -401,6 +439,8 @@ _PRE_UNC_RX = _cue_rx(PRE_UNCERTAINTY)
 _POST_UNC_RX = re.compile(_cue_rx(POST_UNCERTAINTY).pattern + r"|\?", re.IGNORECASE)
 _PSEUDO_RX = _cue_rx(PSEUDO_NEGATION)
 _WORD = re.compile(r"[\w'/-]+")
+# Two findings joined by "or" (up to three words before the second one): offered as alternatives.
+_ALTERNATIVE = re.compile(r"\s*,?\s*(?:or|and/or)\s+(?:[\w-]+\s+){0,3}", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -482,7 +522,15 @@ def _pre_applies(sentence: str, cue: _Cue, start: int) -> bool:
         return False
     between = sentence[cue.end : start]
     reach = SHORT_SCOPE_WORDS.get(cue.text.lower(), PRE_SCOPE_WORDS)
-    return _n_words(between) <= reach and not SCOPE_BREAK.search(between)
+    if _n_words(between) > reach or SCOPE_BREAK.search(between):
+        return False
+    soft = SOFT_SCOPE_BREAK.search(between)
+    if soft is None:
+        return True
+    rest = SCOPE_BREAK.split(sentence[cue.end + soft.start() :])[0]
+    if _HEDGE_STARTERS.match(rest):
+        return _LIST_GOES_ON.search(rest) is not None
+    return _OR.search(rest) is not None
 
 
 def _post_applies(sentence: str, cue: _Cue, end: int) -> bool:
@@ -537,7 +585,9 @@ def _attribute_mentions(label: str, sentence: str, cues: list[_Cue], taken: list
         if qualifier is None:
             continue
         span = (min(m.start(), qualifier.start()), max(m.end(), qualifier.end()))
-        if qualifier.group("normal"):
+        if qualifier.group("borderline"):
+            status, cue = UNCERTAIN, qualifier.group("borderline")
+        elif qualifier.group("normal"):
             status, cue = NEGATIVE, qualifier.group("normal")
         else:
             status, cue = _classify(sentence, span[0], span[1], cues)
@@ -559,7 +609,28 @@ def _sentence_mentions(sentence: str) -> list[Mention]:
             taken.append(m.span())
         if label in ATTRIBUTE_MENTIONS:
             mentions.extend(_attribute_mentions(label, sentence, cues, taken))
-    return mentions
+    return _alternatives(sentence, mentions)
+
+
+def _alternatives(sentence: str, mentions: list[Mention]) -> list[Mention]:
+    """Positive findings offered as alternatives ("atelectasis or consolidation") are uncertain."""
+    out = list(mentions)
+    for i, a in enumerate(mentions):
+        if a.status != POSITIVE:
+            continue
+        for b in mentions:
+            if b.label == a.label:
+                continue
+            if a.end <= b.start:
+                gap = sentence[a.end : b.start]
+            elif b.end <= a.start:
+                gap = sentence[b.end : a.start]
+            else:
+                continue
+            if _ALTERNATIVE.fullmatch(gap):
+                out[i] = replace(a, status=UNCERTAIN, cue="or")
+                break
+    return out
 
 
 # --------------------------------------------------------------------------- public API
