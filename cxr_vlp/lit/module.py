@@ -20,9 +20,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 import cxr_vlp
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.eval.retrieval import bidirectional_retrieval
+from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks
 from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
-from cxr_vlp.losses.heads import LossHead
+from cxr_vlp.losses.heads import GaussianEmbedding, LossHead
+from cxr_vlp.losses.probabilistic import uncertainty
 from cxr_vlp.models.dual_encoder import DualEncoder
 from cxr_vlp.models.hub import ModelNotAvailableError
 from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
@@ -52,6 +53,9 @@ def build_dual_encoder(model: dict) -> DualEncoder:
         embed_dim=model.get("embed_dim", 256),
         projection=model.get("projection", "linear"),
         projection_dropout=model.get("projection_dropout", 0.0),
+        probabilistic=model.get("probabilistic", False),
+        logvar_dim=model.get("logvar_dim", "embed"),
+        logvar_init=model.get("logvar_init", -4.0),
     )
 
 
@@ -64,6 +68,10 @@ class ContrastiveModule(L.LightningModule):
         loss: the ``loss`` node, instantiated to a :class:`LossHead`.
         optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``fused``.
         scheduler: ``warmup`` (steps, or a fraction of all steps if < 1) and ``min_lr_ratio``.
+    Probabilistic heads (``loss_head.needs_uncertainty``, e.g. ProbCLIP-VIB) need ``model.probabilistic=true``:
+    training then passes every view as a :class:`GaussianEmbedding` ``(μ, log σ²)``, and validation / test
+    rank retrieval by the head's ``similarity`` (the match logit) on the gathered means and log-variances
+    and log the mean per-sample uncertainty Σσ² (``{stage}/uncertainty_mean``, per modality too).
     The local BERT's embedding table has ``tokenizer.vocab_size`` rows (the tokenizer's upper bound; a
     trained vocabulary may be smaller), so the model does not depend on the trained tokenizer.
     """
@@ -73,6 +81,17 @@ class ContrastiveModule(L.LightningModule):
         self.save_hyperparameters()
         self.encoder = build_dual_encoder(model)
         self.loss_head: LossHead = instantiate(loss)
+        self.probabilistic = bool(getattr(self.loss_head, "needs_uncertainty", False))
+        if self.probabilistic and not self.encoder.probabilistic:
+            raise ValueError(
+                f"loss head {type(self.loss_head).__name__} (loss._target_={loss.get('_target_')}) needs Gaussian "
+                "embeddings (mu, logvar) but model.probabilistic=false: set model.probabilistic=true"
+            )
+        if self.encoder.probabilistic and not self.probabilistic:
+            log.warning("model.probabilistic=true but loss head %s ignores the log-variance heads (unused "
+                        "parameters: DDP will fail unless find_unused_parameters)", type(self.loss_head).__name__)
+        # per-sample uncertainty (Σσ²) of the last gathered eval split, by stage (probabilistic heads only)
+        self.eval_uncertainty: dict[str, dict[str, torch.Tensor]] = {}
         self.optim_cfg = dict(optim)
         self.scheduler_cfg = dict(scheduler)
         self.tokenizer = None
@@ -96,8 +115,22 @@ class ContrastiveModule(L.LightningModule):
         txt = self.encoder.encode_text(batch.input_ids.flatten(0, 1), batch.attention_mask.flatten(0, 1)).view(b, vt, -1)
         return list(img.unbind(1)), list(txt.unbind(1))
 
+    def _gaussian_views(self, batch: Batch) -> tuple[list[GaussianEmbedding], list[GaussianEmbedding]]:
+        """Like :meth:`_views`, each view a :class:`GaussianEmbedding` ``(μ [B, D], log σ² [B, D or 1])``."""
+        b, vi = batch.images.shape[:2]
+        vt = batch.input_ids.shape[1]
+        mu_i, lv_i = self.encoder.encode_image_gaussian(batch.images.flatten(0, 1))
+        mu_t, lv_t = self.encoder.encode_text_gaussian(batch.input_ids.flatten(0, 1),
+                                                       batch.attention_mask.flatten(0, 1))
+        img = [GaussianEmbedding(m, v) for m, v in zip(mu_i.view(b, vi, -1).unbind(1), lv_i.view(b, vi, -1).unbind(1))]
+        txt = [GaussianEmbedding(m, v) for m, v in zip(mu_t.view(b, vt, -1).unbind(1), lv_t.view(b, vt, -1).unbind(1))]
+        return img, txt
+
+    def _loss_views(self, batch: Batch) -> tuple[list, list]:
+        return self._gaussian_views(batch) if self.probabilistic else self._views(batch)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        image_views, text_views = self._views(batch)
+        image_views, text_views = self._loss_views(batch)
         out = self.loss_head(image_views, text_views, labels=batch.labels)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in out.logs.items() if k != "loss"}, batch_size=len(batch))
@@ -105,10 +138,15 @@ class ContrastiveModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        image_views, text_views = self._views(batch)
+        image_views, text_views = self._loss_views(batch)
         out = self.loss_head(image_views[:1], text_views[:1], labels=batch.labels)
         self.log(f"{stage}/loss", out.loss, sync_dist=True, batch_size=len(batch))
-        self._eval_outputs[stage].append((batch.index, image_views[0].detach(), text_views[0].detach()))
+        if self.probabilistic:  # (index, μ_img, μ_txt, log σ²_img, log σ²_txt)
+            img, txt = image_views[0], text_views[0]
+            self._eval_outputs[stage].append((batch.index, img.mu.detach(), txt.mu.detach(),
+                                              img.logvar.detach(), txt.logvar.detach()))
+        else:
+            self._eval_outputs[stage].append((batch.index, image_views[0].detach(), text_views[0].detach()))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -116,25 +154,52 @@ class ContrastiveModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def gathered_eval_outputs(self, stage: str) -> tuple[torch.Tensor, ...]:
+        """Eval outputs of the whole split across ranks, each study once, ordered by study index:
+        ``(index, img, txt)``, plus ``(img_logvar, txt_logvar)`` for probabilistic heads (img / txt are μ)."""
+        outputs = self._eval_outputs.pop(stage, [])
+        tensors = [torch.cat([o[k] for o in outputs]) for k in range(len(outputs[0]))]
+        if self.trainer.world_size > 1:
+            tensors = [self.all_gather(t).flatten(0, 1) for t in tensors]
+        first = _first_occurrence(tensors[0])
+        return tuple(t[first] for t in tensors)
+
     def gathered_eval_embeddings(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeddings of the whole split across ranks, each study once, ordered by study index."""
-        outputs = self._eval_outputs.pop(stage, [])
-        index = torch.cat([o[0] for o in outputs])
-        img = torch.cat([o[1] for o in outputs])
-        txt = torch.cat([o[2] for o in outputs])
-        if self.trainer.world_size > 1:
-            index, img, txt = (self.all_gather(t).flatten(0, 1) for t in (index, img, txt))
-        first = _first_occurrence(index)
-        return index[first], img[first], txt[first]
+        return self.gathered_eval_outputs(stage)[:3]
 
     def _log_retrieval(self, stage: str) -> None:
         if not self._eval_outputs.get(stage):
             return
-        _, img, txt = self.gathered_eval_embeddings(stage)
-        metrics = bidirectional_retrieval(img.float(), txt.float(), prefix=f"{stage}/")
+        if self.probabilistic:
+            metrics = self._probabilistic_retrieval(stage)
+        else:
+            _, img, txt = self.gathered_eval_embeddings(stage)
+            metrics = bidirectional_retrieval(img.float(), txt.float(), prefix=f"{stage}/")
+            metrics[f"{stage}/num_studies"] = float(img.shape[0])
         metrics[f"{stage}/rsum"] = sum(v for k, v in metrics.items() if "/R@" in k)
-        metrics[f"{stage}/num_studies"] = float(img.shape[0])
         self.log_dict(metrics, sync_dist=False)
+
+    @torch.no_grad()
+    def _probabilistic_retrieval(self, stage: str, chunk_size: int = 1024) -> dict[str, float]:
+        """Retrieval ranked by the head's match logit; stores per-sample uncertainty in ``eval_uncertainty``."""
+        index, img, txt, lv_img, lv_txt = self.gathered_eval_outputs(stage)
+        unc_img, unc_txt = uncertainty(lv_img), uncertainty(lv_txt)
+        self.eval_uncertainty[stage] = {"index": index.cpu(), "image": unc_img.cpu(), "text": unc_txt.cpu()}
+        metrics: dict[str, float] = {}
+        for name, (q, lq, g, lg) in {"i2t": (img, lv_img, txt, lv_txt), "t2i": (txt, lv_txt, img, lv_img)}.items():
+            ranks = []
+            for s in range(0, q.shape[0], chunk_size):
+                block = self.loss_head.similarity(q[s:s + chunk_size], lq[s:s + chunk_size], g, lg)
+                rows = torch.arange(block.shape[0], device=block.device)
+                ranks.append(1 + (block > block[rows, rows + s][:, None]).sum(dim=1))
+            for key, value in metrics_from_ranks(torch.cat(ranks).cpu()).items():
+                metrics[f"{stage}/{name}/{key}"] = value
+        metrics[f"{stage}/num_studies"] = float(img.shape[0])
+        metrics[f"{stage}/uncertainty_image_mean"] = float(unc_img.mean())
+        metrics[f"{stage}/uncertainty_text_mean"] = float(unc_txt.mean())
+        metrics[f"{stage}/uncertainty_mean"] = 0.5 * (float(unc_img.mean()) + float(unc_txt.mean()))
+        return metrics
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")

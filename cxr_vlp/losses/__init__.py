@@ -7,12 +7,15 @@ from cxr_vlp.losses.functional import (
     multi_view_clip_loss,
     symmetric_infonce,
 )
-from cxr_vlp.losses.heads import ClipHead, LossHead, LossOutput
+from cxr_vlp.losses.heads import ClipHead, GaussianEmbedding, LossHead, LossOutput
+from cxr_vlp.losses.prob_head import ProbClipHead
 
 __all__ = [
     "ClipHead",
+    "GaussianEmbedding",
     "LossHead",
     "LossOutput",
+    "ProbClipHead",
     "clip_loss",
     "contrastive_ce",
     "intra_modal_loss",

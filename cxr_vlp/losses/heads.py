@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from cxr_vlp.losses.functional import multi_view_clip_loss
 
-__all__ = ["LossOutput", "LossHead", "ClipHead"]
+__all__ = ["LossOutput", "GaussianEmbedding", "LossHead", "ClipHead"]
 
 
 @dataclass
@@ -24,6 +25,14 @@ class LossOutput:
 
     loss: Tensor
     logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class GaussianEmbedding(NamedTuple):
+    """One view of a batch as diagonal Gaussians: ``mu`` ``[B, D]`` (L2-normalised) and ``logvar`` = log σ²
+    (``[B, D]``, or ``[B, 1]`` for one shared σ² per sample). What heads with ``needs_uncertainty`` receive."""
+
+    mu: Tensor
+    logvar: Tensor
 
 
 def _as_views(views: Tensor | Sequence[Tensor]) -> list[Tensor]:
@@ -36,7 +45,13 @@ class LossHead(nn.Module):
     ``forward(image_views, text_views, labels=None) -> LossOutput`` where each view list holds
     ``[B_local, D]`` embeddings of the same B studies (a single tensor is accepted as one view) and
     ``labels`` is an optional ``[B_local, C]`` label matrix for label-aware heads.
+
+    Probabilistic heads set ``needs_uncertainty = True``: the module then builds the dual encoder's
+    log-variance heads and passes every view as a :class:`GaussianEmbedding` ``(mu, logvar)`` instead of a
+    tensor, and ranks retrieval with the head's ``similarity(mu_a, logvar_a, mu_b, logvar_b)``.
     """
+
+    needs_uncertainty: bool = False
 
     def forward(  # noqa: D102
         self,

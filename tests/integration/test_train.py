@@ -23,7 +23,7 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("experiment", ["demo", "mcsl_demo"])
+@pytest.mark.parametrize("experiment", ["demo", "mcsl_demo", "probclip_vib_demo"])
 def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Path, experiment: str) -> None:
     cfg = compose_train(tmp_path, [f"+experiment={experiment}", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=true"])
     train(cfg)
@@ -42,9 +42,56 @@ def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Pat
                 assert 1.0 <= value <= n
         assert metrics[f"test/{direction}/R@1"] <= metrics[f"test/{direction}/R@5"] <= metrics[f"test/{direction}/R@10"]
     assert math.isfinite(metrics["train/loss"])
+    for stage in ("val", "test"):
+        assert all(f"{stage}/{d}/{k}" in metrics for d in ("i2t", "t2i") for k in RETRIEVAL_KEYS), stage
+    if experiment == "probclip_vib_demo":  # retrieval ranked by the match logit, uncertainty logged
+        for stage in ("val", "test"):
+            assert metrics[f"{stage}/uncertainty_mean"] > 0
+        assert math.isfinite(metrics["train/kl"]) and metrics["train/a"] > 0
     # the split and the resolved config are saved beside the metrics
     assert set(split) >= {"train", "val", "test"}
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_probabilistic_head_needs_probabilistic_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["+experiment=probclip_vib_demo", *tiny_overrides(tiny_dataset),
+                                   "model.probabilistic=false"])
+    c = OmegaConf.to_container(cfg, resolve=True)
+    with pytest.raises(ValueError, match=r"model\.probabilistic=false.*model\.probabilistic=true") as err:
+        ContrastiveModule(model=c["model"], loss=c["loss"], optim=c["optim"], scheduler=c["scheduler"])
+    assert "loss._target_=cxr_vlp.losses.prob_head.ProbClipHead" in str(err.value)
+
+
+def test_probabilistic_retrieval_ranks_by_match_logit(tiny_dataset: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cxr_vlp.eval.retrieval import retrieval_metrics
+    from cxr_vlp.losses.probabilistic import uncertainty
+
+    cfg = compose_train(tmp_path, ["+experiment=probclip_vib_demo", *tiny_overrides(tiny_dataset)])
+    c = OmegaConf.to_container(cfg, resolve=True)
+    module = ContrastiveModule(model=c["model"], loss=c["loss"], optim=c["optim"], scheduler=c["scheduler"])
+    module._trainer = SimpleNamespace(world_size=1)
+    g = torch.Generator().manual_seed(0)
+    n, d = 10, c["model"]["embed_dim"]
+    img = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(img + 0.8 * torch.randn(n, d, generator=g), dim=-1)
+    lv_i, lv_t = torch.randn(n, d, generator=g) - 3.0, torch.randn(n, d, generator=g) - 3.0
+    order = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 4, 6])  # batches arrive out of index order
+    for part in (order[:6], order[6:]):
+        module._eval_outputs["val"].append((part, img[part], txt[part], lv_i[part], lv_t[part]))
+    metrics = module._probabilistic_retrieval("val", chunk_size=3)
+    with torch.no_grad():
+        sim = module.loss_head.similarity(img, lv_i, txt, lv_t)
+    for key, value in retrieval_metrics(sim).items():
+        assert metrics[f"val/i2t/{key}"] == pytest.approx(value)
+    for key, value in retrieval_metrics(sim.T).items():
+        assert metrics[f"val/t2i/{key}"] == pytest.approx(value)
+    stored = module.eval_uncertainty["val"]
+    assert torch.equal(stored["index"], torch.arange(n))
+    torch.testing.assert_close(stored["image"], uncertainty(lv_i))
+    expected = 0.5 * float(uncertainty(lv_i).mean() + uncertainty(lv_t).mean())
+    assert metrics["val/uncertainty_mean"] == pytest.approx(expected)
 
 
 def test_training_checkpoints_resume_and_reload(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -1,0 +1,119 @@
+"""Worker code for the 2-process CPU DDP test of ProbClipHead (ProbCLIP-VIB).
+
+Importable in spawned children: the parent puts this directory on ``sys.path`` and spawn copies it.
+The model is float64 so DDP and single-process results agree to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cxr_vlp.losses import distributed as losses_dist
+from cxr_vlp.losses.heads import GaussianEmbedding
+from cxr_vlp.losses.prob_head import ProbClipHead
+
+GLOBAL_BATCH = 8
+IMG_IN, TXT_IN, EMB = 6, 7, 5
+# (logvar width, clip_weight, distance): diagonal with the CLIP mix, isotropic without it, MedProbCLIP's variant
+VARIANTS = {"diag_clip": (EMB, 0.5, "csd"), "iso": (1, 0.0, "csd"), "medprob": (EMB, 0.0, "medprobclip")}
+
+
+class TinyProbHead(nn.Module):
+    """Two linear towers emitting (μ, log σ²) and a ProbClipHead with every term on (two views each)."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.lv_dim, clip_weight, distance = VARIANTS[variant]
+        torch.manual_seed(4321)
+        self.image_tower = nn.Linear(IMG_IN, EMB + self.lv_dim)
+        self.text_tower = nn.Linear(TXT_IN, EMB + self.lv_dim)
+        # a, b away from their defaults so that pseudo-positives occur
+        self.head = ProbClipHead(a_init=2.0, b_init=1.0, pseudo_positive_weight=0.3, w_i2i=1.0, w_t2t=0.5,
+                                 kl_weight=0.01, clip_weight=clip_weight, temperature_init=0.2,
+                                 distance=distance)
+        self.double()
+
+    def _split(self, h: Tensor) -> GaussianEmbedding:
+        return GaussianEmbedding(F.normalize(h[:, :EMB], dim=-1), h[:, EMB:] - 1.0)
+
+    def forward(self, image_views: list[Tensor], text_views: list[Tensor]):
+        imgs = [self._split(self.image_tower(x)) for x in image_views]
+        txts = [self._split(self.text_tower(x)) for x in text_views]
+        out = self.head(imgs, txts)
+        return out.loss, out.logs
+
+
+def make_batch() -> tuple[list[Tensor], list[Tensor]]:
+    """Fixed global batch: 2 image views [8, 6], 2 text views [8, 7]."""
+    g = torch.Generator().manual_seed(77)
+    imgs = [torch.randn(GLOBAL_BATCH, IMG_IN, generator=g, dtype=torch.float64) for _ in range(2)]
+    txts = [torch.randn(GLOBAL_BATCH, TXT_IN, generator=g, dtype=torch.float64) for _ in range(2)]
+    return imgs, txts
+
+
+def _pack(model: nn.Module, loss: Tensor, logs: dict[str, Tensor]) -> dict:
+    return {
+        "loss": loss.item(),
+        "logs": {k: v.item() for k, v in logs.items()},
+        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+def single_process_reference() -> dict[str, dict]:
+    """Loss, logs and parameter gradients of every variant on the whole global batch."""
+    imgs, txts = make_batch()
+    results = {}
+    for variant in VARIANTS:
+        model = TinyProbHead(variant)
+        loss, logs = model(imgs, txts)
+        loss.backward()
+        results[variant] = _pack(model, loss, logs)
+    return results
+
+
+def _mean_over_ranks(x: Tensor, world: int) -> float:
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return (x / world).item()
+
+
+def _run(model: nn.Module, rank: int, world: int) -> dict:
+    ddp = nn.parallel.DistributedDataParallel(model)
+    imgs, txts = make_batch()
+    b = GLOBAL_BATCH // world
+    local = slice(rank * b, (rank + 1) * b)
+    loss, logs = ddp([x[local] for x in imgs], [x[local] for x in txts])
+    loss.backward()
+    return {
+        "loss": _mean_over_ranks(loss, world),
+        "local_loss": loss.item(),
+        # every logged value is a mean over local rows (equal B) or a parameter: the rank mean is global
+        "logs": {k: _mean_over_ranks(v, world) for k, v in logs.items()},
+        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Spawned entry point: run every variant with and without gradient-carrying gathers; save results."""
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        results: dict = {variant: _run(TinyProbHead(variant), rank, world) for variant in VARIANTS}
+        original = losses_dist.gather_with_grad
+        losses_dist.gather_with_grad = losses_dist.gather_no_grad
+        try:
+            results["diag_clip_nograd"] = _run(TinyProbHead("diag_clip"), rank, world)
+        finally:
+            losses_dist.gather_with_grad = original
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
