@@ -1,0 +1,27 @@
+"""CLEAR concept bank: default observations, mining from reports, cached embeddings, projection."""
+
+from cxr_vlp.concepts.bank import (
+    ConceptBankError,
+    default_bank_path,
+    load_concept_bank,
+    normalize_concept,
+    save_concept_bank,
+)
+from cxr_vlp.concepts.projection import (
+    concept_scores,
+    project_to_llm,
+    top_concepts,
+    zero_shot_probability,
+)
+
+__all__ = [
+    "ConceptBankError",
+    "concept_scores",
+    "default_bank_path",
+    "load_concept_bank",
+    "normalize_concept",
+    "project_to_llm",
+    "save_concept_bank",
+    "top_concepts",
+    "zero_shot_probability",
+]
