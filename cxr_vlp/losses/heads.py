@@ -115,20 +115,19 @@ class ClipHead(LossHead):
         text_views: Sequence[Tensor],
         labels: Tensor | None = None,
     ) -> LossOutput:
-        """Compute the loss; ``labels`` is accepted for interface compatibility and ignored."""
+        """Compute the loss from :meth:`_terms` and log its components with the temperature."""
         scale = self.similarity_scale()
-        terms = multi_view_clip_loss(
-            _as_views(image_views),
-            _as_views(text_views),
-            scale,
-            w_i2i=self.w_i2i,
-            w_t2t=self.w_t2t,
-            gather=self.gather,
-        )
+        terms = self._terms(_as_views(image_views), _as_views(text_views), labels, scale)
         logs = {k: v.detach() for k, v in terms.items()}
         logs["logit_scale"] = scale.detach()
         logs["temperature"] = 1.0 / scale.detach()
         return LossOutput(loss=terms["loss"], logs=logs)
+
+    def _terms(self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor | None,
+               scale: Tensor) -> dict[str, Tensor]:
+        """The loss terms (``loss`` plus components); ``labels`` is ignored by CLIP. Subclasses override."""
+        return multi_view_clip_loss(image_views, text_views, scale, w_i2i=self.w_i2i, w_t2t=self.w_t2t,
+                                    gather=self.gather)
 
     def extra_repr(self) -> str:
         return f"max_scale={self.max_scale}, w_i2i={self.w_i2i}, w_t2t={self.w_t2t}, gather={self.gather}"

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from cxr_vlp.losses import distributed as _dist
 from cxr_vlp.losses.functional import symmetric_infonce
-from cxr_vlp.losses.heads import ClipHead, LossOutput, _as_views
+from cxr_vlp.losses.heads import ClipHead
 
 __all__ = [
     "EMPTY_ROW_MODES",
@@ -325,35 +325,17 @@ class McslHead(ClipHead):
         self.concept_temperature = float(concept_temperature)
         self.empty_row = _check_empty_row(empty_row)
 
-    def forward(
-        self,
-        image_views: Sequence[Tensor],
-        text_views: Sequence[Tensor],
-        labels: Tensor | None = None,
-    ) -> LossOutput:
-        """Compute the MCSL loss; raises ``ValueError`` without labels."""
+    def _terms(self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor | None,
+               scale: Tensor) -> dict[str, Tensor]:
+        """The MCSL terms; raises ``ValueError`` without labels."""
         if labels is None:
             raise ValueError(
                 "McslHead needs the batch's CheXpert labels ([B, 14], NaN = unknown); got labels=None "
                 "(use a dataset with label columns, or the clip loss)"
             )
-        scale = self.similarity_scale()
-        terms = mcsl_loss(
-            _as_views(image_views),
-            _as_views(text_views),
-            labels,
-            scale,
-            lam=self.lam,
-            concept_temperature=self.concept_temperature,
-            empty_row=self.empty_row,
-            w_i2i=self.w_i2i,
-            w_t2t=self.w_t2t,
-            gather=self.gather,
-        )
-        logs = {k: v.detach() for k, v in terms.items()}
-        logs["logit_scale"] = scale.detach()
-        logs["temperature"] = 1.0 / scale.detach()
-        return LossOutput(loss=terms["loss"], logs=logs)
+        return mcsl_loss(image_views, text_views, labels, scale, lam=self.lam,
+                         concept_temperature=self.concept_temperature, empty_row=self.empty_row,
+                         w_i2i=self.w_i2i, w_t2t=self.w_t2t, gather=self.gather)
 
     def extra_repr(self) -> str:
         return (

@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddp_spawn import spawn_and_collect  # noqa: E402
 import ddp_helpers  # noqa: E402
 
 WORLD = 2
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Spawn the two ranks once; each runs every mode and saves its results."""
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(ddp_helpers.worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_and_collect(ddp_helpers.worker, WORLD, out)
 
 
 @pytest.fixture(scope="module")
