@@ -34,6 +34,7 @@ from typing import Any
 from cxr_vlp.concepts.bank import load_concept_bank, normalize_concept, save_concept_bank
 from cxr_vlp.data.sections import text_blocks
 from cxr_vlp.data.text_views import is_missing, split_sentences
+from cxr_vlp.utils.cli import parse_key_values
 
 __all__ = ["FINDING_STEMS", "STOPWORDS", "count_candidates", "main", "mine_concepts", "sentence_ngrams"]
 
@@ -192,44 +193,14 @@ def mine_concepts(in_csv: str | Path, min_count: int = 20, max_concepts: int = 5
 
 
 # --------------------------------------------------------------------------- CLI
-_KEYS = {"in_csv": str, "out_txt": str, "min_count": int, "max_concepts": int, "text_columns": str,
+_KEYS = {"in_csv": str, "out_txt": str, "min_count": int, "max_concepts": int, "text_columns": list,
          "base": str, "overwrite": bool}
-
-
-def _cast(key: str, raw: str, kind: type) -> Any:
-    if kind is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SystemExit(f"error: {key}={raw!r} is not a valid bool")
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SystemExit(f"error: {key}={raw!r} is not a valid {kind.__name__}") from None
+_DEFAULTS = {"min_count": 20, "max_concepts": 500, "text_columns": ["findings", "impression"], "base": "default",
+             "overwrite": False}
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {"min_count": 20, "max_concepts": 500, "text_columns": "findings,impression",
-                            "base": "default", "overwrite": False}
-    valid = ", ".join(_KEYS)
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            raise SystemExit(__doc__.strip() + f"\nvalid keys: {valid}")
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep:
-            raise SystemExit(f"error: expected key=value, got {arg!r}; valid keys: {valid}")
-        if key not in _KEYS:
-            raise SystemExit(f"error: unknown key {key!r}; valid keys: {valid}")
-        args[key] = _cast(key, value, _KEYS[key])
-    for required in ("in_csv", "out_txt"):
-        if not args.get(required):
-            raise SystemExit(f"error: {required}=... is required; valid keys: {valid}")
-    args["text_columns"] = [c.strip() for c in str(args["text_columns"]).split(",") if c.strip()]
-    if not args["text_columns"]:
-        raise SystemExit("error: text_columns must name at least one column")
-    return args
+    return parse_key_values(argv, _KEYS, _DEFAULTS, required=("in_csv", "out_txt"), doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

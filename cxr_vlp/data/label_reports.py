@@ -25,41 +25,17 @@ import pandas as pd
 
 from cxr_vlp.data.labeler import label_reports
 from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.utils.cli import parse_key_values
 
 log = logging.getLogger(__name__)
 
-_KEYS = ("in_csv", "out_csv", "text_columns", "overwrite")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_KEYS = {"in_csv": str, "out_csv": str, "text_columns": list, "overwrite": bool}
+_DEFAULTS = {"text_columns": ["findings", "impression"], "overwrite": False}
 
 
 def parse_args(argv: list[str]) -> dict[str, object]:
     """``key=value`` arguments -> ``{in_csv, out_csv, text_columns: list[str], overwrite: bool}``."""
-    args: dict[str, object] = {"text_columns": ["findings", "impression"], "overwrite": False}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            raise SystemExit(__doc__.strip())
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep:
-            raise SystemExit(f"error: expected key=value, got {arg!r}; valid keys: {', '.join(_KEYS)}")
-        if key in ("in_csv", "out_csv"):
-            args[key] = value
-        elif key == "text_columns":
-            columns = [c.strip() for c in value.strip("[]").split(",") if c.strip()]
-            if not columns:
-                raise SystemExit("error: text_columns is empty; e.g. text_columns=findings,impression")
-            args[key] = columns
-        elif key == "overwrite":
-            if value.lower() not in _TRUE + _FALSE:
-                raise SystemExit(f"error: overwrite={value!r} is not a valid bool (true / false)")
-            args[key] = value.lower() in _TRUE
-        else:
-            raise SystemExit(f"error: unknown key {key!r}; valid keys: {', '.join(_KEYS)}")
-    missing = [k for k in ("in_csv", "out_csv") if not args.get(k)]
-    if missing:
-        raise SystemExit(f"error: {' and '.join(k + '=...' for k in missing)} required; valid keys: {', '.join(_KEYS)}")
-    return args
+    return parse_key_values(argv, _KEYS, _DEFAULTS, required=("in_csv", "out_csv"), doc=__doc__)
 
 
 def _same_file(a: Path, b: Path) -> bool:

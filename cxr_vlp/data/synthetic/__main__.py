@@ -14,44 +14,15 @@ import typing
 from dataclasses import fields
 
 from cxr_vlp.data.synthetic import SyntheticConfig, generate_dataset
-
-
-def _cast(key: str, raw: str, kind: typing.Any) -> typing.Any:
-    try:
-        if kind is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        return kind(raw)
-    except ValueError:
-        raise SystemExit(f"error: {key}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+from cxr_vlp.utils.cli import parse_key_values
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, typing.Any]]:
     """Split ``key=value`` arguments into ``out_dir`` and typed config overrides."""
     hints = typing.get_type_hints(SyntheticConfig)
-    types = {f.name: hints[f.name] for f in fields(SyntheticConfig)}
-    valid = ["out_dir", *types]
-    out_dir: str | None = None
-    overrides: dict[str, typing.Any] = {}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            raise SystemExit(__doc__.strip() + f"\nvalid keys: {', '.join(valid)}")
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep:
-            raise SystemExit(f"error: expected key=value, got {arg!r}; valid keys: {', '.join(valid)}")
-        if key == "out_dir":
-            out_dir = value
-        elif key in types:
-            overrides[key] = _cast(key, value, types[key])
-        else:
-            raise SystemExit(f"error: unknown key {key!r}; valid keys: {', '.join(valid)}")
-    if not out_dir:
-        raise SystemExit(f"error: out_dir=DIR is required; valid keys: {', '.join(valid)}")
-    return out_dir, overrides
+    types = {"out_dir": str, **{f.name: hints[f.name] for f in fields(SyntheticConfig)}}
+    args = parse_key_values(argv, types, required=("out_dir",), doc=__doc__)
+    return args.pop("out_dir"), args
 
 
 def main(argv: list[str] | None = None) -> int:
