@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the stamp changes whenever the pins, the lock or the package metadata change
 STAMP := $(VENV)/.installed-$(shell cat requirements/pins.txt requirements/lock.txt pyproject.toml | sha1sum | cut -c1-12)
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test test-fast bench clean-logs
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 
-pytestmark = pytest.mark.slow
+# all multi-process tests run in one xdist worker (--dist loadgroup), never two gloo jobs at once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
