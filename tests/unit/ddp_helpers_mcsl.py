@@ -6,7 +6,9 @@ Every model is float64 so DDP and single-process results agree to ~1e-12.
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -14,9 +16,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cxr_vlp.losses import distributed as losses_dist
 from cxr_vlp.losses.mcsl import McslHead
 from cxr_vlp.losses.probabilistic import prob_match_loss, vib_kl
-from ddp_spawn import gather_without_grad, gloo_process_group  # noqa: E402
 
 GLOBAL_BATCH = 8
 IMG_IN, TXT_IN, EMB = 6, 7, 5
@@ -139,12 +141,23 @@ def _run(model: nn.Module, rank: int, world: int, prob: bool) -> dict:
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Spawned entry point: run every model with and without gradient-carrying gathers; save results."""
-    with gloo_process_group(rank, world, port):
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
         results: dict = {}
         for mode in MCSL_MODES:
             results[mode] = _run(TinyMCSL(mode), rank, world, prob=False)
         results["prob"] = _run(TinyProb(), rank, world, prob=True)
-        with gather_without_grad():
+
+        original = losses_dist.gather_with_grad
+        losses_dist.gather_with_grad = losses_dist.gather_no_grad
+        try:
             results["identity_nograd"] = _run(TinyMCSL("identity"), rank, world, prob=False)
             results["prob_nograd"] = _run(TinyProb(), rank, world, prob=True)
+        finally:
+            losses_dist.gather_with_grad = original
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

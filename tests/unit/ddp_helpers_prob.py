@@ -6,6 +6,8 @@ The model is float64 so DDP and single-process results agree to ~1e-12.
 
 from __future__ import annotations
 
+import datetime
+import os
 from pathlib import Path
 
 import torch
@@ -13,9 +15,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cxr_vlp.losses import distributed as losses_dist
 from cxr_vlp.losses.heads import GaussianEmbedding
 from cxr_vlp.losses.prob_head import ProbClipHead
-from ddp_spawn import gather_without_grad, gloo_process_group  # noqa: E402
 
 GLOBAL_BATCH = 8
 IMG_IN, TXT_IN, EMB = 6, 7, 5
@@ -100,8 +102,18 @@ def _run(model: nn.Module, rank: int, world: int) -> dict:
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Spawned entry point: run every variant with and without gradient-carrying gathers; save results."""
-    with gloo_process_group(rank, world, port):
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
         results: dict = {variant: _run(TinyProbHead(variant), rank, world) for variant in VARIANTS}
-        with gather_without_grad():
+        original = losses_dist.gather_with_grad
+        losses_dist.gather_with_grad = losses_dist.gather_no_grad
+        try:
             results["diag_clip_nograd"] = _run(TinyProbHead("diag_clip"), rank, world)
+        finally:
+            losses_dist.gather_with_grad = original
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
