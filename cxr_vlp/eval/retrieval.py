@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ranks_in_block",
     "ranks_from_similarity",
     "ranks_from_embeddings",
     "metrics_from_ranks",
@@ -41,7 +42,7 @@ def _check_chunk(chunk_size: int) -> int:
     return int(chunk_size)
 
 
-def _chunk_ranks(block: Tensor, start: int) -> Tensor:
+def ranks_in_block(block: Tensor, start: int) -> Tensor:
     """Ranks for rows ``start .. start+len(block)-1`` of a similarity matrix given as ``block``."""
     if torch.isnan(block).any():
         raise ValueError("similarity contains NaN")
@@ -59,7 +60,7 @@ def ranks_from_similarity(similarity: Tensor | np.ndarray, chunk_size: int = 409
     if n < 1:
         raise ValueError("similarity must have N >= 1")
     step = _check_chunk(chunk_size)
-    return torch.cat([_chunk_ranks(sim[s : s + step], s) for s in range(0, n, step)]).long().cpu()
+    return torch.cat([ranks_in_block(sim[s : s + step], s) for s in range(0, n, step)]).long().cpu()
 
 
 @torch.no_grad()
@@ -76,7 +77,7 @@ def ranks_from_embeddings(query: Tensor, gallery: Tensor, chunk_size: int = 4096
         raise ValueError("need N >= 1 queries")
     step = _check_chunk(chunk_size)
     gallery_t = gallery.transpose(0, 1)
-    out = [_chunk_ranks(query[s : s + step] @ gallery_t, s) for s in range(0, n, step)]
+    out = [ranks_in_block(query[s : s + step] @ gallery_t, s) for s in range(0, n, step)]
     return torch.cat(out).long().cpu()
 
 

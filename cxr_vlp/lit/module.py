@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 import cxr_vlp
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks
+from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks, ranks_in_block
 from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
 from cxr_vlp.losses.heads import GaussianEmbedding, LossHead
 from cxr_vlp.losses.probabilistic import uncertainty
@@ -191,8 +191,7 @@ class ContrastiveModule(L.LightningModule):
             ranks = []
             for s in range(0, q.shape[0], chunk_size):
                 block = self.loss_head.similarity(q[s:s + chunk_size], lq[s:s + chunk_size], g, lg)
-                rows = torch.arange(block.shape[0], device=block.device)
-                ranks.append(1 + (block > block[rows, rows + s][:, None]).sum(dim=1))
+                ranks.append(ranks_in_block(block, s))
             for key, value in metrics_from_ranks(torch.cat(ranks).cpu()).items():
                 metrics[f"{stage}/{name}/{key}"] = value
         metrics[f"{stage}/num_studies"] = float(img.shape[0])
