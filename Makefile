@@ -36,3 +36,4 @@ clean-logs:
 # performance figures (prints, never asserts)
 bench: install
 	$(PY) bench/train_step.py +experiment=demo
+	$(PY) bench/image_cache.py

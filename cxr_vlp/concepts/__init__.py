@@ -7,6 +7,7 @@ from cxr_vlp.concepts.bank import (
     normalize_concept,
     save_concept_bank,
 )
+from cxr_vlp.concepts.embeddings import HashingEmbedder, hashing_embeddings
 from cxr_vlp.concepts.projection import (
     concept_scores,
     project_to_llm,
@@ -16,8 +17,10 @@ from cxr_vlp.concepts.projection import (
 
 __all__ = [
     "ConceptBankError",
+    "HashingEmbedder",
     "concept_scores",
     "default_bank_path",
+    "hashing_embeddings",
     "load_concept_bank",
     "normalize_concept",
     "project_to_llm",

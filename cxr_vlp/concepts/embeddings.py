@@ -8,6 +8,9 @@ L2-normalised, eval mode, no gradients.
 :func:`embed_concepts` caches the ``[K, E]`` matrix as a safetensors file named by a hash of the model
 identity (the hashes of the model directory's files), the concept list and the pooling; a later call with
 the same key reads the file and never loads the model. Files are written atomically (tmp + rename).
+
+:class:`HashingEmbedder` / :func:`hashing_embeddings` are the offline alternative (no model, no cache needed):
+character n-gram hashing, so lexically similar concepts get similar vectors. Used by the CPU demo and the tests.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from safetensors.torch import load_file, save_file
 
 from cxr_vlp.models.hub import resolve_hf_model
 
-__all__ = ["ConceptEmbedder", "cache_key", "embed_concepts", "load_text_model", "model_fingerprint"]
+__all__ = [
+    "ConceptEmbedder",
+    "HashingEmbedder",
+    "cache_key",
+    "embed_concepts",
+    "hashing_embeddings",
+    "load_text_model",
+    "model_fingerprint",
+]
 
 POOLING = "masked_mean_l2"
 _FULL_HASH_LIMIT = 64 * 1024 * 1024  # files above this are fingerprinted by size + head + tail
@@ -141,3 +152,52 @@ def embed_concepts(concepts: Sequence[str], model_name_or_path: str, cache_dir: 
     _atomic_save(emb, path, {"model": str(model_name_or_path), "num_concepts": str(len(concepts)),
                              "pooling": POOLING})
     return emb
+
+
+class HashingEmbedder:
+    """Offline, model-free concept embedder: character n-gram hashing, L2-normalised.
+
+    ``embed(texts) -> [N, dim]`` float32 rows of scikit-learn's ``HashingVectorizer(analyzer="char_wb",
+    ngram_range=ngram_range, n_features=dim, alternate_sign=True, norm="l2")``: every n-gram of the
+    space-padded words is hashed (MurmurHash3, fixed seed) into one of ``dim`` signed buckets. Deterministic
+    across processes and machines, needs no download and no cache, and strings sharing many n-grams
+    ("pleural effusion" / "small pleural effusion") get a high cosine while unrelated ones are close to
+    orthogonal. The signed buckets keep inner products unbiased under collisions. A text without any
+    n-gram (empty) would be a zero row and is refused.
+    """
+
+    def __init__(self, dim: int = 512, ngram_range: tuple[int, int] = (3, 5)) -> None:
+        dim = int(dim)
+        lo, hi = (int(n) for n in ngram_range)
+        if dim < 1:
+            raise ValueError(f"hashing embedder dim must be >= 1, got {dim}")
+        if not 1 <= lo <= hi:
+            raise ValueError(f"ngram_range must be (lo, hi) with 1 <= lo <= hi, got {tuple(ngram_range)}")
+        self.dim = dim
+        self.ngram_range = (lo, hi)
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings, not a single string")
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        texts = [str(t) for t in texts]
+        if not texts:
+            return torch.empty(0, self.dim)
+        vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, n_features=self.dim,
+                                       alternate_sign=True, norm=None, lowercase=True)
+        dense = torch.from_numpy(vectorizer.transform(texts).toarray()).to(torch.float64)
+        norms = dense.norm(dim=1)
+        if (norms == 0).any():
+            bad = [texts[i] for i in torch.nonzero(norms == 0).flatten().tolist()]
+            raise ValueError(f"hashing embedder: no character n-grams in {bad[:5]} (empty or cancelled out)")
+        return (dense / norms.unsqueeze(1)).to(torch.float32)
+
+
+def hashing_embeddings(concepts: Sequence[str], dim: int = 512,
+                       ngram_range: tuple[int, int] = (3, 5)) -> torch.Tensor:
+    """``[K, dim]`` L2-normalised character n-gram hashing embeddings of ``concepts`` (see :class:`HashingEmbedder`)."""
+    concepts = list(concepts)
+    if not concepts:
+        raise ValueError("hashing_embeddings needs at least one concept")
+    return HashingEmbedder(dim, ngram_range).embed(concepts)

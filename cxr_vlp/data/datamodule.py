@@ -3,6 +3,15 @@
 The module is dataset-agnostic: ``reader`` is a callable returning a :class:`StudyTable` (the generic
 CSV reader, or a dataset-specific one), and the optional ``prepare`` callable runs once on rank 0 before
 reading (the synthetic generator uses it to create the dataset when it is not cached yet).
+
+Splits: the table's ``split`` column when it has one (``use_official_split``), else a seeded patient-level
+split stratified on the labels. A partly filled column (e.g. CheXpert, whose ``valid.csv`` is the test set)
+keeps the official assignment and splits the remaining subjects into train / val in the ratio of
+``split_fractions``. ``keep_official`` (e.g. ``[test]``) keeps only those official splits and treats the
+other rows as unassigned (CLIP-XRad: official MIMIC test set, validation carved out of the training patients). Either way the final tables are re-checked for subjects in two splits.
+
+Image cache: when ``image_cache`` names a folder written by ``python -m cxr_vlp.prepare``, images are read
+from there (the smallest cached size that covers ``transforms.image_size``); raw images otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cxr_vlp.data.batch import Collator
 from cxr_vlp.data.dataset import StudyDataset
-from cxr_vlp.data.splits import PatientSplit, patient_split, split_from_column
+from cxr_vlp.data.splits import DEFAULT_SPLIT_NAMES, PatientSplit, patient_split, split_from_column
 from cxr_vlp.data.table import StudyTable
 from cxr_vlp.data.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
@@ -29,6 +38,17 @@ from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, token
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+
+def _canonical_split(value: object) -> str | None:
+    """``train`` / ``val`` / ``test`` for an official split value, None for a blank one (unknown names are left
+    to :func:`split_from_column`, which names them in its error)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "nan", "none"):
+        return None
+    return DEFAULT_SPLIT_NAMES.get(text, text)
 
 
 class CXRDataModule(L.LightningDataModule):
@@ -44,9 +64,13 @@ class CXRDataModule(L.LightningDataModule):
         self,
         reader: Callable[[], StudyTable],
         prepare: Callable[[], Any] | None = None,
+        name: str = "dataset",
+        root: str | None = None,
+        image_cache: str | None = None,
         split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         use_official_split: bool = True,
+        keep_official: list[str] | None = None,
         transforms: dict | TransformConfig | None = None,
         text_views: dict | None = None,
         num_image_views: int = 1,
@@ -64,9 +88,13 @@ class CXRDataModule(L.LightningDataModule):
         super().__init__()
         self.reader = reader
         self.prepare = prepare
+        self.name = name
+        self.root = root
+        self.image_cache = image_cache
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.use_official_split = use_official_split
+        self.keep_official = None if keep_official is None else {_canonical_split(k) for k in keep_official}
         self.transform_cfg = (transforms if isinstance(transforms, TransformConfig)
                               else TransformConfig(**dict(transforms or {})))
         text_kwargs = dict(text_views or {})
@@ -95,13 +123,8 @@ class CXRDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tables:
             return
-        table = self.reader()
-        if self.use_official_split and table.split is not None:
-            frame = pd.DataFrame({"subject_id": table.subject_ids, "split": table.split})
-            self.split = split_from_column(frame)
-        else:
-            self.split = patient_split(table.subject_ids, table.labels if table.has_labels else None,
-                                       fractions=self.split_fractions, seed=self.split_seed)
+        table = self.read_table()
+        self.split = self.make_split(table)
         assigned = self.split.assign(table.subject_ids)
         for name in SPLITS:
             rows = np.flatnonzero(assigned == name)
@@ -123,6 +146,41 @@ class CXRDataModule(L.LightningDataModule):
                 table_, transforms[train], self.train_text if train else self.eval_text,
                 num_image_views=self.num_image_views if train else 1, train=train, seed=self.seed,
             )
+
+    def read_table(self) -> StudyTable:
+        """The reader's table, with image paths pointing into the image cache when one is present."""
+        table = self.reader()
+        if self.image_cache:
+            from cxr_vlp.data.cache import apply_cache
+
+            table = apply_cache(table, self.image_cache, min_size=self.transform_cfg.image_size)
+        return table
+
+    def make_split(self, table: StudyTable) -> PatientSplit:
+        """Official split (complete or partial, see the module docstring) or a seeded patient split."""
+        labels = table.labels if table.has_labels else None
+        if not (self.use_official_split and table.split is not None):
+            return patient_split(table.subject_ids, labels, fractions=self.split_fractions, seed=self.split_seed)
+        given = np.array([_canonical_split(s) is not None for s in table.split])
+        if self.keep_official is not None:  # e.g. keep the official test set, re-split train + validate
+            given &= np.array([_canonical_split(s) in self.keep_official for s in table.split])
+        if given.all():
+            return split_from_column(pd.DataFrame({"subject_id": table.subject_ids, "split": table.split}))
+        official = split_from_column(pd.DataFrame({
+            "subject_id": [table.subject_ids[i] for i in np.flatnonzero(given)],
+            "split": [table.split[i] for i in np.flatnonzero(given)]}))
+        rest = [i for i in np.flatnonzero(~given) if table.subject_ids[i] not in official]
+        groups = {k: set(getattr(official, k)) for k in SPLITS}
+        if rest:
+            train_f, val_f = self.split_fractions[0], self.split_fractions[1]
+            fractions = (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0)
+            extra = patient_split([table.subject_ids[i] for i in rest],
+                                  None if labels is None else labels[rest], fractions=fractions, seed=self.split_seed)
+            groups["train"] |= extra.train
+            groups["val"] |= extra.val
+            log.info("%s: %d subjects without an official split assigned to train / val (%d / %d)",
+                     self.name, len(extra.train) + len(extra.val), len(extra.train), len(extra.val))
+        return PatientSplit(**groups)
 
     def _check_disjoint(self) -> None:
         """Re-check on the final tables that no subject appears in two splits (belt and braces)."""

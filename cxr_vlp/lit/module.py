@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from torch.optim.lr_scheduler import LambdaLR
 
 import cxr_vlp
+from cxr_vlp.concepts.projection import concept_scores
 from cxr_vlp.data.batch import Batch
 from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks, ranks_in_block
 from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
@@ -29,6 +30,8 @@ from cxr_vlp.models.hub import ModelNotAvailableError
 from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
+# concept strings are a few words; longer ones are truncated when tokenised for the text tower
+CONCEPT_MAX_LENGTH = 64
 
 
 def instantiate_node(node: dict) -> Any:
@@ -74,13 +77,21 @@ class ContrastiveModule(L.LightningModule):
     and log the mean per-sample uncertainty Σσ² (``{stage}/uncertainty_mean``, per modality too).
     The local BERT's embedding table has ``tokenizer.vocab_size`` rows (the tokenizer's upper bound; a
     trained vocabulary may be smaller), so the model does not depend on the trained tokenizer.
+
+    Concept heads (``loss_head.needs_concepts``, e.g. CLEAR): the head's ``concept_names`` are tokenised once
+    per run with the data module's tokenizer (``self.tokenizer`` after :func:`load_module`) and kept as
+    non-persistent buffers; the text tower embeds them (C ``[K, D]``, :meth:`concept_embeddings`) every training
+    step with gradients and once per eval epoch without, and C is passed as ``loss_head(..., concepts=C)``.
+    Validation / test keep the image concept scores f Cᵀ of the gathered split in
+    ``eval_concept_scores[stage] = {"index": [N], "scores": [N, K]}`` (by study index); retrieval still ranks
+    the tower embeddings f vs t. The concept list is saved in ``checkpoint["cxr_vlp"]["concepts"]``.
     """
 
     def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.encoder = build_dual_encoder(model)
-        self.loss_head: LossHead = instantiate(loss)
+        self.loss_head: LossHead = instantiate_node(loss)
         self.probabilistic = bool(getattr(self.loss_head, "needs_uncertainty", False))
         if self.probabilistic and not self.encoder.probabilistic:
             raise ValueError(
@@ -92,6 +103,17 @@ class ContrastiveModule(L.LightningModule):
                         "parameters: DDP will fail unless find_unused_parameters)", type(self.loss_head).__name__)
         # per-sample uncertainty (Σσ²) of the last gathered eval split, by stage (probabilistic heads only)
         self.eval_uncertainty: dict[str, dict[str, torch.Tensor]] = {}
+        self.needs_concepts = bool(getattr(self.loss_head, "needs_concepts", False))
+        if self.needs_concepts and self.probabilistic:
+            raise ValueError(f"loss head {type(self.loss_head).__name__} needs both concepts and uncertainty: "
+                             "not supported")
+        # image concept scores f Cᵀ of the last gathered eval split, by stage (concept heads only)
+        self.eval_concept_scores: dict[str, dict[str, torch.Tensor]] = {}
+        if self.needs_concepts:
+            self.register_buffer("concept_input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+            self.register_buffer("concept_attention_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self._concept_tokenizer = None
+        self._eval_concepts: torch.Tensor | None = None
         self.optim_cfg = dict(optim)
         self.scheduler_cfg = dict(scheduler)
         self.tokenizer = None
@@ -106,6 +128,67 @@ class ContrastiveModule(L.LightningModule):
             "version": cxr_vlp.__version__,
             "tokenizer_json": tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
         }
+        if self.needs_concepts:
+            checkpoint["cxr_vlp"]["concepts"] = list(self.loss_head.concept_names)
+
+    # ------------------------------------------------------------------ concepts (concept heads only)
+    def prepare_concepts(self, tokenizer=None) -> None:
+        """Tokenise the head's concepts (once per tokenizer) into the non-persistent id buffers and make sure the
+        head has its frozen concept embeddings E (computed only if not loaded from a checkpoint)."""
+        if not self.needs_concepts:
+            return
+        if tokenizer is None:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            tokenizer = getattr(datamodule, "tokenizer", None) or self.tokenizer
+        if tokenizer is None:
+            raise RuntimeError("concept heads need a tokenizer: the data module's (during fit/test) or "
+                               "module.tokenizer (set by load_module)")
+        if tokenizer is not self._concept_tokenizer or self.concept_input_ids.numel() == 0:
+            tokens = tokenizer(list(self.loss_head.concept_names), padding="longest", truncation=True,
+                               max_length=CONCEPT_MAX_LENGTH, return_tensors="pt", return_token_type_ids=False)
+            device = self.concept_input_ids.device
+            self.concept_input_ids = tokens["input_ids"].to(device)
+            self.concept_attention_mask = tokens["attention_mask"].to(device)
+            self._concept_tokenizer = tokenizer
+        self.loss_head.prepare()
+
+    def concept_embeddings(self) -> torch.Tensor:
+        """C ``[K, D]``: the text tower's L2-normalised embeddings of the head's concepts (grad as the context)."""
+        if self.concept_input_ids.numel() == 0:
+            self.prepare_concepts()
+        return self.encoder.encode_text(self.concept_input_ids, self.concept_attention_mask)
+
+    @torch.no_grad()
+    def concept_scores_for(self, images: torch.Tensor) -> torch.Tensor:
+        """Image concept scores s = f Cᵀ ``[B, K]`` (cosines, columns in ``loss_head.concept_names`` order) for
+        new ``[B, C, H, W]`` images, without gradients; put the module in eval mode first."""
+        if not self.needs_concepts:
+            raise RuntimeError(f"loss head {type(self.loss_head).__name__} has no concepts")
+        return concept_scores(self.encoder.encode_image(images), self.concept_embeddings())
+
+    def setup(self, stage: str) -> None:
+        # E before the model is moved / wrapped; a checkpoint restored afterwards overwrites it
+        if self.needs_concepts and stage == "fit":
+            self.loss_head.prepare()
+
+    def on_fit_start(self) -> None:
+        self.prepare_concepts()
+
+    def on_validation_start(self) -> None:
+        self.prepare_concepts()
+
+    def on_test_start(self) -> None:
+        self.prepare_concepts()
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval_concepts()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval_concepts()
+
+    @torch.no_grad()
+    def _start_eval_concepts(self) -> None:
+        self._eval_concepts = self.concept_embeddings().detach() if self.needs_concepts else None
 
     # ------------------------------------------------------------------ forward
     def _views(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -131,7 +214,8 @@ class ContrastiveModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         image_views, text_views = self._loss_views(batch)
-        out = self.loss_head(image_views, text_views, labels=batch.labels)
+        extra = {"concepts": self.concept_embeddings()} if self.needs_concepts else {}
+        out = self.loss_head(image_views, text_views, labels=batch.labels, **extra)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in out.logs.items() if k != "loss"}, batch_size=len(batch))
         return out.loss
@@ -139,9 +223,18 @@ class ContrastiveModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
         image_views, text_views = self._loss_views(batch)
-        out = self.loss_head(image_views[:1], text_views[:1], labels=batch.labels)
+        extra = {}
+        if self.needs_concepts:
+            if self._eval_concepts is None:
+                self._start_eval_concepts()
+            extra = {"concepts": self._eval_concepts}
+        out = self.loss_head(image_views[:1], text_views[:1], labels=batch.labels, **extra)
         self.log(f"{stage}/loss", out.loss, sync_dist=True, batch_size=len(batch))
-        if self.probabilistic:  # (index, μ_img, μ_txt, log σ²_img, log σ²_txt)
+        if self.needs_concepts:  # (index, img, txt, image concept scores f Cᵀ)
+            img = image_views[0].detach()
+            self._eval_outputs[stage].append((batch.index, img, text_views[0].detach(),
+                                              concept_scores(img, self._eval_concepts)))
+        elif self.probabilistic:  # (index, μ_img, μ_txt, log σ²_img, log σ²_txt)
             img, txt = image_views[0], text_views[0]
             self._eval_outputs[stage].append((batch.index, img.mu.detach(), txt.mu.detach(),
                                               img.logvar.detach(), txt.logvar.detach()))
@@ -156,7 +249,8 @@ class ContrastiveModule(L.LightningModule):
 
     def gathered_eval_outputs(self, stage: str) -> tuple[torch.Tensor, ...]:
         """Eval outputs of the whole split across ranks, each study once, ordered by study index:
-        ``(index, img, txt)``, plus ``(img_logvar, txt_logvar)`` for probabilistic heads (img / txt are μ)."""
+        ``(index, img, txt)``, plus ``(img_logvar, txt_logvar)`` for probabilistic heads (img / txt are μ) or
+        the image concept scores ``[N, K]`` for concept heads."""
         outputs = self._eval_outputs.pop(stage, [])
         tensors = [torch.cat([o[k] for o in outputs]) for k in range(len(outputs[0]))]
         if self.trainer.world_size > 1:
@@ -174,7 +268,9 @@ class ContrastiveModule(L.LightningModule):
         if self.probabilistic:
             metrics = self._probabilistic_retrieval(stage)
         else:
-            _, img, txt = self.gathered_eval_embeddings(stage)
+            index, img, txt, *rest = self.gathered_eval_outputs(stage)
+            if self.needs_concepts:
+                self.eval_concept_scores[stage] = {"index": index.cpu(), "scores": rest[0].float().cpu()}
             metrics = bidirectional_retrieval(img.float(), txt.float(), prefix=f"{stage}/")
             metrics[f"{stage}/num_studies"] = float(img.shape[0])
         metrics[f"{stage}/rsum"] = sum(v for k, v in metrics.items() if "/R@" in k)
@@ -202,9 +298,11 @@ class ContrastiveModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
+        self._eval_concepts = None
 
     def on_test_epoch_end(self) -> None:
         self._log_retrieval("test")
+        self._eval_concepts = None
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -246,6 +344,9 @@ def load_module(ckpt_path: str, map_location: str | torch.device = "cpu") -> Con
     if model_cfg["text_encoder"].get("name_or_path") is not None:
         model_cfg["text_encoder"] = {**model_cfg["text_encoder"], "pretrained": False}
     hparams["model"] = model_cfg
+    saved_concepts = (checkpoint.get("cxr_vlp") or {}).get("concepts")
+    if saved_concepts:  # concept heads: the checkpoint's list, so the bank file need not exist here
+        hparams["loss"] = {**hparams["loss"], "concepts": list(saved_concepts)}
     module = ContrastiveModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     saved = (checkpoint.get("cxr_vlp") or {}).get("tokenizer_json")
@@ -254,4 +355,5 @@ def load_module(ckpt_path: str, map_location: str | torch.device = "cpu") -> Con
     else:
         tok = dict(model_cfg["text_encoder"]["tokenizer"])
         module.tokenizer = build_tokenizer(tok.pop("kind"), **tok)
+    module.prepare_concepts(module.tokenizer)  # concept heads: tokenise; E came with the state dict
     return module

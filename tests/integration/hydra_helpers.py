@@ -12,11 +12,11 @@ from omegaconf import DictConfig, open_dict
 from cxr_vlp.utils.config import config_dir
 
 
-def tiny_overrides(csv_path: Path) -> list[str]:
-    """Overrides that make any experiment run on the tiny dataset at 64 px in one CPU process."""
+def tiny_model_overrides() -> list[str]:
+    """Overrides that make any experiment small and fast on any dataset: 64 px, tiny encoders, one CPU process."""
     return [
-        f"data.reader.csv_path={csv_path}",
         "data.prepare=null",
+        "data.image_cache=null",
         "data.transforms.image_size=64",
         "data.batch_size=8",
         "data.eval_batch_size=16",
@@ -32,6 +32,11 @@ def tiny_overrides(csv_path: Path) -> list[str]:
         "trainer.devices=1",
         "callbacks.progress_bar=null",
     ]
+
+
+def tiny_overrides(csv_path: Path) -> list[str]:
+    """Overrides that make any experiment run on the tiny generic-CSV dataset at 64 px in one CPU process."""
+    return [f"data.root={Path(csv_path).parent}", f"data.reader.csv_path={csv_path}", *tiny_model_overrides()]
 
 
 def compose_train(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:

@@ -17,7 +17,8 @@ CONF = Path(config_dir())
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Selectable options of a group (files starting with ``_`` are shared parts, not options)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _compose(tmp_path: Path, overrides: list[str]):
@@ -32,9 +33,21 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize("name", _options("experiment"))
 def test_experiments_compose_and_resolve(tmp_path: Path, name: str) -> None:
-    cfg = _compose(tmp_path, [f"+experiment={name}"])
+    real_data = not name.endswith("_demo") and name != "demo"
+    cfg = _compose(tmp_path, [f"+experiment={name}", *(["data.root=/data/set"] if real_data else [])])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert cfg.task_name and cfg.model.embed_dim > 0
+    assert cfg.task_name == name and cfg.model.embed_dim > 0
+    head = name.split("_")[0] if name != "demo" else "clip"
+    head = "probclip_vib" if name.startswith("probclip_vib") else head
+    assert OmegaConf.to_container(cfg.loss)["_target_"].rsplit(".", 1)[-1].lower().startswith(head.split("_")[0])
+    if real_data:  # the CLIP-XRad paper's settings on every head
+        assert cfg.data.name == ("mimic_cxr" if name.endswith("_mimic") else "iu_xray")
+        assert cfg.model.image_encoder.name.startswith("swin_tiny") and cfg.model.embed_dim == 768
+        assert "Bio_ClinicalBERT" in cfg.model.text_encoder.name_or_path
+        assert (cfg.optim.lr, cfg.data.batch_size, cfg.data.transforms.image_size) == (3.0e-5, 64, 224)
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.loss.temperature_init == 0.07
+        if name.startswith("mcsl"):
+            assert cfg.loss.lam == 0.7
 
 
 @pytest.mark.parametrize("name", _options("model/image_encoder"))
@@ -72,14 +85,17 @@ def test_runtime_groups_instantiate(tmp_path: Path, group: str) -> None:
 
 @pytest.mark.parametrize("name", _options("data"))
 def test_data_configs_instantiate(tmp_path: Path, name: str) -> None:
+    """Every dataset config builds a data module; a real-data root that does not exist fails at setup with
+    an error naming that folder (not a KeyError or a silent empty dataset)."""
     overrides = [f"data={name}"]
-    if name == "csv":
-        overrides.append("data.reader.csv_path=/nonexistent/studies.csv")
+    if name != "synthetic":
+        overrides.append("data.root=/nonexistent/dataset")
     cfg = _compose(tmp_path, overrides)
     dm = instantiate(cfg.data)
     assert dm.batch_size == cfg.data.batch_size
-    if name == "csv":
-        with pytest.raises(FileNotFoundError, match="/nonexistent/studies.csv"):
+    assert dm.name == name
+    if name != "synthetic":
+        with pytest.raises(FileNotFoundError, match="/nonexistent/dataset"):
             dm.setup("fit")
 
 
