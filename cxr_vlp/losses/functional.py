@@ -9,6 +9,11 @@ so each rank's loss is a mean over its *local* rows against the *global* columns
 passed back through the gather (see :mod:`cxr_vlp.losses.distributed`), and DDP's gradient averaging
 over ranks then yields exactly the gradient of the single-process loss on the global batch.
 In a single process (or with ``gather=False``) the inputs are taken as the whole batch (o = 0).
+
+This module is the one place to find every loss formula as a pure function: ``clip_loss`` here,
+``csd_distance`` / ``vib_kl`` (defined in :mod:`cxr_vlp.losses.probabilistic`), and ``mcsl_loss`` /
+``clear_loss`` (defined beside their heads in :mod:`cxr_vlp.losses.mcsl` and
+:mod:`cxr_vlp.losses.clear_head`, resolved lazily here because those modules build on this one).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cxr_vlp.losses import distributed as _dist
+from cxr_vlp.losses.probabilistic import csd_distance, vib_kl
 
 __all__ = [
     "contrastive_ce",
@@ -27,7 +33,21 @@ __all__ = [
     "clip_loss",
     "intra_modal_loss",
     "multi_view_clip_loss",
+    "csd_distance",
+    "vib_kl",
+    "mcsl_loss",
+    "clear_loss",
 ]
+
+_LAZY = {"mcsl_loss": "cxr_vlp.losses.mcsl", "clear_loss": "cxr_vlp.losses.clear_head"}
+
+
+def __getattr__(name: str):  # PEP 562: the formulas whose modules import this one
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_float(x: Tensor) -> Tensor:

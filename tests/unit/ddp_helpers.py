@@ -6,8 +6,6 @@ the children, so ``import ddp_helpers`` works there too.
 
 from __future__ import annotations
 
-import datetime
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from torch import Tensor, nn
 
 from cxr_vlp.losses import ClipHead
 from cxr_vlp.losses import distributed as losses_dist
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows
 
 GLOBAL_BATCH = 8
 IMG_IN, TXT_IN, EMB = 6, 7, 5
@@ -62,8 +61,7 @@ def _run_step(rank: int, world: int) -> dict:
     model = TinyCLIP()
     ddp = nn.parallel.DistributedDataParallel(model)
     imgs, txts = make_batch()
-    b = GLOBAL_BATCH // world
-    local = slice(rank * b, (rank + 1) * b)
+    local = local_rows(rank, world, GLOBAL_BATCH)
     loss = ddp([x[local] for x in imgs], [x[local] for x in txts])
     loss.backward()
     mean_loss = loss.detach().clone()
@@ -75,23 +73,14 @@ def _run_step(rank: int, world: int) -> dict:
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Spawned entry point: run every mode plus collective checks; save results to out_dir."""
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
-    )
+    init_gloo(rank, world, port)
     try:
         results: dict = {}
         results["grad"] = _run_step(rank, world)
 
         # Plain (no-grad) gather: columns from other ranks carry no gradient.
-        original = losses_dist.gather_with_grad
-        losses_dist.gather_with_grad = losses_dist.gather_no_grad
-        try:
+        with gathers_without_grad():
             results["nograd"] = _run_step(rank, world)
-        finally:
-            losses_dist.gather_with_grad = original
 
         x = torch.full((2, 3), float(rank), dtype=torch.float64, requires_grad=True)
         gathered = losses_dist.gather_no_grad(x)

@@ -8,8 +8,6 @@ carries gradients into the shared tower, as the real text tower does in Contrast
 
 from __future__ import annotations
 
-import datetime
-import os
 from pathlib import Path
 
 import torch
@@ -17,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cxr_vlp.losses import distributed as losses_dist
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from cxr_vlp.losses.clear_head import ClearHead
 
 GLOBAL_BATCH = 8
@@ -61,60 +59,32 @@ def make_batch() -> tuple[list[Tensor], list[Tensor]]:
     return imgs, txts
 
 
-def _pack(model: nn.Module, loss: Tensor, logs: dict[str, Tensor]) -> dict:
-    return {
-        "loss": loss.item(),
-        "logs": {k: v.item() for k, v in logs.items()},
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
-    }
-
-
 def single_process_reference(detach_concepts: bool = False) -> dict:
     """Loss, logs and parameter gradients on the whole global batch in one process."""
     imgs, txts = make_batch()
     model = TinyClear()
     loss, logs = model(imgs, txts, detach_concepts=detach_concepts)
     loss.backward()
-    return _pack(model, loss, logs)
-
-
-def _mean_over_ranks(x: Tensor, world: int) -> float:
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return (x / world).item()
+    return pack(model, loss, logs)
 
 
 def _run(rank: int, world: int) -> dict:
     model = TinyClear()
     ddp = nn.parallel.DistributedDataParallel(model)
     imgs, txts = make_batch()
-    b = GLOBAL_BATCH // world
-    local = slice(rank * b, (rank + 1) * b)
+    local = local_rows(rank, world, GLOBAL_BATCH)
     loss, logs = ddp([x[local] for x in imgs], [x[local] for x in txts])
     loss.backward()
-    return {
-        "loss": _mean_over_ranks(loss, world),
-        "local_loss": loss.item(),
-        # every logged value is a mean over local rows (equal B) or a scale, so the rank mean is the global value
-        "logs": {k: _mean_over_ranks(v, world) for k, v in logs.items()},
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
-    }
+    return pack_ddp(model, loss, logs, world)
 
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Spawned entry point: run with and without gradient-carrying gathers; save the results."""
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         results = {"clear": _run(rank, world)}
-        original = losses_dist.gather_with_grad
-        losses_dist.gather_with_grad = losses_dist.gather_no_grad
-        try:
+        with gathers_without_grad():
             results["clear_nograd"] = _run(rank, world)
-        finally:
-            losses_dist.gather_with_grad = original
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

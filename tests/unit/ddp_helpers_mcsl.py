@@ -6,9 +6,7 @@ Every model is float64 so DDP and single-process results agree to ~1e-12.
 
 from __future__ import annotations
 
-import datetime
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -16,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cxr_vlp.losses import distributed as losses_dist
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from cxr_vlp.losses.mcsl import McslHead
 from cxr_vlp.losses.probabilistic import prob_match_loss, vib_kl
 
@@ -98,66 +96,38 @@ def single_process_reference() -> dict[str, dict]:
         model = TinyMCSL(mode)
         loss, logs = model(imgs, txts, labels)
         loss.backward()
-        results[mode] = _pack(model, loss, logs)
+        results[mode] = pack(model, loss, logs)
     model = TinyProb()
     loss, logs = model(imgs[0], txts[0])
     loss.backward()
-    results["prob"] = _pack(model, loss, logs)
+    results["prob"] = pack(model, loss, logs)
     return results
-
-
-def _pack(model: nn.Module, loss: Tensor, logs: dict[str, Tensor]) -> dict:
-    return {
-        "loss": loss.item(),
-        "logs": {k: v.item() for k, v in logs.items()},
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
-    }
-
-
-def _mean_over_ranks(x: Tensor, world: int) -> float:
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return (x / world).item()
 
 
 def _run(model: nn.Module, rank: int, world: int, prob: bool) -> dict:
     ddp = nn.parallel.DistributedDataParallel(model)
     imgs, txts, labels = make_batch()
-    b = GLOBAL_BATCH // world
-    local = slice(rank * b, (rank + 1) * b)
+    local = local_rows(rank, world, GLOBAL_BATCH)
     if prob:
         loss, logs = ddp(imgs[0][local], txts[0][local])
     else:
         loss, logs = ddp([x[local] for x in imgs], [x[local] for x in txts], labels[local])
     loss.backward()
-    return {
-        "loss": _mean_over_ranks(loss, world),
-        "local_loss": loss.item(),
-        # every logged value is a mean over local rows (equal B), so the rank mean is the global value
-        "logs": {k: _mean_over_ranks(v, world) for k, v in logs.items()},
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
-    }
+    return pack_ddp(model, loss, logs, world)
 
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Spawned entry point: run every model with and without gradient-carrying gathers; save results."""
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         results: dict = {}
         for mode in MCSL_MODES:
             results[mode] = _run(TinyMCSL(mode), rank, world, prob=False)
         results["prob"] = _run(TinyProb(), rank, world, prob=True)
 
-        original = losses_dist.gather_with_grad
-        losses_dist.gather_with_grad = losses_dist.gather_no_grad
-        try:
+        with gathers_without_grad():
             results["identity_nograd"] = _run(TinyMCSL("identity"), rank, world, prob=False)
             results["prob_nograd"] = _run(TinyProb(), rank, world, prob=True)
-        finally:
-            losses_dist.gather_with_grad = original
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -6,8 +6,6 @@ The model is float64 so DDP and single-process results agree to ~1e-12.
 
 from __future__ import annotations
 
-import datetime
-import os
 from pathlib import Path
 
 import torch
@@ -15,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cxr_vlp.losses import distributed as losses_dist
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from cxr_vlp.losses.heads import GaussianEmbedding
 from cxr_vlp.losses.prob_head import ProbClipHead
 
@@ -58,14 +56,6 @@ def make_batch() -> tuple[list[Tensor], list[Tensor]]:
     return imgs, txts
 
 
-def _pack(model: nn.Module, loss: Tensor, logs: dict[str, Tensor]) -> dict:
-    return {
-        "loss": loss.item(),
-        "logs": {k: v.item() for k, v in logs.items()},
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
-    }
-
-
 def single_process_reference() -> dict[str, dict]:
     """Loss, logs and parameter gradients of every variant on the whole global batch."""
     imgs, txts = make_batch()
@@ -74,46 +64,26 @@ def single_process_reference() -> dict[str, dict]:
         model = TinyProbHead(variant)
         loss, logs = model(imgs, txts)
         loss.backward()
-        results[variant] = _pack(model, loss, logs)
+        results[variant] = pack(model, loss, logs)
     return results
-
-
-def _mean_over_ranks(x: Tensor, world: int) -> float:
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return (x / world).item()
 
 
 def _run(model: nn.Module, rank: int, world: int) -> dict:
     ddp = nn.parallel.DistributedDataParallel(model)
     imgs, txts = make_batch()
-    b = GLOBAL_BATCH // world
-    local = slice(rank * b, (rank + 1) * b)
+    local = local_rows(rank, world, GLOBAL_BATCH)
     loss, logs = ddp([x[local] for x in imgs], [x[local] for x in txts])
     loss.backward()
-    return {
-        "loss": _mean_over_ranks(loss, world),
-        "local_loss": loss.item(),
-        # every logged value is a mean over local rows (equal B) or a parameter: the rank mean is global
-        "logs": {k: _mean_over_ranks(v, world) for k, v in logs.items()},
-        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
-    }
+    return pack_ddp(model, loss, logs, world)
 
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Spawned entry point: run every variant with and without gradient-carrying gathers; save results."""
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         results: dict = {variant: _run(TinyProbHead(variant), rank, world) for variant in VARIANTS}
-        original = losses_dist.gather_with_grad
-        losses_dist.gather_with_grad = losses_dist.gather_no_grad
-        try:
+        with gathers_without_grad():
             results["diag_clip_nograd"] = _run(TinyProbHead("diag_clip"), rank, world)
-        finally:
-            losses_dist.gather_with_grad = original
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

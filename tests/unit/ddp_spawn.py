@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import Tensor, nn
+
+from cxr_vlp.losses import distributed as losses_dist
 
 
 def free_port() -> int:
@@ -53,3 +60,56 @@ def spawn_and_collect(worker: Callable, world: int, out: Path, attempts: int = 3
             raise RuntimeError(f"DDP workers exited cleanly but did not save results in {out}")
         return results
     raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------ shared by the workers and references
+def local_rows(rank: int, world: int, global_batch: int) -> slice:
+    """This rank's rows of the global batch (equal shares)."""
+    b = global_batch // world
+    return slice(rank * b, (rank + 1) * b)
+
+
+def pack(model: nn.Module, loss: Tensor, logs: dict[str, Tensor]) -> dict:
+    """Single-process result after ``loss.backward()``: loss, logged values and parameter gradients."""
+    return {
+        "loss": loss.item(),
+        "logs": {k: v.item() for k, v in logs.items()},
+        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+def mean_over_ranks(x: Tensor, world: int) -> float:
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return (x / world).item()
+
+
+def pack_ddp(model: nn.Module, loss: Tensor, logs: dict[str, Tensor], world: int) -> dict:
+    """A rank's result after ``loss.backward()``: the rank-mean loss and logs (every logged value is a mean
+    over equal local shares, or a parameter, so the rank mean is the global value), the local loss, and the
+    parameter gradients (already averaged over ranks by DDP)."""
+    return {
+        "loss": mean_over_ranks(loss, world),
+        "local_loss": loss.item(),
+        "logs": {k: mean_over_ranks(v, world) for k, v in logs.items()},
+        "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+@contextlib.contextmanager
+def gathers_without_grad() -> Iterator[None]:
+    """The control: all-gathers that do not carry gradients (the DDP results must then differ)."""
+    original = losses_dist.gather_with_grad
+    losses_dist.gather_with_grad = losses_dist.gather_no_grad
+    try:
+        yield
+    finally:
+        losses_dist.gather_with_grad = original
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    """Join the CPU process group of a spawned worker (one thread; the caller destroys it in ``finally``)."""
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))

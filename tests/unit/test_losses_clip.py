@@ -188,3 +188,12 @@ def test_aligned_embeddings_give_near_zero_loss_and_random_near_log_b() -> None:
     txt = F.normalize(torch.randn(256, 512, generator=g), dim=-1)
     loss = clip_loss(img, txt, 1.0).item()
     assert loss == pytest.approx(math.log(256), abs=0.02)
+
+
+def test_functional_module_exposes_every_formula() -> None:
+    from cxr_vlp.losses import clear_head, functional, mcsl, probabilistic
+    from cxr_vlp.losses.functional import csd_distance, mcsl_loss, vib_kl  # noqa: F401  (importable by name)
+
+    assert functional.mcsl_loss is mcsl.mcsl_loss and functional.clear_loss is clear_head.clear_loss
+    assert functional.csd_distance is probabilistic.csd_distance and functional.vib_kl is probabilistic.vib_kl
+    assert set(functional.__all__) >= {"clip_loss", "mcsl_loss", "csd_distance", "vib_kl"}
