@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/pins.txt requirements/lock.
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: install demo test test-fast bench clean-logs
+.PHONY: install demo test test-fast bench gpu-checks clean-logs
 
 $(STAMP): requirements/pins.txt requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ clean-logs:
 bench: install
 	$(PY) bench/train_step.py +experiment=demo
 	$(PY) bench/image_cache.py
+
+# on a machine with a CUDA device: GPU tests, fp32 vs bf16 train-step throughput, the demo on the GPU
+gpu-checks: install
+	bash bench/gpu_checks.sh $(PY)

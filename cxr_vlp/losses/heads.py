@@ -53,6 +53,18 @@ class LossHead(nn.Module):
 
     needs_uncertainty: bool = False
 
+    def __call__(self, *args, **kwargs) -> LossOutput:
+        """Run the head in fp32 even inside a bf16 / fp16 autocast region (``precision=bf16-mixed``).
+
+        Autocast casts matmul inputs to the low precision whatever their dtype, and the heads' pairwise terms
+        (cosines times a scale near 100, squared distances ‖μ_a‖² + ‖μ_b‖² − 2μ_a·μ_b, Jaccard targets) lose
+        several per cent in bf16; the towers keep the fast path, the [B, B] loss algebra is cheap.
+        """
+        device = next((p.device.type for p in self.parameters()), None)
+        device = device or next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return super().__call__(*args, **kwargs)
+
     def forward(  # noqa: D102
         self,
         image_views: Sequence[Tensor],
