@@ -37,6 +37,7 @@ clean-logs:
 bench: install
 	$(PY) bench/train_step.py +experiment=demo
 	$(PY) bench/image_cache.py
+	$(PY) bench/retrieval_scale.py n=100000 d=512
 
 # on a machine with a CUDA device: GPU tests, fp32 vs bf16 train-step throughput, the demo on the GPU
 gpu-checks: install

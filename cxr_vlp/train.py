@@ -41,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
     module = ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
                                scheduler=container["scheduler"])
+    module.data_config = container["data"]
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -70,7 +71,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("test"):
             print_retrieval(metrics, "test")
         log.info("metrics written to %s", output_dir / "metrics.json")
+
+    # the evaluation suite on the tested weights (rank 0), into <run>/eval/ and the eval/ keys of metrics.json
+    tasks = list((cfg.get("evaluation") or {}).get("tasks") or [])
+    if cfg.get("test") and tasks and trainer.is_global_zero:
+        metrics.update(evaluate_trained(module, datamodule, cfg, output_dir / "eval", best or None, trainer.loggers))
+        write_metrics(metrics, output_dir / "metrics.json")
     return metrics
+
+
+def evaluate_trained(module: ContrastiveModule, datamodule, cfg: DictConfig, out: Path, ckpt_path: str | None,
+                     loggers: list) -> dict[str, float]:
+    """The evaluation suite on the tested weights (same code as ``python -m cxr_vlp.eval``); keys ``eval/...``."""
+    from cxr_vlp.eval.report import print_report
+    from cxr_vlp.eval.run import Evaluator
+
+    module.tokenizer = datamodule.tokenizer
+    evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    result = Evaluator(module, datamodule, evaluation, out, ckpt_path=ckpt_path, data_cfg=data_cfg,
+                       credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers).run()
+    print_report(out / "report.md")
+    return {f"eval/{k.removeprefix('test/')}": v for k, v in result.metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

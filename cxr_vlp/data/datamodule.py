@@ -66,6 +66,7 @@ class CXRDataModule(L.LightningDataModule):
         prepare: Callable[[], Any] | None = None,
         name: str = "dataset",
         root: str | None = None,
+        credentialed: bool = False,
         image_cache: str | None = None,
         split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
@@ -90,6 +91,7 @@ class CXRDataModule(L.LightningDataModule):
         self.prepare = prepare
         self.name = name
         self.root = root
+        self.credentialed = bool(credentialed)
         self.image_cache = image_cache
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed

@@ -117,6 +117,8 @@ class ContrastiveModule(L.LightningModule):
         self.optim_cfg = dict(optim)
         self.scheduler_cfg = dict(scheduler)
         self.tokenizer = None
+        # set by the train entry point (plain dict): stored in checkpoints for evaluation
+        self.data_config: dict[str, Any] | None = None
         self._eval_outputs: dict[str, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
 
     # ------------------------------------------------------------------ tokenizer in the checkpoint
@@ -127,6 +129,8 @@ class ContrastiveModule(L.LightningModule):
         checkpoint["cxr_vlp"] = {
             "version": cxr_vlp.__version__,
             "tokenizer_json": tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
+            # the resolved data config of the training run: `python -m cxr_vlp.eval` rebuilds the same split
+            "data": self.data_config,
         }
         if self.needs_concepts:
             checkpoint["cxr_vlp"]["concepts"] = list(self.loss_head.concept_names)

@@ -14,8 +14,9 @@ def main(out: Path) -> None:
     for line in (out / "seconds.txt").read_text().splitlines():
         exp, budget, sec = line.split()
         seconds[exp, budget] = int(sec)
-    print("| `+experiment=` | untrained i2t R@1 / R@10 | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@10 | i2t MedR | minutes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| `+experiment=` | untrained i2t R@1 / R@10 | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@10 | i2t MedR "
+          "| i2t class P@5 | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for exp in HEADS:
         try:
             u = json.loads((out / f"{exp}_untrained" / "metrics.json").read_text())
@@ -24,11 +25,11 @@ def main(out: Path) -> None:
             continue
 
         def pct(d: dict, key: str) -> str:
-            return f"{100 * d[key]:.1f}"
+            return f"{100 * d[key]:.1f}" if d.get(key) is not None else "–"
 
         print(f"| `{exp}` | {pct(u, 'test/i2t/R@1')} / {pct(u, 'test/i2t/R@10')} | {pct(t, 'test/i2t/R@1')} | "
               f"{pct(t, 'test/i2t/R@5')} | {pct(t, 'test/i2t/R@10')} | {pct(t, 'test/t2i/R@10')} | "
-              f"{t['test/i2t/MedR']:.0f} | {seconds[exp, 'trained'] / 60:.1f} |")
+              f"{t['test/i2t/MedR']:.0f} | {pct(t, 'eval/i2t/P@5')} | {seconds[exp, 'trained'] / 60:.1f} |")
 
 
 if __name__ == "__main__":

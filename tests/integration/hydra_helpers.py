@@ -31,6 +31,7 @@ def tiny_model_overrides() -> list[str]:
         "trainer.accelerator=cpu",
         "trainer.devices=1",
         "callbacks.progress_bar=null",
+        "evaluation.tasks=[]",  # the evaluation suite has its own tests
     ]
 
 

@@ -1,0 +1,68 @@
+"""Evaluation entry point: ``python -m cxr_vlp.eval ckpt_path=<file.ckpt> [data=<name> data.root=...]
+[evaluation.tasks=[retrieval,zeroshot,probe,uncertainty,concepts]]``.
+
+Loads the checkpoint (weights only) with the model, loss and data configs it was trained with, embeds the
+splits once (cached in the output directory), runs the tasks and writes ``metrics.json``, ``report.md`` and
+``figures/`` into the run directory (``logs/eval/runs/<time>/``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cxr_vlp.eval.report import print_report
+from cxr_vlp.eval.run import Evaluator
+from cxr_vlp.lit.module import load_module
+from cxr_vlp.utils.config import config_dir
+
+log = logging.getLogger(__name__)
+
+
+def saved_data_config(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The resolved data config stored in a checkpoint by the train entry point (None for older files)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return (checkpoint.get("cxr_vlp") or {}).get("data")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    module = load_module(str(ckpt))
+    if cfg.get("data") is not None:
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    else:
+        data_cfg = saved_data_config(ckpt)
+        if data_cfg is None:
+            raise ValueError(f"{ckpt} carries no data config (trained before it was stored): pass data=<name> "
+                             "data.root=... as at training time")
+    datamodule = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
+    datamodule.tokenizer = module.tokenizer
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None and "_target_" in v]
+    output_dir = Path(cfg.paths.output_dir)
+    evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    evaluator = Evaluator(module, datamodule, evaluation, output_dir, ckpt_path=str(ckpt), data_cfg=data_cfg,
+                          credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers)
+    result = evaluator.run()
+    print_report(output_dir / "report.md")
+    return result.metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

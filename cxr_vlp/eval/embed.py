@@ -1,0 +1,161 @@
+"""Embed a split once: image / text embeddings, backbone features, labels, uncertainty and concept scores.
+
+Evaluation tasks all start from :class:`SplitEmbeddings`; :func:`cached_embeddings` keeps them in the output
+directory (``embeddings/<split>.pt``, keyed by a fingerprint of the checkpoint and the data) so a second
+``python -m cxr_vlp.eval`` on the same checkpoint does not embed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cxr_vlp.concepts.projection import concept_scores
+from cxr_vlp.data.batch import Batch
+from cxr_vlp.losses.probabilistic import uncertainty
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SplitEmbeddings", "embed_split", "cached_embeddings", "fingerprint"]
+
+
+@dataclass
+class SplitEmbeddings:
+    """Everything the evaluation tasks need about one split, one row per study (the split table's order).
+
+    ``image`` / ``text``: L2-normalised ``[N, D]`` (μ for probabilistic models); ``features``: the image
+    backbone's pooled features ``[N, F]`` (frozen-encoder probes); ``labels``: ``[N, 14]``, NaN = unknown;
+    ``image_uncertainty`` / ``text_uncertainty``: Σσ² per study (probabilistic models);
+    ``concept_scores``: image concept scores ``[N, K]`` (concept heads).
+    """
+
+    split: str
+    image: Tensor
+    text: Tensor
+    features: Tensor
+    labels: Tensor
+    study_ids: list[str]
+    texts: list[str]
+    image_logvar: Tensor | None = None
+    text_logvar: Tensor | None = None
+    concept_scores: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def image_uncertainty(self) -> Tensor | None:
+        return None if self.image_logvar is None else uncertainty(self.image_logvar)
+
+    @property
+    def text_uncertainty(self) -> Tensor | None:
+        return None if self.text_logvar is None else uncertainty(self.text_logvar)
+
+    def save(self, path: str | Path, key: str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"fingerprint": key, **asdict(self)}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, key: str | None = None) -> SplitEmbeddings | None:
+        """The saved embeddings, or None when the file is missing or was made for another fingerprint."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if key is not None and data.get("fingerprint") != key:
+            log.info("%s was embedded from another checkpoint / data config: embedding again", path)
+            return None
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def fingerprint(ckpt_path: str | Path | None, data_cfg: dict[str, Any], split: str, limit: int | None) -> str:
+    """A key for the embedding cache: the checkpoint file (path, size, mtime), the data config and the split."""
+    stat = {}
+    if ckpt_path is not None and Path(ckpt_path).is_file():
+        s = Path(ckpt_path).stat()
+        stat = {"path": str(Path(ckpt_path).resolve()), "size": s.st_size, "mtime": s.st_mtime_ns}
+    blob = json.dumps({"ckpt": stat, "data": data_cfg, "split": split, "limit": limit}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _move(batch: Batch, device: torch.device) -> Batch:
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()})
+
+
+@torch.no_grad()
+def embed_split(module, datamodule, split: str, device: str | torch.device = "cpu", limit: int | None = None,
+                precision: str = "32-true") -> SplitEmbeddings:
+    """Run the module's towers over ``split`` (evaluation transforms: one frontal image, the eval section).
+
+    ``limit`` keeps the first ``limit`` studies (e.g. a cap on the training split for probes).
+    """
+    device = torch.device(device)
+    module = module.to(device).eval()
+    enc = module.encoder
+    dataset = datamodule.datasets.get(split)
+    if dataset is None:
+        raise ValueError(f"the {split!r} split is empty or the data module was not set up")
+    loader = datamodule._loader(split, train=False)
+    concepts = module.concept_embeddings().float() if getattr(module, "needs_concepts", False) else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    out: dict[str, list] = {k: [] for k in ("image", "text", "features", "labels", "image_logvar", "text_logvar",
+                                            "concept_scores", "study_ids", "texts")}
+    seen = 0
+    for batch in loader:
+        if limit is not None and seen >= limit:
+            break
+        batch = _move(batch, device)
+        images = batch.images[:, 0]
+        ids, mask = batch.input_ids[:, 0], batch.attention_mask[:, 0]
+        with autocast:
+            feats = enc.image_encoder(images)
+            img = F.normalize(enc.image_proj(feats).float(), dim=-1)
+            tfeats = enc.text_encoder(ids, mask)
+            txt = F.normalize(enc.text_proj(tfeats).float(), dim=-1)
+            if enc.probabilistic:
+                out["image_logvar"].append(enc.image_logvar(feats).float().cpu())
+                out["text_logvar"].append(enc.text_logvar(tfeats).float().cpu())
+        out["image"].append(img.cpu())
+        out["text"].append(txt.cpu())
+        out["features"].append(feats.float().cpu())
+        out["labels"].append(batch.labels.float().cpu())
+        if concepts is not None:
+            out["concept_scores"].append(concept_scores(img, concepts).float().cpu())
+        out["study_ids"].extend(batch.study_ids)
+        out["texts"].extend(t[0] for t in batch.texts)
+        seen += len(batch)
+    n = min(seen, limit) if limit is not None else seen
+
+    def cat(key: str) -> Tensor | None:
+        return torch.cat(out[key])[:n] if out[key] else None
+
+    return SplitEmbeddings(split=split, image=cat("image"), text=cat("text"), features=cat("features"),
+                           labels=cat("labels"), study_ids=out["study_ids"][:n], texts=out["texts"][:n],
+                           image_logvar=cat("image_logvar"), text_logvar=cat("text_logvar"),
+                           concept_scores=cat("concept_scores"))
+
+
+def cached_embeddings(module, datamodule, split: str, cache_dir: str | Path, key: str, **kwargs) -> SplitEmbeddings:
+    """:func:`embed_split` through a file cache ``cache_dir/<split>.pt`` keyed by ``key`` (see :func:`fingerprint`)."""
+    path = Path(cache_dir) / f"{split}.pt"
+    cached = SplitEmbeddings.load(path, key)
+    if cached is not None:
+        log.info("embeddings of %s read from %s", split, path)
+        return cached
+    emb = embed_split(module, datamodule, split, **kwargs)
+    emb.save(path, key)
+    log.info("embedded %d %s studies -> %s", len(emb), split, path)
+    return emb

@@ -1,0 +1,305 @@
+"""Run the evaluation tasks on a trained module: what ``python -m cxr_vlp.eval`` and the end of training call.
+
+Tasks (``evaluation.tasks``): ``retrieval`` (exact-pair and class-based, both ways), ``zeroshot`` (prompt pairs,
+Youden thresholds from validation), ``probe`` (linear / MLP on frozen image features), ``uncertainty``
+(probabilistic heads) and ``concepts`` (concept heads). Writes ``metrics.json``, ``report.md`` and the figures
+into the output directory; thresholds are only ever fitted on the validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.eval import report as md
+from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings, fingerprint
+from cxr_vlp.eval.retrieval import evaluate_retrieval, text_groups
+from cxr_vlp.utils.reporting import write_metrics
+
+log = logging.getLogger(__name__)
+
+TASKS = ("retrieval", "zeroshot", "probe", "uncertainty", "concepts")
+# figures that show patient images or report text (never uploaded for credentialed datasets unless allowed)
+PATIENT_CONTENT = {"retrieval_i2t", "retrieval_t2i", "gradcam"}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float] = field(default_factory=dict)
+    sections: list[str] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
+
+
+def encode_texts_fn(module, device: torch.device, max_length: int = 64):
+    """``list[str] -> [n, D]`` normalised text embeddings with the module's tokenizer and text tower."""
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> torch.Tensor:
+        tok = module.tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
+                               return_tensors="pt", return_token_type_ids=False)
+        return module.encoder.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
+
+    return encode
+
+
+class Evaluator:
+    """Embeds the splits it needs once and runs the requested tasks (see the module docstring)."""
+
+    def __init__(self, module, datamodule, cfg: dict[str, Any], output_dir: str | Path,
+                 ckpt_path: str | None = None, data_cfg: dict[str, Any] | None = None,
+                 credentialed: bool = False, loggers: list | None = None) -> None:
+        self.module = module
+        self.datamodule = datamodule
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.fig_dir = self.out / "figures"
+        self.device = _device(cfg.get("device", "auto"))
+        self.ckpt_path = ckpt_path
+        self.data_cfg = data_cfg or {}
+        self.credentialed = credentialed
+        self.loggers = loggers or []
+        self._emb: dict[str, SplitEmbeddings] = {}
+        self.result = EvalResult()
+        self.label_names = list(CHEXPERT_LABELS)
+
+    # ------------------------------------------------------------------ embeddings
+    def embeddings(self, split: str) -> SplitEmbeddings:
+        if split not in self._emb:
+            limit = self.cfg.get("probe", {}).get("max_train_studies") if split == "train" else None
+            key = fingerprint(self.ckpt_path, self.data_cfg, split, limit)
+            self._emb[split] = cached_embeddings(self.module, self.datamodule, split, self.out / "embeddings", key,
+                                                 device=self.device, limit=limit,
+                                                 precision=self.cfg.get("precision", "32-true"))
+        return self._emb[split]
+
+    # ------------------------------------------------------------------ tasks
+    def run(self, tasks: list[str] | None = None) -> EvalResult:
+        tasks = list(self.cfg.get("tasks", TASKS) if tasks is None else tasks)
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown evaluation task(s) {unknown}; known: {list(TASKS)}")
+        self.module.eval().to(self.device)
+        for task in TASKS:
+            if task in tasks:
+                getattr(self, f"_{task}")()
+        self._finish()
+        return self.result
+
+    def _retrieval(self) -> None:
+        cfg = self.cfg.get("retrieval", {})
+        test = self.embeddings("test")
+        score_fn = None
+        if getattr(self.module, "probabilistic", False):
+            head, e = self.module.loss_head, test
+            side = {"i2t": (e.image, e.image_logvar, e.text, e.text_logvar),
+                    "t2i": (e.text, e.text_logvar, e.image, e.image_logvar)}
+
+            def score_fn(direction: str, start: int, stop: int) -> torch.Tensor:
+                q, lq, g, lg = side[direction]
+                with torch.no_grad():
+                    return head.similarity(q[start:stop].to(self.device), lq[start:stop].to(self.device),
+                                           g.to(self.device), lg.to(self.device)).cpu()
+
+        metrics, scans = evaluate_retrieval(
+            test.image.to(self.device), test.text.to(self.device), labels=test.labels, texts=test.texts,
+            dedup=bool(cfg.get("dedup", False)), prefix="test/", chunk_size=int(cfg.get("chunk_size", 1024)),
+            precision_ks=tuple(cfg.get("precision_ks", (1, 5, 10))), score_fn=score_fn)
+        self.result.metrics.update(metrics)
+        self.result.sections.append(md.retrieval_section(metrics, "test", dedup=bool(cfg.get("dedup", False))))
+        self._scans = scans
+        if self.cfg.get("figures", True):
+            self._retrieval_figures(test, scans, dedup=bool(cfg.get("dedup", False)))
+
+    def _zeroshot(self) -> None:
+        from cxr_vlp.eval.classification import evaluate_binary
+        from cxr_vlp.eval.zeroshot import PromptSet, zeroshot_classify
+
+        prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
+        scale = float(self.module.loss_head.similarity_scale().detach())
+        encode = encode_texts_fn(self.module, self.device)
+        probs = {s: zeroshot_classify(encode, self.embeddings(s).image, self.label_names, prompts, scale)
+                 for s in ("val", "test")}
+        report = evaluate_binary(_np(probs["val"]), _np(self.embeddings("val").labels), _np(probs["test"]),
+                                 _np(self.embeddings("test").labels), self.label_names, **self._bootstrap())
+        self.result.metrics.update(report.to_flat("test/zeroshot/"))
+        self.result.sections.append(md.classification_section("Zero-shot classification", report,
+                                                               f"two-way softmax of prompt pairs, scale {scale:.1f}"))
+        self._roc_figure("roc_zeroshot", report)
+        self._zeroshot_prompts = prompts
+
+    def _probe(self) -> None:
+        from cxr_vlp.eval.classification import evaluate_binary
+        from cxr_vlp.eval.probe import ProbeConfig, predict_probs, train_probe
+
+        cfg = dict(self.cfg.get("probe", {}))
+        kinds = list(cfg.pop("kinds", ["linear", "mlp"]))
+        fractions = list(cfg.pop("label_fractions", [1.0]))
+        cfg.pop("max_train_studies", None)
+        tr, va, te = self.embeddings("train"), self.embeddings("val"), self.embeddings("test")
+        for kind in kinds:
+            for fraction in fractions:
+                pc = ProbeConfig(**{**cfg, "kind": kind, "label_fraction": float(fraction)})
+                res = train_probe(tr.features, tr.labels, va.features, va.labels, pc)
+                report = evaluate_binary(_np(predict_probs(res, va.features)), _np(va.labels),
+                                         _np(predict_probs(res, te.features)), _np(te.labels), self.label_names,
+                                         **self._bootstrap())
+                tag = kind if fraction == 1.0 else f"{kind}_{int(round(100 * fraction))}pct"
+                self.result.metrics.update(report.to_flat(f"test/probe_{tag}/"))
+                self.result.sections.append(md.classification_section(
+                    f"Probe: {kind}, {100 * fraction:g}% of training labels ({res.n_train_used} studies)", report,
+                    f"frozen image features, early stopping at epoch {res.best_epoch} on validation mean AUROC"))
+                if fraction == fractions[0] and kind == kinds[-1]:
+                    self._roc_figure(f"roc_probe_{kind}", report)
+
+    def _uncertainty(self) -> None:
+        if not getattr(self.module, "probabilistic", False):
+            log.info("uncertainty: skipped (the checkpoint's loss head is not probabilistic)")
+            return
+        from cxr_vlp.eval.uncertainty import recall_by_uncertainty_bins, risk_coverage
+
+        test = self.embeddings("test")
+        if not hasattr(self, "_scans"):
+            self._retrieval()
+        ranks = self._scans["i2t"].ranks
+        u = test.image_uncertainty
+        bins = recall_by_uncertainty_bins(ranks.numpy(), u.numpy(), n_bins=min(10, len(test)))
+        rc = risk_coverage(ranks.numpy(), u.numpy())
+        self.result.metrics.update(bins.to_flat("test/uncertainty/") | rc.to_flat("test/uncertainty/"))
+        self.result.sections.append(md.uncertainty_section(bins, rc))
+        if self.cfg.get("figures", True):
+            from cxr_vlp.eval.figures import uncertainty_figure
+
+            self._figure("uncertainty", uncertainty_figure, bins.mean_uncertainty, bins.recall,
+                         rc.coverage, rc.risk, rc.aurc)
+
+    def _concepts(self) -> None:
+        if not getattr(self.module, "needs_concepts", False):
+            log.info("concepts: skipped (the checkpoint's loss head has no concept bank)")
+            return
+        from cxr_vlp.eval.classification import auroc_per_label
+        from cxr_vlp.eval.concept_audit import (
+            concept_relevance,
+            confounder_table,
+            confounders_markdown,
+            fit_concept_bottleneck,
+            top_concepts,
+        )
+
+        names = list(self.module.loss_head.concept_names)
+        tr, va, te = self.embeddings("train"), self.embeddings("val"), self.embeddings("test")
+        cbm = fit_concept_bottleneck(_np(tr.concept_scores), _np(tr.labels), _np(va.concept_scores), _np(va.labels),
+                                     self.label_names, names)
+        auc = auroc_per_label(cbm.predict_probs(_np(te.concept_scores)), _np(te.labels))
+        for name, value in zip(self.label_names, auc):
+            self.result.metrics[f"test/concept_bottleneck/auroc/{name}"] = float(value)
+        self.result.metrics["test/concept_bottleneck/auroc_mean"] = float(np.nanmean(auc))
+        rows = confounder_table(cbm, concept_relevance(names, self.label_names),
+                                top=int(self.cfg.get("concepts", {}).get("top", 10)))
+        example = {}
+        for i in range(min(int(self.cfg.get("figure_examples", 4)), len(te))):
+            lab = te.labels[i].nan_to_num(0)
+            label = self.label_names[int(lab.argmax())] if lab.max() > 0 else "No Finding"
+            example[te.study_ids[i]] = (label, top_concepts(cbm, _np(te.concept_scores[i]), label, k=5))
+        self.result.sections.append(md.concept_section(self.label_names, auc, confounders_markdown(rows), example))
+
+    # ------------------------------------------------------------------ figures and output
+    def _bootstrap(self) -> dict[str, int]:
+        b = self.cfg.get("bootstrap", {})
+        return {"n_resamples": int(b.get("n_resamples", 1000)), "seed": int(b.get("seed", 0))}
+
+    def _figure(self, name: str, fn, *args, **kwargs) -> None:
+        path = self.fig_dir / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.result.figures[name] = Path(fn(path, *args, **kwargs))
+        except Exception as err:  # a figure must never lose the metrics
+            log.warning("figure %s failed: %s", name, err)
+
+    def _roc_figure(self, name: str, report) -> None:
+        if not self.cfg.get("figures", True):
+            return
+        from cxr_vlp.eval.figures import roc_figure
+
+        curves = [report.roc_curve(i) for i in range(len(self.label_names)) if math.isfinite(report.auroc[i])]
+        self._figure(name, roc_figure, curves)
+
+    def _images(self, split: str, rows: list[int]) -> torch.Tensor:
+        dataset = self.datamodule.datasets[split]
+        return torch.stack([dataset[int(r)].images[0] for r in rows])
+
+    def _retrieval_figures(self, test: SplitEmbeddings, scans, dedup: bool) -> None:
+        from cxr_vlp.eval.figures import retrieval_grid, text_to_image_grid, tsne_figure
+
+        n_ex = min(int(self.cfg.get("figure_examples", 4)), len(test))
+        rows = list(range(n_ex))
+        group, first = text_groups(test.texts) if dedup else (torch.arange(len(test)), torch.arange(len(test)))
+        gallery_rows = first.tolist()
+        top_i2t = [[gallery_rows[j] for j in scans["i2t"].topk[r, :5].tolist()] for r in rows]
+        hits = [next((k for k, j in enumerate(t) if int(group[j]) == int(group[r])), None) for r, t in zip(rows, top_i2t)]
+        self._figure("retrieval_i2t", retrieval_grid, self._images("test", rows),
+                     [[test.texts[j] for j in t] for t in top_i2t], [test.texts[r] for r in rows], hits)
+        queries = [int(first[int(group[r])]) for r in rows] if dedup else rows
+        q_index = [int(group[r]) for r in rows] if dedup else rows
+        top_t2i = [scans["t2i"].topk[q, :5].tolist() for q in q_index]
+        hits_t = [next((k for k, j in enumerate(t) if int(group[j]) == int(group[r])), None)
+                  for r, t in zip(rows, top_t2i)]
+        images = torch.stack([self._images("test", t) for t in top_t2i])
+        self._figure("retrieval_t2i", text_to_image_grid, [test.texts[q] for q in queries], images, hits_t)
+        self._figure("tsne", tsne_figure, test.image.numpy(), test.labels.numpy(), self.label_names)
+        self._gradcam(test, rows)
+
+    def _gradcam(self, test: SplitEmbeddings, rows: list[int]) -> None:
+        from cxr_vlp.eval.figures import gradcam_figure
+        from cxr_vlp.eval.gradcam import gradcam_maps
+        from cxr_vlp.eval.zeroshot import PromptSet, class_text_embeddings
+
+        prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
+        label = str(self.cfg.get("gradcam_label", "Cardiomegaly"))
+        if label not in prompts.positive:
+            raise ValueError(f"evaluation.gradcam_label={label!r} is not a label with prompts")
+        emb = class_text_embeddings(encode_texts_fn(self.module, self.device), prompts.positive[label])
+        images = self._images("test", rows)
+
+        def draw(path: Path) -> Path:
+            maps = gradcam_maps(self.module.encoder, images.to(self.device), emb.to(self.device))
+            return gradcam_figure(path, images, maps, [f"{test.study_ids[r]}: {label}" for r in rows])
+
+        self._figure("gradcam", draw)
+
+    def _finish(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_metrics(self.result.metrics, self.out / "metrics.json")
+        figures = [f"![{name}](figures/{p.name})" for name, p in self.result.figures.items()]
+        text = md.document(self.result.sections, figures, self.ckpt_path, self.credentialed)
+        (self.out / "report.md").write_text(text)
+        self._log_figures()
+        log.info("evaluation written to %s (metrics.json, report.md, %d figures)", self.out, len(self.result.figures))
+
+    def _log_figures(self) -> None:
+        allow = bool(self.cfg.get("allow_patient_content_upload", False))
+        for logger in self.loggers:
+            if not hasattr(logger, "log_image"):
+                continue
+            for name, path in self.result.figures.items():
+                if name in PATIENT_CONTENT and self.credentialed and not allow:
+                    log.info("figure %s not uploaded: the dataset is under credentialed access (set "
+                             "evaluation.allow_patient_content_upload=true to override)", name)
+                    continue
+                logger.log_image(key=f"eval/{name}", images=[str(path)])
