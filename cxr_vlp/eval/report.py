@@ -42,7 +42,7 @@ def classification_section(title: str, report, note: str = "") -> str:
     lines = [f"## {title}", ""]
     if note:
         lines += [note + ". Thresholds: Youden's J on the validation split; AUROC with a bootstrap 95 % CI.", ""]
-    return "\n".join(lines) + report.to_markdown()
+    return "\n".join(lines) + "\n" + report.to_markdown()
 
 
 def uncertainty_section(bins, rc) -> str:
@@ -70,7 +70,7 @@ def document(sections: Sequence[str], figures: Sequence[str], ckpt_path: str | N
         head += [CREDENTIALED_NOTE, ""]
     body = "\n\n".join(sections)
     figs = ["", "## Figures", "", *figures] if figures else []
-    return "\n".join(head) + body + "\n" + "\n".join(figs) + "\n"
+    return "\n".join(head) + "\n" + body + "\n" + "\n".join(figs) + "\n"
 
 
 def print_report(path: str | Path) -> None:
