@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from cxr_vlp.lit.module import ContrastiveModule
 from cxr_vlp.utils.config import config_dir
 from cxr_vlp.utils.reporting import print_retrieval, to_floats, write_metrics
+from cxr_vlp.utils.sweep import failed_value, finish_wandb, in_multirun, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        return _fit_test_evaluate(cfg, trainer, module, datamodule, container, output_dir)
+    finally:
+        finish_wandb(loggers)
+
+
+def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: ContrastiveModule, datamodule,
+                       container: dict, output_dir: Path) -> dict[str, float]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(container)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir))
     if trainer.is_global_zero:
         datamodule.save_split(output_dir / "split.json")
     metrics = to_floats(trainer.callback_metrics)
@@ -80,6 +89,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path=auto``: ``<run>/checkpoints/last.ckpt`` when it exists (a requeued SLURM job), else a fresh start."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=auto: no %s yet, starting from scratch", last)
+    return None
+
+
 def evaluate_trained(module: ContrastiveModule, datamodule, cfg: DictConfig, out: Path, ckpt_path: str | None,
                      loggers: list) -> dict[str, float]:
     """The evaluation suite on the tested weights (same code as ``python -m cxr_vlp.eval``); keys ``eval/...``."""
@@ -98,8 +119,17 @@ def evaluate_trained(module: ContrastiveModule, datamodule, cfg: DictConfig, out
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        if not in_multirun():
+            raise
+        # one failed job must not stop the sweep: its traceback goes to <job>/error.txt, the summary lists it
+        log.exception("job failed; the sweep goes on (traceback in %s)", record_failure(cfg.paths.output_dir, err))
+        return failed_value()
     name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        log.warning("optimized_metric=%s is not among the run's metrics (no validation?); the sweeper gets None", name)
     return metrics.get(name) if name else None
 
 

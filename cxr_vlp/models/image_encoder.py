@@ -27,6 +27,9 @@ class ImageEncoder(nn.Module):
         drop_path_rate: float | None = None,
         img_size: int | None = None,
         freeze: bool = False,
+        gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile: dict | None = None,
     ) -> None:
         super().__init__()
         kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
@@ -51,6 +54,15 @@ class ImageEncoder(nn.Module):
         self.name = name
         if freeze:
             self.model.requires_grad_(False)
+        if gradient_checkpointing:  # recompute activations in backward: less memory, ~30 % more compute
+            self.model.set_grad_checkpointing(True)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # NHWC: faster convolutions with tensor cores (bf16 / fp16 on GPUs)
+            self.model.to(memory_format=torch.channels_last)
+        if compile is not None:  # torch.compile in place: parameter names (and checkpoints) stay the same
+            self.model.compile(**dict(compile))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)

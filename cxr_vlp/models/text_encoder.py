@@ -29,6 +29,7 @@ class TextEncoder(nn.Module):
         allow_download: bool = True,
         freeze: bool = False,
         gradient_checkpointing: bool = False,
+        compile: dict | None = None,
     ) -> None:
         super().__init__()
         if pooling not in {"cls", "mean"}:
@@ -52,6 +53,8 @@ class TextEncoder(nn.Module):
         self.num_features: int = self.model.config.hidden_size
         if freeze:
             self.model.requires_grad_(False)
+        if compile is not None:  # torch.compile kwargs; in place, so parameter names stay the same
+            self.model.compile(**dict(compile))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

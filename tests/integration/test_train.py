@@ -174,3 +174,19 @@ def test_loggers_write_offline(tiny_dataset: Path, tmp_path: Path, logger: str) 
         assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     else:
         assert list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
+
+
+def test_samples_per_second_are_logged(tiny_dataset: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.max_steps=6",
+                                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "test=false",
+                                   "callbacks.throughput.window_size=2"])
+    train(cfg)
+    frame = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    values = frame["train/device/samples_per_sec"].dropna()
+    assert len(values) >= 3 and (values > 0).all()
+    # a sample is a study: samples/s = batch size x batches/s
+    rows = frame.dropna(subset=["train/device/samples_per_sec", "train/device/batches_per_sec"])
+    ratio = rows["train/device/samples_per_sec"] / rows["train/device/batches_per_sec"]
+    assert ratio.round(6).eq(cfg.data.batch_size).all()

@@ -1,0 +1,1 @@
+"""Tools that work on finished experiments: sweep aggregation (:mod:`cxr_vlp.experiments.collect`)."""

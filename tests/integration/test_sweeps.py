@@ -1,0 +1,138 @@
+"""Sweeps through the real command line: a 2-job multirun with a failing job, a resumable 2-trial Optuna search,
+the submitit local launcher, ckpt_path=auto resume, and every experiment / search config composing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny(csv: Path) -> list[str]:
+    return [f"data.root={csv.parent}", f"data.reader.csv_path={csv}", "data.prepare=null", "data.image_cache=null",
+            "data.transforms.image_size=64", "data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0",
+            "data.persistent_workers=false", "model.embed_dim=32", "model.text_encoder.local_config.hidden_size=32",
+            "model.text_encoder.local_config.intermediate_size=64", "model.text_encoder.local_config.num_hidden_layers=1",
+            "model.text_encoder.tokenizer.vocab_size=500", "trainer.accelerator=cpu", "trainer.devices=1",
+            "callbacks.progress_bar=null", "evaluation.tasks=[]"]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "cxr_vlp.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_multirun_goes_on_after_a_failed_job_and_reports_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = _run(["-m", "+experiment=mcsl_demo", *_tiny(tiny_dataset), "trainer.fast_dev_run=true",
+                "loss.lam=-1.0,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    assert "lam must be >= 0" in (sweep / "0" / "error.txt").read_text()
+    assert not (sweep / "0" / "metrics.json").exists()
+    assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "1" / "error.txt").exists()
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [(r["job"], r["status"]) for r in summary] == [("0", "failed"), ("1", "ok")]
+    assert "loss.lam=-1.0" in summary[0]["overrides"] and "lam must be >= 0" in summary[0]["error"]
+    assert "2 jobs, 1 failed or incomplete: jobs 0" in res.stdout
+
+
+def test_optuna_two_trials_then_resume(tiny_dataset: Path, tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["-m", "+experiment=mcsl_demo", "hparams_search=mcsl_optuna", *_tiny(tiny_dataset),
+              "trainer.fast_dev_run=true", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=t"]
+    first = _run([*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 's1'}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert all(0.0 <= t.params["loss.lam"] <= 1.0 for t in study.trials)
+    # the value Optuna saw is the run's optimized metric (val/rsum) in that job's metrics.json
+    job0 = json.loads((tmp_path / "s1" / "0" / "metrics.json").read_text())
+    assert study.trials[0].value == pytest.approx(job0["val/rsum"])
+    second = _run([*common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 's2'}"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3  # resumed, not restarted
+
+
+def test_submitit_local_launcher_runs_a_job(tiny_dataset: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = _run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "+experiment=demo",
+                *_tiny(tiny_dataset), "trainer.fast_dev_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file()
+
+
+def test_ckpt_path_auto_resumes_from_last(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = ["+experiment=demo", *_tiny(tiny_dataset), "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0", "test=false", "ckpt_path=auto", f"hydra.run.dir={run}"]
+    first = _run([*base, "trainer.max_epochs=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no " in first.stderr + first.stdout and (run / "checkpoints" / "last.ckpt").is_file()
+    second = _run([*base, "trainer.max_epochs=2"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
+    import torch
+
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4  # 2 steps per epoch, continued from epoch 1 rather than restarted
+
+
+def test_wandb_one_run_per_sweep_job(tiny_dataset: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = _run(["-m", "+experiment=demo", *_tiny(tiny_dataset), "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                "trainer.num_sanity_val_steps=0", "test=false", "logger=wandb", "optim.lr=1e-3,2e-3",
+                f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = {job: sorted((sweep / job / "wandb").glob("offline-run-*")) for job in ("0", "1")}
+    assert all(len(r) == 1 for r in runs.values()), runs  # one run per job, in the job's folder
+    ids = {r[0].name.rsplit("-", 1)[-1] for r in runs.values()}
+    assert len(ids) == 2  # no run reused across jobs
+
+
+def test_run_name_and_group_follow_the_sweep(tmp_path: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from tests.integration.hydra_helpers import compose_train
+
+    cfg = compose_train(tmp_path, ["+experiment=demo", "logger=wandb", "loss.temperature_init=0.05"])
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(tmp_path / "multiruns" / "2026-11-24_18-00-00")
+        cfg.hydra.job.num = 3
+        cfg.hydra.job.override_dirname = "loss.temperature_init=0.05"
+    HydraConfig.instance().set_config(cfg)
+    node = OmegaConf.to_container(cfg.logger, resolve=True)["wandb"]
+    assert node["group"] == "demo-2026-11-24_18-00-00"
+    assert node["name"] == "demo-3-loss.temperature_init=0.05"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(cfg)
+    node = OmegaConf.to_container(cfg.logger, resolve=True)["wandb"]
+    assert node["group"] == "demo" and node["name"] == f"demo-{tmp_path.name}"
+
+
+def test_slurm_launcher_and_multi_node_trainer_compose(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from tests.integration.hydra_helpers import compose_train
+
+    cfg = compose_train(tmp_path, ["+experiment=mcsl_mimic", "data.root=/data/mimic", "hydra/launcher=slurm",
+                                   "trainer=slurm_ddp", "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4"])
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert (trainer["num_nodes"], trainer["devices"], trainer["accelerator"]) == (2, 4, "gpu")
+    assert trainer["plugins"][0]["auto_requeue"] is False
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["max_num_timeout"] > 0
