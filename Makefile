@@ -36,6 +36,7 @@ clean-logs:
 # performance figures (prints, never asserts)
 bench: install
 	$(PY) bench/train_step.py +experiment=demo
+	$(PY) bench/framework_overhead.py +experiment=demo
 	$(PY) bench/image_cache.py
 	$(PY) bench/retrieval_scale.py n=100000 d=512
 

@@ -33,6 +33,18 @@ class Batch:
         """``Vi`` tensors of shape ``[B, C, H, W]``."""
         return list(self.images.unbind(1))
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The tensor fields on ``device``; the string lists are shared, not copied (what Lightning's generic
+        transfer would deep-copy every step)."""
+        return Batch(
+            images=self.images.to(device, non_blocking=non_blocking),
+            input_ids=self.input_ids.to(device, non_blocking=non_blocking),
+            attention_mask=self.attention_mask.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            index=self.index.to(device, non_blocking=non_blocking),
+            study_ids=self.study_ids, subject_ids=self.subject_ids, texts=self.texts,
+        )
+
 
 class Collator:
     """Stacks samples and tokenises all text views in one call (padding to the longest, truncating)."""

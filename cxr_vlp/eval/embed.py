@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cxr_vlp.concepts.projection import concept_scores
-from cxr_vlp.data.batch import Batch
 from cxr_vlp.losses.probabilistic import uncertainty
 
 log = logging.getLogger(__name__)
@@ -90,11 +89,6 @@ def fingerprint(ckpt_path: str | Path | None, data_cfg: dict[str, Any], split: s
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _move(batch: Batch, device: torch.device) -> Batch:
-    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
-    return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()})
-
-
 @torch.no_grad()
 def embed_split(module, datamodule, split: str, device: str | torch.device = "cpu", limit: int | None = None,
                 precision: str = "32-true") -> SplitEmbeddings:
@@ -117,7 +111,7 @@ def embed_split(module, datamodule, split: str, device: str | torch.device = "cp
     for batch in loader:
         if limit is not None and seen >= limit:
             break
-        batch = _move(batch, device)
+        batch = batch.to(device)
         images = batch.images[:, 0]
         ids, mask = batch.input_ids[:, 0], batch.attention_mask[:, 0]
         with autocast:
