@@ -8,6 +8,7 @@ inside the checkpoint (``checkpoint["cxr_vlp"]``), which makes a checkpoint self
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import defaultdict
 from functools import partial
 from typing import Any
@@ -30,6 +31,8 @@ from cxr_vlp.models.hub import ModelNotAvailableError
 from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
+# our transfer_batch_to_device is meant to win over the data module's (Lightning warns about it on every fit)
+warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule`")
 # concept strings are a few words; longer ones are truncated when tokenised for the text tower
 CONCEPT_MAX_LENGTH = 64
 
