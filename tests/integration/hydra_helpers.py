@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -53,3 +56,10 @@ def compose_train(output_dir: Path, overrides: list[str], config_name: str = "tr
     HydraConfig.instance().set_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "cxr_vlp.train", timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as users type it, offline, output captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.hydra_helpers import run_cli
 
 
 # all multi-process tests run in one xdist worker (--dist loadgroup), never two gloo jobs at once
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "cxr_vlp.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+def _run(args: list[str], cwd: Path):
+    return run_cli(args, cwd, timeout=600)
 
 
 def test_ddp_two_cpu_processes_from_the_command_line(tiny_dataset: Path, tmp_path: Path) -> None:

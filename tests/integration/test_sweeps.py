@@ -4,29 +4,21 @@ the submitit local launcher, ckpt_path=auto resume, and every experiment / searc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.hydra_helpers import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
 
 def _tiny(csv: Path) -> list[str]:
-    return [f"data.root={csv.parent}", f"data.reader.csv_path={csv}", "data.prepare=null", "data.image_cache=null",
-            "data.transforms.image_size=64", "data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0",
-            "data.persistent_workers=false", "model.embed_dim=32", "model.text_encoder.local_config.hidden_size=32",
-            "model.text_encoder.local_config.intermediate_size=64", "model.text_encoder.local_config.num_hidden_layers=1",
-            "model.text_encoder.tokenizer.vocab_size=500", "trainer.accelerator=cpu", "trainer.devices=1",
-            "callbacks.progress_bar=null", "evaluation.tasks=[]"]
+    return tiny_overrides(csv)
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "cxr_vlp.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+def _run(args: list[str], cwd: Path):
+    return run_cli(args, cwd)
 
 
 def test_multirun_goes_on_after_a_failed_job_and_reports_it(tiny_dataset: Path, tmp_path: Path) -> None:
