@@ -40,20 +40,38 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
-    module = ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
-                               scheduler=container["scheduler"])
+    module = build_module(container)
     module.data_config = container["data"]
+    if getattr(module, "tokenizer", None) is not None:  # report generation brings its decoder's tokenizer
+        datamodule.tokenizer = module.tokenizer
+        module.output_dir = output_dir
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     **manual_optimization_overrides(cfg, module))
     try:
         return _fit_test_evaluate(cfg, trainer, module, datamodule, container, output_dir)
     finally:
         finish_wandb(loggers)
 
 
-def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: ContrastiveModule, datamodule,
+def build_module(container: dict) -> L.LightningModule:
+    """Contrastive pretraining, or report generation on a pretrained tower when the config has a ``reportgen`` node
+    (``+experiment=reportgen_demo pretrained_ckpt=...``)."""
+    if container.get("reportgen"):
+        from cxr_vlp.reportgen.module import ReportGenModule
+
+        if not container.get("pretrained_ckpt"):
+            raise ValueError("report generation needs pretrained_ckpt=<contrastive checkpoint> (e.g. the best .ckpt "
+                             "of `python -m cxr_vlp.train +experiment=demo`)")
+        return ReportGenModule.from_pretrained(container["pretrained_ckpt"], container["reportgen"],
+                                               optim=container["optim"], scheduler=container["scheduler"])
+    return ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
+                             scheduler=container["scheduler"])
+
+
+def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule,
                        container: dict, output_dir: Path) -> dict[str, float]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -77,7 +95,7 @@ def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: ContrastiveM
 
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir / "metrics.json")
-        if cfg.get("test"):
+        if cfg.get("test") and "test/i2t/R@1" in metrics:
             print_retrieval(metrics, "test")
         log.info("metrics written to %s", output_dir / "metrics.json")
 
@@ -87,6 +105,21 @@ def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: ContrastiveM
         metrics.update(evaluate_trained(module, datamodule, cfg, output_dir / "eval", best or None, trainer.loggers))
         write_metrics(metrics, output_dir / "metrics.json")
     return metrics
+
+
+def manual_optimization_overrides(cfg: DictConfig, module: L.LightningModule) -> dict[str, Any]:
+    """Feature-cache accumulation (``optim.micro_batch_size``) optimises by hand: the trainer's gradient clipping moves
+    into the module (Lightning refuses automatic clipping then) and loss-averaging accumulation is refused."""
+    if module.automatic_optimization:
+        return {}
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError(
+            f"optim.micro_batch_size={module.micro_batch_size} (feature-cache accumulation) replaces "
+            f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: set "
+            "trainer.accumulate_grad_batches=1 and put the whole contrastive batch in data.batch_size")
+    module.manual_gradient_clip = (cfg.trainer.get("gradient_clip_val"),
+                                   cfg.trainer.get("gradient_clip_algorithm") or "norm")
+    return {"gradient_clip_val": None}
 
 
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:

@@ -45,6 +45,17 @@ class Batch:
             study_ids=self.study_ids, subject_ids=self.subject_ids, texts=self.texts,
         )
 
+    def split(self, size: int) -> list[Batch]:
+        """Consecutive chunks of at most ``size`` studies (views, labels and strings sliced alike), in order."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        return [self._rows(slice(start, start + size)) for start in range(0, len(self), size)]
+
+    def _rows(self, rows: slice) -> Batch:
+        return Batch(images=self.images[rows], input_ids=self.input_ids[rows], attention_mask=self.attention_mask[rows],
+                     labels=self.labels[rows], index=self.index[rows], study_ids=self.study_ids[rows],
+                     subject_ids=self.subject_ids[rows], texts=self.texts[rows])
+
 
 class Collator:
     """Stacks samples and tokenises all text views in one call (padding to the longest, truncating)."""

@@ -56,8 +56,9 @@ class CXRDataModule(L.LightningDataModule):
 
     The tokenizer belongs to the data: ``tokenizer`` is the text encoder's tokenizer node. A local
     WordPiece tokenizer is trained on the training split only, on rank 0, and broadcast to the other
-    ranks (training is not bit-reproducible across processes); it is part of the data module's state in
-    checkpoints, so a resumed run tokenises exactly as before.
+    ranks (training is not bit-reproducible, even within a process); with ``tokenizer_cache`` (a folder) it is
+    trained once per training split and settings and reused by every later run and sweep job. It is part of the data
+    module's state in checkpoints, so a resumed run tokenises exactly as before.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class CXRDataModule(L.LightningDataModule):
         seed: int = 0,
         max_studies: dict[str, int] | None = None,
         tokenizer: dict | None = None,
+        tokenizer_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.reader = reader
@@ -112,6 +114,7 @@ class CXRDataModule(L.LightningDataModule):
         self.seed = seed
         self.max_studies = dict(max_studies or {})
         self.tokenizer_cfg = dict(tokenizer or {})
+        self.tokenizer_cache = tokenizer_cache
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.split: PatientSplit | None = None
         self.tables: dict[str, StudyTable] = {}
@@ -197,7 +200,8 @@ class CXRDataModule(L.LightningDataModule):
         distributed = trainer is not None and trainer.world_size > 1
         data = None
         if not distributed or trainer.is_global_zero:
-            data = tokenizer_to_json(build_tokenizer(kind, train_texts=self.tables["train"].texts(), **cfg))
+            data = tokenizer_to_json(build_tokenizer(kind, train_texts=self.tables["train"].texts(),
+                                                     cache_dir=self.tokenizer_cache, **cfg))
         if distributed:
             data = trainer.strategy.broadcast(data, src=0)
         return tokenizer_from_json(data)

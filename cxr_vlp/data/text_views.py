@@ -186,6 +186,9 @@ class TextViewSampler:
     shuffle_p: float = 0.5
     dropout_p: float = 0.1
     primary: str = "impression"
+    # every present section, findings first, joined and unaugmented, in training and evaluation alike (the
+    # target of report generation); num_views copies
+    whole_report: bool = False
 
     def __post_init__(self) -> None:
         if self.num_views < 1:
@@ -219,6 +222,8 @@ class TextViewSampler:
             raise ValueError(
                 "study has neither findings nor impression; filter such studies out before sampling text views"
             )
+        if self.whole_report:
+            return [" ".join(sections[name] for name in SECTIONS if name in sections)] * self.num_views
         if not train:
             other = SECTIONS[1 - SECTIONS.index(self.primary)]
             text = sections.get(self.primary, sections.get(other))

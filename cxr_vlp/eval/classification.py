@@ -40,6 +40,7 @@ __all__ = [
     "bootstrap_auroc_samples",
     "confusion_counts",
     "evaluate_binary",
+    "f1_thresholds",
     "iter_resample_indices",
     "threshold_metrics",
     "youden_thresholds",
@@ -191,6 +192,37 @@ def youden_thresholds(probs, labels) -> np.ndarray:
         j = tp * n_neg - fp * n_pos
         best = np.flatnonzero(j == j.max())[-1]  # thresholds descend, so the last maximiser is the lowest
         out[c] = s[last[best]]
+    return out
+
+
+def f1_thresholds(probs, labels) -> np.ndarray:
+    """Threshold maximising F1 = 2TP / (2TP + FP + FN) per label ``[C]`` (ties → the highest such threshold, the
+    fewest positives; a label without a known positive → 1.0, never predicted; all positive → 0.5).
+
+    Same candidates as :func:`youden_thresholds`; F1 is compared exactly as fractions (cross-multiplied integers).
+    Precision-aware: Youden's J favours sensitivity on rare labels, which lists too many findings in a prompt.
+    """
+    p, y = _check_pair(probs, labels)
+    out = np.full(p.shape[1], 0.5)
+    for c in range(p.shape[1]):
+        pk, yk = _known(p, y, c)
+        n_pos = int(yk.sum())
+        if n_pos == 0:
+            out[c] = 1.0
+            continue
+        if n_pos == yk.size:
+            continue
+        order = np.argsort(-pk, kind="stable")
+        s, pos = pk[order], yk[order].astype(np.int64)
+        last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+        tp = np.cumsum(pos)[last]
+        fp = (last + 1) - tp
+        num, den = 2 * tp, 2 * tp + fp + (n_pos - tp)  # F1 = num / den, den > 0 since n_pos > 0
+        best_k = 0
+        for k in range(1, len(last)):  # exact comparison num_k / den_k > num_best / den_best
+            if num[k] * den[best_k] > num[best_k] * den[k]:
+                best_k = k
+        out[c] = s[last[best_k]]
     return out
 
 

@@ -289,8 +289,17 @@ class Evaluator:
         figures = [f"![{name}](figures/{p.name})" for name, p in self.result.figures.items()]
         text = md.document(self.result.sections, figures, self.ckpt_path, self.credentialed)
         (self.out / "report.md").write_text(text)
+        self._log_metrics()
         self._log_figures()
         log.info("evaluation written to %s (metrics.json, report.md, %d figures)", self.out, len(self.result.figures))
+
+    def _log_metrics(self) -> None:
+        """The suite's scalars to the run's loggers (W&B, CSV, ...) under ``eval/``, beside its figures."""
+        scalars = {f"eval/{k.removeprefix('test/')}": float(v) for k, v in self.result.metrics.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        for logger in self.loggers:
+            logger.log_metrics(scalars)
+            logger.save()
 
     def _log_figures(self) -> None:
         allow = bool(self.cfg.get("allow_patient_content_upload", False))

@@ -10,21 +10,21 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import defaultdict
-from functools import partial
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from torch.optim.lr_scheduler import LambdaLR
 
 import cxr_vlp
 from cxr_vlp.concepts.projection import concept_scores
 from cxr_vlp.data.batch import Batch
 from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks, ranks_in_block
-from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
-from cxr_vlp.losses.heads import GaussianEmbedding, LossHead
+from cxr_vlp.lit.grad_cache import cached_contrastive_step
+from cxr_vlp.lit.schedule import adamw_with_cosine
+from cxr_vlp.losses.heads import GaussianEmbedding, LossHead, LossOutput
 from cxr_vlp.losses.probabilistic import uncertainty
 from cxr_vlp.models.dual_encoder import DualEncoder
 from cxr_vlp.models.hub import ModelNotAvailableError
@@ -118,6 +118,13 @@ class ContrastiveModule(L.LightningModule):
         self._concept_tokenizer = None
         self._eval_concepts: torch.Tensor | None = None
         self.optim_cfg = dict(optim)
+        # feature-cache accumulation (cxr_vlp.lit.grad_cache): the towers see chunks of this many studies, the loss
+        # the whole batch; needs manual optimisation (clipping then comes from manual_gradient_clip)
+        self.micro_batch_size: int | None = optim.get("micro_batch_size") or None
+        if self.micro_batch_size is not None and int(self.micro_batch_size) < 1:
+            raise ValueError(f"optim.micro_batch_size must be a positive integer or null, got {self.micro_batch_size}")
+        self.automatic_optimization = self.micro_batch_size is None
+        self.manual_gradient_clip: tuple[float | None, str] = (None, "norm")
         self.scheduler_cfg = dict(scheduler)
         self.tokenizer = None
         # set by the train entry point (plain dict): stored in checkpoints for evaluation
@@ -226,13 +233,42 @@ class ContrastiveModule(L.LightningModule):
     def _loss_views(self, batch: Batch) -> tuple[list, list]:
         return self._gaussian_views(batch) if self.probabilistic else self._views(batch)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        image_views, text_views = self._loss_views(batch)
+    def _head_loss(self, image_views: list, text_views: list, labels: torch.Tensor) -> LossOutput:
         extra = {"concepts": self.concept_embeddings()} if self.needs_concepts else {}
-        out = self.loss_head(image_views, text_views, labels=batch.labels, **extra)
+        return self.loss_head(image_views, text_views, labels=labels, **extra)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.micro_batch_size is not None:
+            out = self._cached_training_step(batch)
+        else:
+            out = self._head_loss(*self._loss_views(batch), labels=batch.labels)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in out.logs.items() if k != "loss"}, batch_size=len(batch))
         return out.loss
+
+    def _cached_training_step(self, batch: Batch) -> LossOutput:
+        """One optimiser step on the full batch, the towers run on chunks of ``micro_batch_size`` studies
+        (:func:`~cxr_vlp.lit.grad_cache.cached_contrastive_step`): same gradients, memory of one chunk."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        out = cached_contrastive_step(
+            batch.split(int(self.micro_batch_size)), self._loss_views,
+            lambda image_views, text_views: self._head_loss(image_views, text_views, batch.labels),
+            backward=self.manual_backward, no_sync=getattr(self.trainer.strategy, "block_backward_sync", nullcontext),
+            norm_module=self.encoder, device=batch.images.device)
+        clip_value, clip_algorithm = self.manual_gradient_clip
+        if clip_value:
+            self.clip_gradients(optimizer, gradient_clip_val=clip_value, gradient_clip_algorithm=clip_algorithm)
+        optimizer.step()
+        scheduler.step()
+        return out
+
+    def on_train_start(self) -> None:
+        if self.automatic_optimization and self.trainer.accumulate_grad_batches > 1:
+            log.warning("trainer.accumulate_grad_batches=%d averages the losses of small batches: each sees only its "
+                        "own negatives. For the contrastive loss of the full batch with less memory, raise "
+                        "data.batch_size and set optim.micro_batch_size instead (feature cache)",
+                        self.trainer.accumulate_grad_batches)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
@@ -320,22 +356,8 @@ class ContrastiveModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or name.startswith("loss_head.") else decay).append(param)
-        groups = [{"params": decay, "weight_decay": cfg.get("weight_decay", 0.0)},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))),
-                                      eps=cfg.get("eps", 1e-8), fused=cfg.get("fused") or None)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = resolve_warmup(self.scheduler_cfg.get("warmup", 0), total)
-        lr_lambda = partial(cosine_with_warmup, warmup_steps=warmup, total_steps=total,
-                            min_lr_ratio=self.scheduler_cfg.get("min_lr_ratio", 0.0))
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": LambdaLR(optimizer, lr_lambda), "interval": "step", "frequency": 1}}
+        return adamw_with_cosine(self.named_parameters(), self.optim_cfg, self.scheduler_cfg,
+                                 int(self.trainer.estimated_stepping_batches), no_decay_prefixes=("loss_head.",))
 
 
 def _first_occurrence(index: torch.Tensor) -> torch.Tensor:

@@ -7,13 +7,22 @@ checkpoint (:func:`tokenizer_to_json` / :func:`tokenizer_from_json`) so a checkp
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from cxr_vlp.models.hub import resolve_hf_model
 
+log = logging.getLogger(__name__)
+# bump when train_wordpiece changes what it builds (invalidates cached tokenizers)
+TOKENIZER_FORMAT = 1
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
 
@@ -39,6 +48,39 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, min_frequency:
     return _wrap(tok)
 
 
+def cached_wordpiece(texts: Iterable[str], cache_dir: str | Path, vocab_size: int = 4000, min_frequency: int = 2,
+                     lowercase: bool = True) -> PreTrainedTokenizerFast:
+    """:func:`train_wordpiece`, trained once per (texts, settings) and kept in ``cache_dir/<sha1>.json``.
+
+    The ``tokenizers`` trainer is not deterministic: the ids of continuing-subword tokens follow hash-map order, and
+    merge ties then differ, so two trainings on the same reports give different vocabularies
+    (huggingface/tokenizers#1794). Every run on the same training split therefore loads the tokenizer the first run
+    trained: repeated runs and the jobs of a sweep tokenise identically. Concurrent jobs race safely: the first
+    file linked into place wins and everyone loads it.
+    """
+    texts = list(texts)
+    digest = hashlib.sha1(json.dumps([TOKENIZER_FORMAT, vocab_size, min_frequency, lowercase]).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    path = Path(cache_dir) / f"wordpiece_{digest.hexdigest()[:16]}.json"
+    if path.is_file():
+        log.info("tokenizer: reusing %s (trained on the same %d training reports)", path, len(texts))
+        return tokenizer_from_json(path.read_text())
+    tokenizer = train_wordpiece(texts, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(tokenizer_to_json(tokenizer))
+    try:
+        os.link(tmp.name, path)  # fails if another job got there first: then its tokenizer is the one
+        log.info("tokenizer: trained on %d training reports, saved to %s", len(texts), path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp.name)
+    return tokenizer_from_json(path.read_text())
+
+
 def tokenizer_to_json(tokenizer: PreTrainedTokenizerFast) -> str:
     return tokenizer.backend_tokenizer.to_str()
 
@@ -49,11 +91,15 @@ def tokenizer_from_json(data: str) -> PreTrainedTokenizerFast:
 
 def build_tokenizer(kind: str, train_texts: Iterable[str] | None = None, name_or_path: str | None = None,
                     vocab_size: int = 4000, min_frequency: int = 2, lowercase: bool = True,
-                    allow_download: bool = True) -> PreTrainedTokenizerBase:
-    """``kind="wordpiece"``: train on ``train_texts``; ``kind="pretrained"``: load ``name_or_path``."""
+                    allow_download: bool = True, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """``kind="wordpiece"``: train on ``train_texts`` (once per texts and settings if ``cache_dir`` is given, see
+    :func:`cached_wordpiece`); ``kind="pretrained"``: load ``name_or_path``."""
     if kind == "wordpiece":
         if train_texts is None:
             raise ValueError("a local WordPiece tokenizer needs the training report texts")
+        if cache_dir is not None:
+            return cached_wordpiece(train_texts, cache_dir, vocab_size=vocab_size, min_frequency=min_frequency,
+                                    lowercase=lowercase)
         return train_wordpiece(train_texts, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
     if kind == "pretrained":
         if not name_or_path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -25,6 +26,10 @@ def _ensure_dir(path: str) -> str:
 
 if not OmegaConf.has_resolver("cxr_vlp.mkdir"):
     OmegaConf.register_new_resolver("cxr_vlp.mkdir", _ensure_dir)
+# ``${cxr_vlp.cwd:}``: where the command runs. Unlike ``${hydra:runtime.cwd}`` it resolves before Hydra's runtime
+# config exists, which the multirun sweeper needs to resolve hydra.sweep.dir (under paths.log_dir)
+if not OmegaConf.has_resolver("cxr_vlp.cwd"):
+    OmegaConf.register_new_resolver("cxr_vlp.cwd", lambda: os.getcwd())
 
 
 def _sweep_resolver(kind: str):

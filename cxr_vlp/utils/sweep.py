@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,26 @@ def run_name(task_name: str) -> str:
         return task_name
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        return f"{task_name}-{hc.job.num}-{hc.job.override_dirname}"[:128]
+        varied = varied_overrides(list(hc.overrides.task), sys.argv[1:])
+        return f"{task_name}-{hc.job.num}-{','.join(varied) or hc.job.override_dirname}"[:128]
     return f"{task_name}-{Path(hc.runtime.output_dir).name}"
+
+
+def varied_overrides(job_overrides: list[str], command_line: list[str]) -> list[str]:
+    """The overrides of a sweep job that are swept: those whose key the command line gives a sweep (``a=1,2``,
+    ``range(..)``) or does not give at all (a sweeper's own search space, e.g. Optuna). The fixed ones, the same in
+    every job, would otherwise fill the 128 characters of a W&B run name before the swept ones. If the command line
+    cannot be parsed (e.g. a launcher's worker process), every override counts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        typed = parser.parse_overrides([a for a in command_line if not a.startswith("-")])
+        jobs = parser.parse_overrides(job_overrides)
+    except Exception:  # noqa: BLE001 - only a naming nicety
+        return job_overrides
+    fixed = {o.get_key_element() for o in typed if not o.is_sweep_override()}
+    return [text for text, o in zip(job_overrides, jobs) if o.get_key_element() not in fixed]
 
 
 def finish_wandb(loggers: list) -> None:

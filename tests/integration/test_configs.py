@@ -27,17 +27,25 @@ def _compose(tmp_path: Path, overrides: list[str]):
 
 def test_every_group_has_options() -> None:
     for group in ("data", "model", "model/image_encoder", "model/text_encoder", "loss", "optim", "scheduler",
-                  "trainer", "logger", "callbacks", "experiment", "paths", "hydra", "debug"):
+                  "trainer", "logger", "callbacks", "experiment", "paths", "hydra", "debug", "reportgen"):
         assert _options(group), f"conf/{group} is empty"
 
 
 @pytest.mark.parametrize("name", _options("experiment"))
 def test_experiments_compose_and_resolve(tmp_path: Path, name: str) -> None:
-    real_data = not name.endswith("_demo") and name != "demo"
-    cfg = _compose(tmp_path, [f"+experiment={name}", *(["data.root=/data/set"] if real_data else [])])
+    real_data = name.endswith(("_mimic", "_iu_xray"))
+    reportgen = name.startswith("reportgen")
+    cfg = _compose(tmp_path, [f"+experiment={name}", *(["data.root=/data/set"] if real_data else []),
+                              *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if reportgen else [])])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.task_name == name and cfg.model.embed_dim > 0
-    head = name.split("_")[0] if name != "demo" else "clip"
+    if reportgen:  # report generation: the whole report as target, concept prompts on, no retrieval suite
+        assert cfg.reportgen.prompts.enabled and cfg.data.text_views.whole_report and list(cfg.evaluation.tasks) == []
+        assert cfg.data.num_image_views == 1 and cfg.callbacks.model_checkpoint.monitor == "val/loss"
+        if real_data:
+            assert cfg.data.name == "mimic_cxr" and "Bio_ClinicalBERT" in cfg.reportgen.decoder.name_or_path
+        return
+    head = {"demo": "clip", "lambda_sweep": "mcsl"}.get(name, name.split("_")[0])
     head = "probclip_vib" if name.startswith("probclip_vib") else head
     assert OmegaConf.to_container(cfg.loss)["_target_"].rsplit(".", 1)[-1].lower().startswith(head.split("_")[0])
     if real_data:  # the CLIP-XRad paper's settings on every head

@@ -22,10 +22,12 @@ def _run(args: list[str], cwd: Path):
 
 
 def test_multirun_goes_on_after_a_failed_job_and_reports_it(tiny_dataset: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
+    # the sweep directory as users get it: logs/<task>/multiruns/<time>/ under the working directory (resolving it
+    # needs the paths before Hydra's runtime config exists)
     res = _run(["-m", "+experiment=mcsl_demo", *_tiny(tiny_dataset), "trainer.fast_dev_run=true",
-                "loss.lam=-1.0,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                "loss.lam=-1.0,0.5"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    sweep, = (tmp_path / "logs" / "mcsl_demo" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
     assert "lam must be >= 0" in (sweep / "0" / "error.txt").read_text()
     assert not (sweep / "0" / "metrics.json").exists()

@@ -17,6 +17,7 @@ from cxr_vlp.eval.classification import (
     iter_resample_indices,
     threshold_metrics,
     youden_thresholds,
+    f1_thresholds,
 )
 
 NAMES = ["Cardiomegaly", "Pleural Effusion", "Edema", "Fracture"]
@@ -293,3 +294,25 @@ def test_roc_points_and_operating_point():
         tp_, fp_, tn_, fn_ = ref_counts(col(tp, c), col(ty, c), float(r.threshold[c]))
         assert curve.op_tpr == pytest.approx(tp_ / (tp_ + fn_))
         assert curve.op_fpr == pytest.approx(fp_ / (fp_ + tn_))
+
+
+def test_f1_thresholds_against_brute_force() -> None:
+    """Every candidate threshold scored by a direct F1 count; the chosen one has the best F1 (ties: highest)."""
+    rng = np.random.default_rng(3)
+    y = (rng.random((60, 5)) < np.array([0.5, 0.1, 0.3, 0.0, 1.0])).astype(float)
+    p = np.round(np.clip(0.4 * y + rng.random((60, 5)) * 0.8, 0, 1), 2)  # rounded: ties between scores
+    y[rng.random((60, 5)) < 0.1] = np.nan
+    got = f1_thresholds(p, y)
+    for c in range(3):
+        known = ~np.isnan(y[:, c])
+        pk, yk = p[known, c], y[known, c]
+
+        def f1(t: float) -> float:
+            pred = pk >= t
+            tp = np.sum(pred & (yk == 1))
+            return 2 * tp / (2 * tp + np.sum(pred & (yk == 0)) + np.sum(~pred & (yk == 1)))
+
+        scores = {t: f1(t) for t in np.unique(pk)}
+        best = max(scores.values())
+        assert f1(got[c]) == best and got[c] == max(t for t, v in scores.items() if v == best)
+    assert got[3] == 1.0 and got[4] == 0.5  # no known positive: never listed; all positive: 0.5

@@ -15,7 +15,14 @@ from cxr_vlp.models.dual_encoder import DualEncoder
 from cxr_vlp.models.hub import ModelNotAvailableError, resolve_hf_model
 from cxr_vlp.models.image_encoder import ImageEncoder
 from cxr_vlp.models.text_encoder import TextEncoder
-from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json, train_wordpiece
+from cxr_vlp.models import tokenizer as tokenizer_module
+from cxr_vlp.models.tokenizer import (
+    build_tokenizer,
+    cached_wordpiece,
+    tokenizer_from_json,
+    tokenizer_to_json,
+    train_wordpiece,
+)
 
 REPORTS = [
     "Small left pleural effusion. No pneumothorax.",
@@ -26,8 +33,8 @@ REPORTS = [
 
 
 def test_wordpiece_tokenizer_round_trips_through_json() -> None:
-    # Training is not bit-reproducible across processes (tie order in the merges), which is why the data
-    # module trains it once on rank 0, broadcasts it, and stores it in checkpoints.
+    # Training is not bit-reproducible (tie order in the merges, huggingface/tokenizers#1794), which is why the
+    # data module caches it per training split, trains it on rank 0, broadcasts it, and stores it in checkpoints.
     a = train_wordpiece(REPORTS, vocab_size=200, min_frequency=1)
     assert len(a) <= 200
     restored = tokenizer_from_json(tokenizer_to_json(a))
@@ -48,6 +55,40 @@ def test_build_tokenizer_kinds(tmp_path: Path) -> None:
     local.save_pretrained(tmp_path / "tok")
     loaded = build_tokenizer("pretrained", name_or_path=str(tmp_path / "tok"))
     assert loaded("no pneumothorax")["input_ids"] == local("no pneumothorax")["input_ids"]
+
+
+def test_cached_wordpiece_is_trained_once_per_texts_and_settings(tmp_path: Path) -> None:
+    """The trainer's vocabulary varies from call to call (hash-map order); the cache makes runs on the same split
+    tokenise identically, and never overwrites a tokenizer another job saved first."""
+    texts = [f"{a} {b} {c}." for a in ("small", "large", "mild") for b in ("left", "right", "bilateral")
+             for c in ("effusion", "opacity", "atelectasis", "pneumothorax", "consolidation")] * 3
+    first = cached_wordpiece(texts, tmp_path, vocab_size=80, min_frequency=1)
+    files = sorted(tmp_path.glob("wordpiece_*.json"))
+    assert len(files) == 1
+    for _ in range(3):  # later runs load the saved vocabulary, ids included
+        assert cached_wordpiece(texts, tmp_path, vocab_size=80, min_frequency=1).get_vocab() == first.get_vocab()
+    assert tokenizer_from_json(files[0].read_text()).get_vocab() == first.get_vocab()
+    # other settings or other training texts: another tokenizer file
+    cached_wordpiece(texts, tmp_path, vocab_size=90, min_frequency=1)
+    cached_wordpiece(texts[:-1], tmp_path, vocab_size=80, min_frequency=1)
+    assert len(list(tmp_path.glob("wordpiece_*.json"))) == 3
+    # a tokenizer saved by a concurrent job in between is what this job uses (first link wins, nothing overwritten)
+    other = tmp_path / "other"
+    theirs = train_wordpiece(["completely different words here"] * 3, vocab_size=60, min_frequency=1)
+    real_train = tokenizer_module.train_wordpiece
+
+    def racing_train(*args, **kwargs):
+        (other / files[0].name).write_text(tokenizer_to_json(theirs))
+        return real_train(*args, **kwargs)
+
+    other.mkdir()
+    tokenizer_module.train_wordpiece = racing_train
+    try:
+        got = cached_wordpiece(texts, other, vocab_size=80, min_frequency=1)
+    finally:
+        tokenizer_module.train_wordpiece = real_train
+    assert got.get_vocab() == theirs.get_vocab()
+    assert [p.name for p in other.iterdir()] == [files[0].name]  # no temp file left behind
 
 
 def _tiny_bert_dir(tmp_path: Path) -> Path:

@@ -212,3 +212,14 @@ def test_sampler_more_views_and_validation() -> None:
         TextViewSampler(num_views=0)
     with pytest.raises(ValueError):
         TextViewSampler(shuffle_p=2.0)
+
+
+def test_whole_report_mode_joins_sections_unaugmented() -> None:
+    """Report generation's target: findings then impression, the same text in training and evaluation."""
+    sampler = TextViewSampler(num_views=1, shuffle_p=1.0, dropout_p=0.5, whole_report=True)
+    rng = np.random.default_rng(0)
+    findings, impression = "Heart is enlarged. Lungs are clear.", "Cardiomegaly."
+    for train in (True, False):
+        assert sampler.sample(findings, impression, rng, train=train) == [f"{findings} {impression}"]
+    assert sampler.sample(None, impression, rng, train=True) == [impression]
+    assert TextViewSampler(num_views=2, whole_report=True).sample(findings, "", rng, train=True) == [findings] * 2

@@ -1,0 +1,58 @@
+"""Report for one chest X-ray: ``python -m cxr_vlp.generate ckpt_path=<reportgen .ckpt> image=<file>``.
+
+Loads a report-generation checkpoint (``+experiment=reportgen_*``), preprocesses the image with the evaluation
+pipeline of the run's data config (grayscale, shorter side resized, centre crop, normalised), and prints the
+concept prompt the classifier wrote and the generated report. ``image=[a.jpg,b.jpg]`` reports on several.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from cxr_vlp.data.transforms import TransformConfig, build_transforms, load_grayscale
+from cxr_vlp.reportgen.module import load_reportgen
+from cxr_vlp.utils.config import config_dir
+
+log = logging.getLogger(__name__)
+
+
+def generate_reports(ckpt_path: str, images: list[str], num_beams: int | None = None,
+                     max_new_tokens: int | None = None, device: str = "auto") -> list[tuple[str | None, str]]:
+    """``(prompt, report)`` per image file (prompt None when the model was trained without concept prompts)."""
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    module = load_reportgen(ckpt_path).to(device)
+    if max_new_tokens is not None:
+        module.gen_cfg["max_new_tokens"] = int(max_new_tokens)
+    transforms_cfg = dict((module.data_config or {}).get("transforms") or {})
+    transform = build_transforms(TransformConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in transforms_cfg.items()}), train=False)
+    batch = torch.stack([transform(image=load_grayscale(p))["image"] for p in images]).to(device)
+    prompts, texts = module.generate(batch, num_beams=num_beams)
+    return [(prompts[i] if prompts else None, texts[i]) for i in range(len(images))]
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="generate")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    images = [str(p) for p in cfg.image] if isinstance(cfg.image, ListConfig) else [str(cfg.image)]
+    results = generate_reports(cfg.ckpt_path, images, cfg.get("num_beams"), cfg.get("max_new_tokens"), cfg.device)
+    for path, (prompt, report) in zip(images, results):
+        print(f"== {path}")
+        if prompt is not None:
+            print(prompt)
+        print(report, flush=True)
+
+
+if __name__ == "__main__":
+    main()
