@@ -298,8 +298,9 @@ class Evaluator:
         scalars = {f"eval/{k.removeprefix('test/')}": float(v) for k, v in self.result.metrics.items()
                    if isinstance(v, (int, float)) and math.isfinite(v)}
         for logger in self.loggers:
-            logger.log_metrics(scalars)
-            logger.save()
+            if hasattr(logger, "log_metrics"):
+                logger.log_metrics(scalars)
+                logger.save()
 
     def _log_figures(self) -> None:
         allow = bool(self.cfg.get("allow_patient_content_upload", False))

@@ -40,5 +40,6 @@ def test_ddp_two_cpu_processes_from_the_command_line(tiny_dataset: Path, tmp_pat
     n_test = sum(s in set(split["test"]) for s in table.subject_ids)
     assert metrics["test/num_studies"] == n_test
     assert "image → text" in result.stdout
-    # one run directory only: the second rank did not start its own
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # one run directory only: the second rank did not start its own (data/ holds the tokenizer cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["cache"]

@@ -94,7 +94,9 @@ def test_wandb_one_run_per_sweep_job(tiny_dataset: Path, tmp_path: Path) -> None
     assert len(ids) == 2  # no run reused across jobs
 
 
-def test_run_name_and_group_follow_the_sweep(tmp_path: Path) -> None:
+def test_run_name_and_group_follow_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf, open_dict, read_write
@@ -108,6 +110,9 @@ def test_run_name_and_group_follow_the_sweep(tmp_path: Path) -> None:
         cfg.hydra.job.num = 3
         cfg.hydra.job.override_dirname = "loss.temperature_init=0.05"
     HydraConfig.instance().set_config(cfg)
+    # the command that launched the sweep: the overrides shared by every job stay out of the name
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "+experiment=demo", "logger=wandb",
+                                      "loss.temperature_init=0.05,0.1"])
     node = OmegaConf.to_container(cfg.logger, resolve=True)["wandb"]
     assert node["group"] == "demo-2026-11-24_18-00-00"
     assert node["name"] == "demo-3-loss.temperature_init=0.05"
