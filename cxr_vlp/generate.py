@@ -35,8 +35,7 @@ def generate_reports(ckpt_path: str, images: list[str], num_beams: int | None = 
     if max_new_tokens is not None:
         module.gen_cfg["max_new_tokens"] = int(max_new_tokens)
     transforms_cfg = dict((module.data_config or {}).get("transforms") or {})
-    transform = build_transforms(TransformConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in transforms_cfg.items()}), train=False)
+    transform = build_transforms(TransformConfig(**transforms_cfg), train=False)  # as the data module builds it
     batch = torch.stack([transform(image=load_grayscale(p))["image"] for p in images]).to(device)
     prompts, texts = module.generate(batch, num_beams=num_beams)
     return [(prompts[i] if prompts else None, texts[i]) for i in range(len(images))]

@@ -8,7 +8,6 @@ inside the checkpoint (``checkpoint["cxr_vlp"]``), which makes a checkpoint self
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import defaultdict
 from contextlib import nullcontext
 from typing import Any
@@ -24,6 +23,7 @@ from cxr_vlp.data.batch import Batch
 from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks, ranks_in_block
 from cxr_vlp.lit.grad_cache import cached_contrastive_step
 from cxr_vlp.lit.schedule import adamw_with_cosine
+from cxr_vlp.lit.transfer import BatchTransferMixin
 from cxr_vlp.losses.heads import GaussianEmbedding, LossHead, LossOutput
 from cxr_vlp.losses.probabilistic import uncertainty
 from cxr_vlp.models.dual_encoder import DualEncoder
@@ -31,8 +31,6 @@ from cxr_vlp.models.hub import ModelNotAvailableError
 from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
-# our transfer_batch_to_device is meant to win over the data module's (Lightning warns about it on every fit)
-warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule`")
 # concept strings are a few words; longer ones are truncated when tokenised for the text tower
 CONCEPT_MAX_LENGTH = 64
 
@@ -65,7 +63,7 @@ def build_dual_encoder(model: dict) -> DualEncoder:
     )
 
 
-class ContrastiveModule(L.LightningModule):
+class ContrastiveModule(BatchTransferMixin, L.LightningModule):
     """Image–report contrastive pretraining with retrieval validation.
 
     Args:
@@ -203,13 +201,6 @@ class ContrastiveModule(L.LightningModule):
     @torch.no_grad()
     def _start_eval_concepts(self) -> None:
         self._eval_concepts = self.concept_embeddings().detach() if self.needs_concepts else None
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move only the tensor fields of a :class:`Batch` (the generic transfer walks and copies the string lists:
-        about 2 ms per step on a GPU, measured by bench/framework_overhead.py)."""
-        if isinstance(batch, Batch):
-            return batch.to(device, non_blocking=device.type == "cuda")
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ------------------------------------------------------------------ forward
     def _views(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
@@ -30,9 +33,6 @@ def adamw_with_cosine(named_parameters, optim: dict, scheduler: dict, total_step
                       no_decay_prefixes: tuple[str, ...] = ()) -> dict:
     """AdamW (no weight decay on biases, norms and ``no_decay_prefixes``) with :func:`cosine_with_warmup` stepped
     per optimizer step, as Lightning's ``configure_optimizers`` returns it."""
-    import torch
-    from torch.optim.lr_scheduler import LambdaLR
-
     decay, no_decay = [], []
     for name, param in named_parameters:
         if not param.requires_grad:

@@ -26,6 +26,7 @@ from cxr_vlp.data.batch import Batch
 from cxr_vlp.eval.classification import f1_thresholds, youden_thresholds
 from cxr_vlp.lit.module import instantiate_node
 from cxr_vlp.lit.schedule import adamw_with_cosine
+from cxr_vlp.lit.transfer import BatchTransferMixin
 from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 from cxr_vlp.reportgen.decoder import ReportDecoder
 from cxr_vlp.reportgen.metrics import bleu_scores, clinical_metrics, rouge_l, write_generation_report
@@ -53,7 +54,7 @@ HEADLINE = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "clinical/micro_precis
             "clinical/micro_f1", "clinical/macro_f1")
 
 
-class ReportGenModule(L.LightningModule):
+class ReportGenModule(BatchTransferMixin, L.LightningModule):
     """Frozen image tower + concept classifier + cross-attending decoder. Build it with :meth:`from_pretrained`.
 
     Args:
@@ -262,11 +263,6 @@ class ReportGenModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_with_cosine(self.named_parameters(), self.optim_cfg, self.scheduler_cfg,
                                  int(self.trainer.estimated_stepping_batches))
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, Batch):
-            return batch.to(device, non_blocking=device.type == "cuda")
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
 
 def _gather_lists(items: list) -> list:
