@@ -14,14 +14,17 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_vlp.lit.module import ContrastiveModule
-from cxr_vlp.utils.config import config_dir
+from cxr_vlp.utils.config import config_dir, require_accelerator
 from cxr_vlp.utils.reporting import print_retrieval, to_floats, write_metrics
-from cxr_vlp.utils.sweep import failed_value, finish_wandb, in_multirun, record_failure
+from cxr_vlp.utils.sweep import finish_wandb, job_failed
+from cxr_vlp.utils.validate import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) as the config says; returns the flat metric dict that is written to metrics.json."""
+    validate_config(cfg)  # types and ranges, before any data is generated or read
+    require_accelerator(cfg.trainer)  # trainer=gpu on a machine without one: say trainer=cpu
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -78,7 +83,9 @@ def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: L.LightningM
     for logger in trainer.loggers:
         logger.log_hyperparams(container)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir),
+                weights_only=True)  # remote ckpt_path too (Lightning defaults http(s) URLs to full unpickling)
+    recover_after_spawn(trainer, module, datamodule)
     if trainer.is_global_zero:
         datamodule.save_split(output_dir / "split.json")
     metrics = to_floats(trainer.callback_metrics)
@@ -122,6 +129,26 @@ def manual_optimization_overrides(cfg: DictConfig, module: L.LightningModule) ->
     return {"gradient_clip_val": None}
 
 
+def recover_after_spawn(trainer: L.Trainer, module: L.LightningModule, datamodule) -> None:
+    """``trainer=ddp_spawn`` fits (and tests) in spawned processes. The launching process, which writes the split
+    file and runs the evaluation suite, gets back the metrics, the fitted weights and the best checkpoint's path, but
+    not the rest: its data module was never set up (no split, no tokenizer) and the best score is missing. They are
+    taken from the best checkpoint (the tokenizer is in the data module's state; the split is seeded), with its
+    weights, which the spawned test evaluates."""
+    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        return
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") or ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        datamodule.load_state_dict(state.get(type(datamodule).__qualname__, {}))
+        module.load_state_dict(state["state_dict"])
+        checkpoint.best_model_score = next(
+            (s["best_model_score"] for s in state.get("callbacks", {}).values()
+             if isinstance(s, dict) and s.get("best_model_path") == best), checkpoint.best_model_score)
+    datamodule.setup("fit")
+
+
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     """``ckpt_path=auto``: ``<run>/checkpoints/last.ckpt`` when it exists (a requeued SLURM job), else a fresh start."""
     if ckpt_path != "auto":
@@ -154,12 +181,8 @@ def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         metrics = train(cfg)
-    except Exception as err:
-        if not in_multirun():
-            raise
-        # one failed job must not stop the sweep: its traceback goes to <job>/error.txt, the summary lists it
-        log.exception("job failed; the sweep goes on (traceback in %s)", record_failure(cfg.paths.output_dir, err))
-        return failed_value()
+    except BaseException as err:  # in a sweep: <job>/error.txt and the sweep goes on, or a stop (cxr_vlp.utils.sweep)
+        return job_failed(cfg.paths.output_dir, err)
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
         log.warning("optimized_metric=%s is not among the run's metrics (no validation?); the sweeper gets None", name)

@@ -7,13 +7,15 @@ data module (:func:`apply_cache`). Layout under the dataset's cache root (``data
     <cache_root>/s<size>/manifest.csv       source, cached, source_size, source_mtime_ns, width, height
     <cache_root>/s<size>/failed.csv         path, reason   (the last run's failures; they are retried)
     <cache_root>/s<size>/images/<hh>/<sha1[:20]>_<stem>.jpg
+    <cache_root>/s<size>/.lock              held while a job writes this size (a second job waits)
 
 ``hh`` is the first two hex digits of the sha1 of the absolute source path (256 shards: ~1.5k files per
 folder for MIMIC-CXR's 377k images); the name is a pure function of the source path. Every image is
 written to a temporary name and renamed into place before its manifest row is appended, so a killed run
 never leaves a half-written file that counts as done; a re-run skips what the manifest lists unless the
-source's size or mtime changed. Unreadable and truncated images are skipped and listed in ``failed.csv``.
-Nothing outside ``<cache_root>/s<size>/`` is ever written.
+source's size or mtime changed. Unreadable and truncated images are skipped and listed in ``failed.csv``;
+:func:`apply_cache` leaves them out of the study table, so training never reads them raw. Nothing outside
+``<cache_root>/s<size>/`` is ever written. The pool's workers exit when the job dies (:mod:`cxr_vlp.utils.procs`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+from cxr_vlp.utils.files import file_lock
+from cxr_vlp.utils.procs import die_with_parent
 
 if TYPE_CHECKING:
     from cxr_vlp.data.table import StudyTable
@@ -103,7 +108,8 @@ class _Result:
     error: str | None = None
 
 
-def _init_worker() -> None:
+def _init_worker(job_pid: int) -> None:
+    die_with_parent(job_pid)
     cv2.setNumThreads(1)
 
 
@@ -210,12 +216,19 @@ def build_cache(
 
     ``image_paths`` may repeat; relative paths are taken from the current directory. Already cached
     images whose source size and mtime are unchanged are skipped; changed ones are redone. Failures are
-    logged, listed in ``failed.csv`` and retried on the next run. ``workers <= 1`` runs in-process.
+    logged, listed in ``failed.csv`` and retried on the next run. ``workers <= 1`` runs in-process. Two jobs
+    caching the same size take turns (a file lock, ``s<size>/.lock``): the second skips what the first cached.
     """
     if int(size) < 1:
         raise ValueError(f"cache size must be a positive number of pixels, got {size}")
     out = size_dir(cache_dir, size)
     out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / ".lock", log, f"image cache {out}: another job is writing it; waiting for it to finish"):
+        return _build_cache(image_paths, out, size, workers, quality, chunksize, progress)
+
+
+def _build_cache(image_paths: Iterable[str], out: Path, size: int, workers: int, quality: int, chunksize: int,
+                 progress: bool) -> CacheSummary:
     manifest_path, failed_path = out / MANIFEST, out / FAILED
     t0 = time.perf_counter()
 
@@ -259,8 +272,8 @@ def build_cache(
     _write_csv_atomic(manifest_path, MANIFEST_FIELDS, _manifest_rows(entries))
     _write_csv_atomic(failed_path, ("path", "reason"), failures)
     if failures:
-        log.warning("image cache: %d image(s) could not be cached (listed in %s); the loaders will read "
-                    "them raw and skip them if unreadable", len(failures), failed_path)
+        log.warning("image cache: %d image(s) could not be cached (listed in %s); training skips them (a re-run "
+                    "of the prepare command retries them)", len(failures), failed_path)
     seconds = time.perf_counter() - t0
     return CacheSummary(cache_dir=str(out), size=int(size), total=len(sources), done=done, skipped=skipped,
                         failed=len(failures), seconds=round(seconds, 3),
@@ -286,7 +299,7 @@ def _run(tasks: list, workers: int, chunksize: int, progress: bool, total: int) 
     # imports this module (cv2 + numpy); spawn where forkserver does not exist.
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                             initializer=_init_worker) as pool:
+                             initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         chunk = max(1, min(chunksize, total // (workers * 4) or 1))
         results = pool.map(_process, tasks, chunksize=chunk)
         with bar() as pbar:
@@ -316,11 +329,22 @@ def load_cache_map(cache_root: str | os.PathLike[str], size: int) -> dict[str, s
     return {source: prefix + entry["cached"] for source, entry in read_manifest(out / MANIFEST).items()}
 
 
+def read_failed(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{absolute source path: reason}`` from a ``failed.csv`` (empty when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return {row["path"]: row.get("reason") or "" for row in csv.DictReader(f) if row.get("path")}
+
+
 def apply_cache(table: StudyTable, cache_root: str | os.PathLike[str] | None, min_size: int) -> StudyTable:
     """``table`` with image paths pointing into the smallest cached size >= ``min_size``.
 
-    Images the manifest lacks keep their raw path. Returns ``table`` itself when there is no usable cache
-    (none written, or only sizes smaller than ``min_size``, with a warning in the latter case).
+    Images the manifest lacks keep their raw path, except those its ``failed.csv`` lists (truncated, unreadable,
+    missing): they are left out of their study (a study left with no image is replaced at load time, see
+    :class:`~cxr_vlp.data.dataset.StudyDataset`). Returns ``table`` itself when there is no usable cache (none
+    written, or only sizes smaller than ``min_size``, with a warning in the latter case).
     """
     if not cache_root:
         return table
@@ -337,20 +361,31 @@ def apply_cache(table: StudyTable, cache_root: str | os.PathLike[str] | None, mi
         return table
     size = usable[0]
     mapping = load_cache_map(cache_root, size)
+    failed_path = size_dir(cache_root, size) / FAILED
+    failed = read_failed(failed_path)
     abspath = os.path.abspath
     covered = total = 0
+    left_out: list[str] = []
     new_paths: list[list[str]] = []
-    for paths in table.image_paths:
-        row = []
-        for path in paths:
-            cached = mapping.get(path) or mapping.get(abspath(path))
+    new_views: list[list[str]] = []
+    for paths, views in zip(table.image_paths, table.view_names):
+        row, row_views = [], []
+        for path, view in zip(paths, views):
             total += 1
-            if cached is None:
-                row.append(path)
-            else:
+            cached = mapping.get(path) or mapping.get(abspath(path))
+            if cached is None and failed and (path in failed or abspath(path) in failed):
+                left_out.append(path)
+                continue
+            if cached is not None:
                 covered += 1
-                row.append(cached)
+            row.append(path if cached is None else cached)
+            row_views.append(view)
         new_paths.append(row)
+        new_views.append(row_views)
     log.info("image cache %s: %d of %d images (%.1f%%) read from the cache, the rest raw",
              size_dir(cache_root, size), covered, total, 100.0 * covered / max(total, 1))
-    return replace(table, image_paths=new_paths)
+    if left_out:
+        empty = sum(1 for row in new_paths if not row)
+        log.warning("image cache: %d image(s) listed in %s are skipped, not read raw (%d studies left without an "
+                    "image); first: %s", len(left_out), failed_path, empty, ", ".join(left_out[:5]))
+    return replace(table, image_paths=new_paths, view_names=new_views)

@@ -12,6 +12,11 @@ other rows as unassigned (CLIP-XRad: official MIMIC test set, validation carved 
 
 Image cache: when ``image_cache`` names a folder written by ``python -m cxr_vlp.prepare``, images are read
 from there (the smallest cached size that covers ``transforms.image_size``); raw images otherwise.
+
+Training order: :class:`~cxr_vlp.data.sampling.EpochSampler` (a permutation of ``seed + epoch``, this rank's share)
+in a :class:`~cxr_vlp.data.sampling.ResumableLoader`; the position in it is part of every checkpoint, so a resumed
+fit starts at the first batch the interrupted one had not trained on. Every loader draws its workers' base seed
+from a generator of its own, never from the global torch RNG.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cxr_vlp.data.batch import Collator
 from cxr_vlp.data.dataset import StudyDataset
+from cxr_vlp.data.sampling import EpochSampler, ResumableLoader, TrainPosition, loader_generator
 from cxr_vlp.data.splits import DEFAULT_SPLIT_NAMES, PatientSplit, patient_split, split_from_column
 from cxr_vlp.data.table import StudyTable
 from cxr_vlp.data.text_views import TextViewSampler
@@ -56,7 +62,7 @@ class CXRDataModule(L.LightningDataModule):
 
     The tokenizer belongs to the data: ``tokenizer`` is the text encoder's tokenizer node. A local
     WordPiece tokenizer is trained on the training split only, on rank 0, and broadcast to the other
-    ranks (training is not bit-reproducible, even within a process); with ``tokenizer_cache`` (a folder) it is
+    ranks (training is deterministic; this saves the other ranks the work); with ``tokenizer_cache`` (a folder) it is
     trained once per training split and settings and reused by every later run and sweep job. It is part of the data
     module's state in checkpoints, so a resumed run tokenises exactly as before.
     """
@@ -119,6 +125,7 @@ class CXRDataModule(L.LightningDataModule):
         self.split: PatientSplit | None = None
         self.tables: dict[str, StudyTable] = {}
         self.datasets: dict[str, StudyDataset] = {}
+        self._resume_position: TrainPosition | None = None  # from a checkpoint, for the next train loader
 
     # ------------------------------------------------------------------ preparation and splitting
     def prepare_data(self) -> None:
@@ -208,11 +215,19 @@ class CXRDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         local = self.tokenizer_cfg.get("kind") == "wordpiece" and self.tokenizer is not None
-        return {"tokenizer_json": tokenizer_to_json(self.tokenizer) if local else None}
+        state: dict[str, Any] = {"tokenizer_json": tokenizer_to_json(self.tokenizer) if local else None}
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            state["train_position"] = self._train_position()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("tokenizer_json"):
             self.tokenizer = tokenizer_from_json(state_dict["tokenizer_json"])
+        trainer = getattr(self, "trainer", None)
+        fitting = trainer is None or trainer.state.fn == "fit"
+        if state_dict.get("train_position") and fitting:
+            self._resume_position = TrainPosition.from_dict(state_dict["train_position"])
 
     def train_texts(self) -> list[str]:
         """Report sections of the training split, e.g. to train a local tokenizer (never val/test)."""
@@ -230,19 +245,58 @@ class CXRDataModule(L.LightningDataModule):
             raise RuntimeError("CXRDataModule.tokenizer must be set before creating data loaders")
         if name not in self.datasets:
             raise RuntimeError(f"the {name} split is empty: check split_fractions / the dataset")
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
+        kwargs: dict[str, Any] = dict(
             num_workers=self.num_workers,
             collate_fn=Collator(self.tokenizer, self.max_length),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            generator=loader_generator(self.seed),
         )
+        if not train:
+            return DataLoader(self.datasets[name], batch_size=self.eval_batch_size, shuffle=False, **kwargs)
+        return ResumableLoader(self.datasets[name], batch_size=self.batch_size, sampler=self._train_sampler(),
+                               drop_last=True, position=self._train_position, **kwargs)
+
+    def _train_sampler(self) -> EpochSampler:
+        """This rank's share of the training split, shuffled per epoch, pointed at the restored position when a fit
+        resumes (else at the fit loop's epoch)."""
+        trainer = getattr(self, "trainer", None)
+        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+        sampler = EpochSampler(self.datasets["train"], seed=self.seed, num_replicas=world, rank=rank)
+        if self._resume_position is not None:
+            self._resume_position.apply(sampler, self.batch_size)
+            self._resume_position = None
+        elif trainer is not None:
+            sampler.set_epoch(int(trainer.fit_loop.epoch_progress.current.processed))
+        return sampler
+
+    def _train_position(self) -> dict[str, int]:
+        """The fit's position in the training data (:class:`~cxr_vlp.data.sampling.TrainPosition`)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return TrainPosition(0, 0, False, self.batch_size).as_dict()
+        taken = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        done = taken >= trainer.num_training_batches
+        return TrainPosition(int(trainer.current_epoch), taken, bool(done), self.batch_size).as_dict()
 
     def train_dataloader(self) -> DataLoader:
+        self.check_one_training_batch()
         return self._loader("train", train=True)
+
+    def check_one_training_batch(self) -> None:
+        """Refuse a training split smaller than one batch per process: with ``drop_last`` it would train zero steps
+        and test the untrained weights."""
+        trainer = getattr(self, "trainer", None)
+        world = int(trainer.world_size) if trainer is not None else 1
+        n_train = len(self.tables.get("train") or ())
+        per_rank = -(-n_train // world)  # DistributedSampler pads every rank to ceil(n / world)
+        if per_rank < self.batch_size:
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in self.tables.items())
+            ranks = f" over {world} processes ({per_rank} each)" if world > 1 else ""
+            raise ValueError(
+                f"{self.name}: the training split has {n_train} studies{ranks}, fewer than one batch "
+                f"(data.batch_size={self.batch_size}), so training would run zero steps (split sizes: {sizes}). "
+                "Lower data.batch_size or use a larger dataset / data.max_studies.")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

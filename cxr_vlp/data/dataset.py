@@ -5,14 +5,18 @@ view groups (frontal + lateral); a single-image study gives two augmentations of
 Evaluation returns one frontal image (the first frontal; the first image if none is frontal) and the
 primary report section, as the retrieval protocol expects.
 
-Unreadable images are skipped, counted and logged: the study falls back to another of its images, and a
-study with no readable image is replaced by the next study so batch sizes stay equal under DDP.
+Unreadable images (missing, undecodable, or truncated: the JPEG end-of-image marker / PNG IEND chunk is checked
+before decoding) are skipped, counted and logged with their path: the study falls back to another of its
+images, and a study with no readable image is replaced by the next study that is not already in the batch, so
+batch sizes stay equal under DDP and no study appears twice in a batch (a duplicate would be a false negative
+for the contrastive loss). The DataLoader hands a whole batch of indices to :meth:`StudyDataset.__getitems__`,
+which is where the batch is known.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
 from dataclasses import dataclass
 
 import albumentations as A
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cxr_vlp.data.sampling import TrainIndex
 from cxr_vlp.data.table import StudyTable, view_group
 from cxr_vlp.data.text_views import TextViewSampler
 from cxr_vlp.data.transforms import load_grayscale
@@ -80,23 +85,25 @@ class StudyDataset(Dataset):
         self.train = train
         self.seed = seed
         self.unreadable: set[str] = set()
-        self._rng: np.random.Generator | None = None
-        self._rng_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def _generator(self, index: int) -> np.random.Generator:
-        """Evaluation: a fixed generator per index. Training: one stream per process, seeded from torch
-        (Lightning's ``seed_everything(workers=True)`` gives every worker and epoch its own seed)."""
+    def _generator(self, index: int, epoch: int) -> np.random.Generator:
+        """Evaluation: a fixed generator per index. Training: one per (study, epoch), which also reseeds the
+        augmentation pipeline, so a study's views and text augmentation in an epoch do not depend on the worker
+        that loads it, the number of workers or a restart (:class:`~cxr_vlp.data.sampling.EpochSampler` sends the
+        epoch with the index)."""
         if not self.train:
             return np.random.default_rng([self.seed, index])
-        if self._rng is None or self._rng_pid != os.getpid():
-            base = torch.initial_seed() % (2**63)
-            self._rng = np.random.default_rng([self.seed, base])
-            self._rng_pid = os.getpid()
-            self.transform.set_random_seed(int(self._rng.integers(2**31)))
-        return self._rng
+        rng = np.random.default_rng([self.seed, epoch, index])
+        self.transform.set_random_seed(int(rng.integers(2**31)))
+        return rng
+
+    @staticmethod
+    def _key(key: int | TrainIndex) -> tuple[int, int]:
+        """(epoch, index) of a dataset key: a :class:`TrainIndex` or a plain index (epoch 0)."""
+        return (int(key.epoch), int(key.index)) if isinstance(key, TrainIndex) else (0, int(key))
 
     def _load(self, path: str) -> np.ndarray | None:
         if path in self.unreadable:
@@ -110,6 +117,8 @@ class StudyDataset(Dataset):
 
     def _images(self, index: int, rng: np.random.Generator) -> list[np.ndarray] | None:
         paths, views = self.table.image_paths[index], self.table.view_names[index]
+        if not paths:  # every image of the study is listed in the image cache's failed.csv
+            return None
         wanted = choose_image_indices(views, self.num_image_views, self.train, rng)
         out = []
         for i in wanted:
@@ -122,16 +131,44 @@ class StudyDataset(Dataset):
             out.append(image)
         return out
 
-    def __getitem__(self, index: int) -> StudySample:
-        rng = self._generator(index)
+    def __getitem__(self, key: int | TrainIndex) -> StudySample:
+        epoch, index = self._key(key)
+        sample = self._sample(index, taken=frozenset(), epoch=epoch)
+        if sample is None:
+            raise OSError(f"{self.table.source}: no readable image in any study")
+        return sample
+
+    def __getitems__(self, keys: list[int] | list[TrainIndex]) -> list[StudySample]:
+        """One batch: a study without a readable image is replaced by one outside the batch (and outside the other
+        replacements). Only when every other readable study is already in the batch is the study dropped, and the
+        batch is one smaller."""
+        pairs = [self._key(key) for key in keys]
+        taken = {index for _, index in pairs}
+        samples = []
+        for epoch, index in pairs:
+            sample = self._sample(index, taken, epoch=epoch)
+            if sample is None:
+                log.warning("study %s has no readable image and every other readable study is in this batch: "
+                            "the batch is one study smaller", self.table.study_ids[index])
+                continue
+            taken.add(sample.index)
+            samples.append(sample)
+        if not samples:
+            raise OSError(f"{self.table.source}: no readable image in any study of the batch or outside it")
+        return samples
+
+    def _sample(self, index: int, taken: set[int] | frozenset[int], epoch: int = 0) -> StudySample | None:
+        """Study ``index``, else the next study (cyclically) not in ``taken`` that has a readable image."""
+        rng = self._generator(index, epoch)
         images, source = None, index
-        for attempt in range(len(self)):
-            source = (index + attempt) % len(self)
+        n = len(self)
+        candidates = itertools.chain([index], (k % n for k in range(index + 1, index + n) if k % n not in taken))
+        for source in candidates:
             images = self._images(source, rng)
             if images is not None:
                 break
         if images is None:
-            raise OSError(f"{self.table.source}: no readable image in any study")
+            return None
         if source != index:
             log.warning("study %s has no readable image; using study %s instead",
                         self.table.study_ids[index], self.table.study_ids[source])

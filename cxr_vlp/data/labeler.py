@@ -54,12 +54,17 @@ How a report is read
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from cxr_vlp.data import sections as _sections
+from cxr_vlp.data import text_views as _text_views
 from cxr_vlp.data.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS
 from cxr_vlp.data.sections import parse_sections, text_blocks
 from cxr_vlp.data.text_views import is_missing, split_sentences
@@ -67,6 +72,7 @@ from cxr_vlp.data.text_views import is_missing, split_sentences
 __all__ = [
     "ATTRIBUTE_MENTIONS",
     "EXCLUSIONS",
+    "LABELER_VERSION",
     "MENTIONS",
     "Mention",
     "explain",
@@ -76,6 +82,20 @@ __all__ = [
 ]
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
+
+
+def _source_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of the source of this module and of the sectioning / sentence splitting it reads
+    reports with: any edit to the rules gives a new value."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], _sections, _text_views):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# identifies the rules that produced a label: keys the on-disk label cache (cxr_vlp.data.label_cache), so cached
+# labels never outlive the labeler that made them
+LABELER_VERSION: str = _source_fingerprint()
 _PRIORITY = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
 
 _SIDE = r"(?:(?:left|right|bilateral|both|posterior|lateral|l|r)\s+)*"

@@ -3,7 +3,9 @@
 Reads the dataset through the same data module as training (reader, cache, official or patient split)
 and prints one JSON object on stdout (logs go to stderr, so the output pipes into ``jq``): per split the
 numbers of studies, images and subjects, how many studies have findings / an impression, and each label's
-positive / negative / unknown counts and prevalence (positives over known values); and
+positive / negative / unknown counts and prevalence (positives over known values); where the labels came
+from (``label_sources``: per label ``given``, a label column of the dataset, or ``text``, derived from the
+report by the rule-based labeler; null without labels) and ``labels_from_text`` (the names of the latter); and
 ``leaked_subjects``, counted afresh from the final split tables (the data module refuses leakage, so it is 0
 whenever the command gets that far). The same object is written to ``summary.json`` in the run directory.
 """
@@ -59,9 +61,12 @@ def summarize(datamodule: CXRDataModule) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     tables = datamodule.tables
+    first = next(iter(tables.values()))
     return {
         "dataset": datamodule.name,
         "root": datamodule.root,
+        "label_sources": dict(first.label_sources) if first.has_labels else None,
+        "labels_from_text": first.labels_from_text(),
         "splits": {name: table_summary(tables[name]) for name in SPLITS},
         "total": {"studies": sum(len(t) for t in tables.values()),
                   "images": sum(sum(len(p) for p in t.image_paths) for t in tables.values()),
@@ -74,6 +79,8 @@ def summarize(datamodule: CXRDataModule) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.data)
     summary = summarize(datamodule)
+    if summary["labels_from_text"]:
+        log.info("labels derived from the report text: %s", ", ".join(summary["labels_from_text"]))
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
     out = Path(cfg.paths.output_dir) / "summary.json"

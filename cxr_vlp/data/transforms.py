@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from cxr_vlp.data.cache import check_complete
+
 
 @dataclass
 class TransformConfig:
@@ -62,7 +64,12 @@ def build_transforms(cfg: TransformConfig, train: bool) -> A.Compose:
 
 
 def load_grayscale(path: str) -> np.ndarray:
-    """Decode an image file to ``uint8 [H, W]``; raises ``OSError`` naming the file if unreadable."""
+    """Decode an image file to ``uint8 [H, W]``; raises ``OSError`` naming the file if it is missing, unreadable or
+    truncated (OpenCV decodes a truncated JPEG partly, grey below the cut, with only a warning on stderr, so the
+    end-of-image marker is checked first: :func:`cxr_vlp.data.cache.check_complete`)."""
+    problem = check_complete(path)
+    if problem is not None:
+        raise OSError(f"{problem}: {path}")
     image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise OSError(f"unreadable or missing image: {path}")

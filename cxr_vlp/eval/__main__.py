@@ -14,27 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_vlp.eval.report import print_report
 from cxr_vlp.eval.run import Evaluator
 from cxr_vlp.lit.module import load_module
+from cxr_vlp.utils.checkpoint import is_remote, load_checkpoint
 from cxr_vlp.utils.config import config_dir
+from cxr_vlp.utils.validate import EVAL_SCHEMA, validate_config
 
 log = logging.getLogger(__name__)
 
 
 def saved_data_config(ckpt_path: str | Path) -> dict[str, Any] | None:
     """The resolved data config stored in a checkpoint by the train entry point (None for older files)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(ckpt_path)
     return (checkpoint.get("cxr_vlp") or {}).get("data")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
+    validate_config(cfg, EVAL_SCHEMA)
+    ckpt = cfg.ckpt_path if is_remote(cfg.ckpt_path) else Path(cfg.ckpt_path)
+    if isinstance(ckpt, Path) and not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     module = load_module(str(ckpt))
     if cfg.get("data") is not None:

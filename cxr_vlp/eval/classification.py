@@ -350,7 +350,10 @@ class ClassificationReport:
         return out
 
     def to_markdown(self) -> str:
-        """A table: one row per label and a mean row (means over labels with a defined AUROC)."""
+        """A table: one row per label and a mean row (means over labels with a defined AUROC); one line instead
+        when no test label is known."""
+        if not int(np.asarray(self.n_known).sum()):
+            return "No known test labels: nothing to score."
 
         def f(v: float) -> str:
             return "–" if not math.isfinite(v) else f"{v:.3f}"

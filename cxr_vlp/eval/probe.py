@@ -163,6 +163,9 @@ def _check_inputs(train_x, train_y, val_x, val_y) -> tuple[Tensor, Tensor, Tenso
     for name, t in (("train_x", tx), ("val_x", vx)):
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or infinite values")
+    if not torch.isfinite(ty).any():
+        raise ValueError("train_y has no known label value: nothing to train a probe on (a dataset without labels, "
+                         "or data.reader.labels=none)")
     return tx, ty, vx, vy
 
 

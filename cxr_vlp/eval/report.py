@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-RETRIEVAL_COLUMNS = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nDCG@10", "P@1", "P@5", "P@10")
+from cxr_vlp.eval.retrieval import TIE_RULE
+
+RETRIEVAL_COLUMNS = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nDCG@10", "P@1", "P@5", "P@10", "tied_match_share")
 CREDENTIALED_NOTE = (
     "This dataset is under credentialed-access terms (PhysioNet / Stanford data use agreements): images and "
     "report text stay on this machine. Figures with patient content were not uploaded to any experiment "
@@ -18,23 +20,31 @@ CREDENTIALED_NOTE = (
 def _cell(key: str, value: float | None) -> str:
     if value is None or value != value:
         return "–"
-    if key.startswith(("R@", "P@")):
+    if key.startswith(("R@", "P@")) or key == "tied_match_share":
         return f"{100 * value:.1f}"
     return f"{value:.3f}" if key.startswith("nDCG") else f"{value:.1f}"
 
 
-def retrieval_section(metrics: Mapping[str, float], stage: str = "test", dedup: bool = False) -> str:
+def retrieval_section(metrics: Mapping[str, float], stage: str = "test") -> str:
+    """Both protocols side by side: the full gallery and identical report texts merged (``{stage}/dedup/...``)."""
     n = metrics.get(f"{stage}/num_studies")
-    lines = [f"## Retrieval ({stage}, {int(n) if n else '?'} studies" + (", identical reports merged" if dedup else "")
-             + ")", "",
-             "R@K, MedR, MeanR, nDCG@10: exact pair (rank = 1 + gallery items scoring strictly higher than the match). "
-             "P@K: class-based precision, share of the top K sharing a positive label with the query. Percent.", "",
-             "| direction | " + " | ".join(RETRIEVAL_COLUMNS) + " |", "|---" * (len(RETRIEVAL_COLUMNS) + 1) + "|"]
-    for d, name in (("i2t", "image → text"), ("t2i", "text → image")):
-        lines.append(f"| {name} | " + " | ".join(_cell(c, metrics.get(f"{stage}/{d}/{c}")) for c in RETRIEVAL_COLUMNS)
-                     + " |")
+    u = metrics.get(f"{stage}/num_distinct_reports")
+    protocols = [("", f"full gallery ({int(n) if n else '?'})")]
+    if u is not None:
+        protocols.append(("dedup/", f"identical reports merged ({int(u)} distinct)"))
+    header = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nDCG@10", "P@1", "P@5", "P@10", "tied")
+    lines = [f"## Retrieval ({stage}, {int(n) if n else '?'} studies)", "",
+             "R@K, MedR, MeanR, nDCG@10: exact pair (merged reports: any image of the report text is a match). "
+             "P@K: class-based precision, share of the top K sharing a positive label with the query. "
+             "tied: share of queries whose match is tied with another item. R@K, P@K and tied in percent.", "",
+             "| protocol | direction | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
+    for proto, label in protocols:
+        for d, name in (("i2t", "image → text"), ("t2i", "text → image")):
+            cells = [_cell(c, metrics.get(f"{stage}/{proto}{d}/{c}")) for c in RETRIEVAL_COLUMNS]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", TIE_RULE]
     if n:
-        lines += ["", f"Chance: R@10 = {100 * min(1.0, 10 / n):.1f} %."]
+        lines += ["", f"Chance (full gallery): R@10 = {100 * min(1.0, 10 / n):.1f} %."]
     return "\n".join(lines)
 
 
@@ -43,6 +53,18 @@ def classification_section(title: str, report, note: str = "") -> str:
     if note:
         lines += [note + ". Thresholds: Youden's J on the validation split; AUROC with a bootstrap 95 % CI.", ""]
     return "\n".join(lines) + "\n" + report.to_markdown()
+
+
+def no_labels_line(tasks: Sequence[str], splits: Sequence[str]) -> str:
+    """The one line that replaces the tables of label tasks run on data without any known label."""
+    return (f"**No known labels** in the {' / '.join(splits)} split{'s' if len(splits) > 1 else ''}: "
+            f"{', '.join(tasks)} not computed (the dataset has no labels, or `data.reader.labels=none`).")
+
+
+def text_labels_line(from_text: Sequence[str], n_labels: int) -> str:
+    """One line saying which labels were derived from the report text (not annotated)."""
+    which = f"all {n_labels} labels" if len(from_text) == n_labels else ", ".join(from_text)
+    return f"Labels: {which} derived from the report text by the rule-based labeler (`cxr_vlp.data.labeler`)."
 
 
 def uncertainty_section(bins, rc) -> str:

@@ -1,12 +1,23 @@
-"""Cross-modal retrieval metrics (DESIGN.md §4), computed in row chunks.
+"""Cross-modal retrieval metrics (DESIGN.md §4), computed in row chunks, tie-fair.
 
-Query i's single relevant gallery item is gallery item i. For query i with similarities S[i, :]
+**Rule.** Ties never help the match: every rank-based metric is its exact expected value when tied scores are
+ordered at random, i.e. the match sits uniformly on positions g+1 … g+1+t, with g the gallery items scoring
+strictly higher than the match and t the other items scoring exactly equal to it.
 
-    rank_i  = 1 + #{ j : S[i, j] > S[i, i] }             (strictly higher: ties favour the match)
-    R@K     = (1/N) Σ_i [rank_i ≤ K]
-    MedR    = median_i rank_i   (mean of the two middle ranks when N is even)
-    MeanR   = (1/N) Σ_i rank_i
-    nDCG@K  = (1/N) Σ_i [rank_i ≤ K] / log2(rank_i + 1)   (one relevant item, so IDCG = 1)
+Query i's single relevant gallery item is gallery item i. Per query, with ``g_i`` and ``t_i`` as above
+(:class:`RankCounts`):
+
+    R@K       = (1/N) Σ_i clip((K − g_i) / (t_i + 1), 0, 1)
+    rank_i    = g_i + 1 + t_i / 2                                  (the mid-rank: expected position)
+    MedR      = median_i rank_i   (mean of the two middle values when N is even)
+    MeanR     = (1/N) Σ_i rank_i
+    nDCG@K    = (1/N) Σ_i (1/(t_i + 1)) Σ_{p = g_i+1}^{min(g_i+1+t_i, K)} 1/log2(p + 1)    (one relevant: IDCG = 1)
+    tied_match_share = (1/N) Σ_i [t_i > 0]
+
+The nDCG tie average is sklearn's ``ndcg_score(..., ignore_ties=False)`` (McSherry & Najork, ECIR 2008) for one
+relevant item. Without ties (t_i = 0) these are the strict-rank formulas (rank_i = 1 + g_i). Collapsed embeddings (all scores
+equal) give exactly chance: R@K = K/N, MeanR = MedR = (N+1)/2. Ties are exact equality of the computed scores;
+the scan scores in the embeddings' dtype (float64 stays float64), so only float16 / bfloat16 are upcast to float32.
 
 Only ``chunk_size × N`` similarities exist at a time in the embedding-based functions.
 """
@@ -21,6 +32,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "RankCounts",
     "ranks_in_block",
     "ranks_from_similarity",
     "ranks_from_embeddings",
@@ -30,15 +42,23 @@ __all__ = [
     "bidirectional_retrieval",
     "RetrievalScan",
     "grouped_ranks_in_block",
+    "precision_in_block",
     "scan_retrieval",
     "dot_score_rows",
     "positive_sets",
     "class_precision_at_k",
+    "precision_summary",
     "text_groups",
     "evaluate_retrieval",
+    "TIE_RULE",
 ]
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+TIE_RULE = (
+    "Ties never help the match: each rank metric is its exact expected value under random tie-breaking "
+    "(the match is placed uniformly among the items scoring exactly as high as it)."
+)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -51,17 +71,83 @@ def _check_chunk(chunk_size: int) -> int:
     return int(chunk_size)
 
 
-def ranks_in_block(block: Tensor, start: int) -> Tensor:
-    """Ranks for rows ``start .. start+len(block)-1`` of a similarity matrix given as ``block``."""
+def _score_dtype(x: Tensor) -> Tensor:
+    """Scores stay in their dtype; float16 / bfloat16 are upcast to float32, integers to float64."""
+    if x.dtype in _LOW_PRECISION:
+        return x.float()
+    return x if x.is_floating_point() else x.double()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-query rank counts and the metrics derived from them.
+
+
+@dataclass(frozen=True)
+class RankCounts:
+    """Per query: ``higher`` = gallery items scoring strictly above the match, ``tied`` = other items scoring exactly
+    equal (both LongTensor ``[N]``). The match's position is uniform on ``higher+1 … higher+1+tied``."""
+
+    higher: Tensor
+    tied: Tensor
+
+    def __post_init__(self) -> None:
+        if self.higher.shape != self.tied.shape or self.higher.ndim != 1:
+            raise ValueError(f"higher {tuple(self.higher.shape)} and tied {tuple(self.tied.shape)} must be equal 1-D")
+        if bool((self.higher < 0).any()) or bool((self.tied < 0).any()):
+            raise ValueError("higher and tied must be >= 0")
+
+    def __len__(self) -> int:
+        return int(self.higher.shape[0])
+
+    @classmethod
+    def cat(cls, parts: Sequence[RankCounts]) -> RankCounts:
+        return cls(torch.cat([p.higher.cpu() for p in parts]).long(), torch.cat([p.tied.cpu() for p in parts]).long())
+
+    @classmethod
+    def from_ranks(cls, ranks: Tensor | np.ndarray) -> RankCounts:
+        """Untied 1-based integer ranks (``higher = rank − 1``, ``tied = 0``)."""
+        r = _as_tensor(ranks).detach().cpu().flatten()
+        fractional = r.is_floating_point() and not bool((r == r.round()).all())
+        if r.numel() and (fractional or bool((r < 1).any())):
+            raise ValueError("ranks must be 1-based integers (use RankCounts for tied matches)")
+        r = r.long()
+        return cls(r - 1, torch.zeros_like(r))
+
+    def cpu(self) -> RankCounts:
+        return RankCounts(self.higher.cpu().long(), self.tied.cpu().long())
+
+    def mid_rank(self) -> Tensor:
+        """Expected 1-based position ``higher + 1 + tied / 2`` (float64)."""
+        return self.higher.double() + 1.0 + self.tied.double() / 2.0
+
+    def hit_probability(self, k: int) -> Tensor:
+        """P(position ≤ k) = clip((k − higher) / (tied + 1), 0, 1) per query (float64)."""
+        return ((k - self.higher.double()) / (self.tied.double() + 1.0)).clamp(0.0, 1.0)
+
+    def expected_gain(self, k: int) -> Tensor:
+        """E[1/log2(position + 1) · [position ≤ k]] per query (float64): the tie-averaged nDCG@k."""
+        discounts = torch.cat([torch.zeros(1, dtype=torch.float64),
+                               (1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))).cumsum(0)])
+        lo = self.higher.clamp(max=k)                                   # positions ≤ higher are not the match's
+        hi = (self.higher + 1 + self.tied).clamp(max=k)                 # last possible position, capped at k
+        return (discounts[hi] - discounts[lo]) / (self.tied.double() + 1.0)
+
+
+def _rank_counts(ranks: RankCounts | Tensor | np.ndarray) -> RankCounts:
+    return ranks.cpu() if isinstance(ranks, RankCounts) else RankCounts.from_ranks(ranks)
+
+
+def ranks_in_block(block: Tensor, start: int) -> RankCounts:
+    """Rank counts for rows ``start .. start+len(block)-1`` of a square similarity matrix given as ``block``."""
     if torch.isnan(block).any():
         raise ValueError("similarity contains NaN")
     rows = torch.arange(block.shape[0], device=block.device)
-    match = block[rows, rows + start]
-    return 1 + (block > match[:, None]).sum(dim=1)
+    match = block[rows, rows + start][:, None]
+    return RankCounts((block > match).sum(dim=1), (block == match).sum(dim=1) - 1)
 
 
-def ranks_from_similarity(similarity: Tensor | np.ndarray, chunk_size: int = 4096) -> Tensor:
-    """Per-query 1-based ranks (LongTensor ``[N]``) of the diagonal match in a ``[N, N]`` matrix."""
+def ranks_from_similarity(similarity: Tensor | np.ndarray, chunk_size: int = 4096) -> RankCounts:
+    """Rank counts of the diagonal match in a ``[N, N]`` matrix (row i's match is column i)."""
     sim = _as_tensor(similarity)
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
         raise ValueError(f"similarity must be square [N, N], got shape {tuple(sim.shape)}")
@@ -69,12 +155,13 @@ def ranks_from_similarity(similarity: Tensor | np.ndarray, chunk_size: int = 409
     if n < 1:
         raise ValueError("similarity must have N >= 1")
     step = _check_chunk(chunk_size)
-    return torch.cat([ranks_in_block(sim[s : s + step], s) for s in range(0, n, step)]).long().cpu()
+    sim = _score_dtype(sim)
+    return RankCounts.cat([ranks_in_block(sim[s : s + step], s) for s in range(0, n, step)])
 
 
 @torch.no_grad()
-def ranks_from_embeddings(query: Tensor, gallery: Tensor, chunk_size: int = 4096) -> Tensor:
-    """Ranks with S = query · galleryᵀ computed one row chunk at a time (memory O(chunk × N))."""
+def ranks_from_embeddings(query: Tensor, gallery: Tensor, chunk_size: int = 4096) -> RankCounts:
+    """Rank counts with S = query · galleryᵀ computed one row chunk at a time (memory O(chunk × N))."""
     query, gallery = _as_tensor(query), _as_tensor(gallery)
     if query.ndim != 2 or gallery.ndim != 2 or query.shape != gallery.shape:
         raise ValueError(
@@ -85,23 +172,25 @@ def ranks_from_embeddings(query: Tensor, gallery: Tensor, chunk_size: int = 4096
     if n < 1:
         raise ValueError("need N >= 1 queries")
     step = _check_chunk(chunk_size)
-    gallery_t = gallery.transpose(0, 1)
-    out = [ranks_in_block(query[s : s + step] @ gallery_t, s) for s in range(0, n, step)]
-    return torch.cat(out).long().cpu()
+    rows = dot_score_rows(query, gallery)
+    return RankCounts.cat([ranks_in_block(rows(s, min(s + step, n)), s) for s in range(0, n, step)])
 
 
 def metrics_from_ranks(
-    ranks: Tensor | np.ndarray, ks: Sequence[int] = DEFAULT_KS, ndcg_k: int = 10
+    ranks: RankCounts | Tensor | np.ndarray, ks: Sequence[int] = DEFAULT_KS, ndcg_k: int = 10
 ) -> dict[str, float]:
-    """``R@k`` for each k (fractions), ``MedR``, ``MeanR`` and ``nDCG@{ndcg_k}`` from 1-based ranks."""
-    r = _as_tensor(ranks).detach().cpu().to(torch.float64).flatten()
-    if r.numel() == 0:
+    """``R@k`` (fractions), ``MedR``, ``MeanR``, ``nDCG@{ndcg_k}`` and ``tied_match_share`` (see the module doc).
+
+    ``ranks`` is a :class:`RankCounts` or untied 1-based integer ranks."""
+    counts = _rank_counts(ranks)
+    if len(counts) == 0:
         raise ValueError("no ranks")
-    out: dict[str, float] = {f"R@{int(k)}": float((r <= k).double().mean()) for k in ks}
-    out["MedR"] = float(np.median(r.numpy()))
-    out["MeanR"] = float(r.mean())
-    gains = torch.where(r <= ndcg_k, 1.0 / torch.log2(r + 1.0), torch.zeros_like(r))
-    out[f"nDCG@{int(ndcg_k)}"] = float(gains.mean())
+    mid = counts.mid_rank()
+    out: dict[str, float] = {f"R@{int(k)}": float(counts.hit_probability(int(k)).mean()) for k in ks}
+    out["MedR"] = float(np.median(mid.numpy()))
+    out["MeanR"] = float(mid.mean())
+    out[f"nDCG@{int(ndcg_k)}"] = float(counts.expected_gain(int(ndcg_k)).mean())
+    out["tied_match_share"] = float((counts.tied > 0).double().mean())
     return out
 
 
@@ -128,7 +217,8 @@ def bidirectional_retrieval(
 ) -> dict[str, float]:
     """Image→text (image queries, text gallery) and text→image metrics as flat keys.
 
-    Keys: ``f"{prefix}i2t/R@1"``, …, ``f"{prefix}i2t/nDCG@10"`` and the same with ``t2i``.
+    Keys: ``f"{prefix}i2t/R@1"``, …, ``f"{prefix}i2t/nDCG@10"``, ``f"{prefix}i2t/tied_match_share"`` and the same
+    with ``t2i``.
     """
     out: dict[str, float] = {}
     for name, (q, g) in {"i2t": (image_emb, text_emb), "t2i": (text_emb, image_emb)}.items():
@@ -137,41 +227,66 @@ def bidirectional_retrieval(
     return out
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Scanning a large gallery: grouped ranks, top-k and class-based precision in one pass over row chunks.
 #
 # With relevance groups (query q is relevant to gallery item j when group_q == group_j; several items may share a
-# group, e.g. identical report texts after de-duplication, or several images of one text):
+# group, e.g. several images of one de-duplicated report text), a query's relevant items count as one item scored
+# by the best of them, b_q = max_{j relevant} S[q, j]:
 #
-#     rank_q = 1 + #{ j not relevant : S[q, j] > max_{j relevant} S[q, j] }
+#     higher_q = #{ j not relevant : S[q, j] > b_q },   tied_q = #{ j not relevant : S[q, j] == b_q }
 #
-# which is the definition above when every group is a single index (groups = arange(N) on both sides).
+# and the metrics above follow (which is the plain definition when every group is a single index). With one
+# relevant item (image → de-duplicated text) this is the exact random-tie expectation; with several relevant items
+# tied at b_q it is the expectation over a gallery where they are merged into one entry.
+#
 # Class-based Precision@K: share of the top K gallery items that share at least one positive label with the query
 # (labels 1 = positive; 0 / NaN are not positives); queries without any positive label are left out and counted.
+# When the K-th score is tied, the tied block at that score fills the remaining K − a slots (a = items strictly
+# above) at random, so each tied item counts (K − a) / (size of the tied block): the expected precision.
 
 
 @dataclass
 class RetrievalScan:
-    """Result of :func:`scan_retrieval`: ``ranks`` ``[Nq]`` (1-based), ``topk`` ``[Nq, k]`` gallery indices and
-    ``topk_scores`` ``[Nq, k]``, best first."""
+    """Result of :func:`scan_retrieval`: ``ranks`` (:class:`RankCounts`, ``[Nq]``), ``topk`` ``[Nq, k]`` gallery
+    indices and ``topk_scores`` ``[Nq, k]``, best first, and with labels ``precision`` ``[Nq, len(precision_ks)]``
+    (float64 expected P@k per query, NaN for queries without a positive label)."""
 
-    ranks: Tensor
+    ranks: RankCounts
     topk: Tensor
     topk_scores: Tensor
+    precision: Tensor | None = None
+    precision_ks: tuple[int, ...] = ()
 
 
-def grouped_ranks_in_block(block: Tensor, query_group: Tensor, gallery_group: Tensor) -> Tensor:
-    """Ranks of the best relevant gallery item for each row of ``block`` ``[b, Ng]`` (see the section note)."""
+def grouped_ranks_in_block(block: Tensor, query_group: Tensor, gallery_group: Tensor) -> RankCounts:
+    """Rank counts of the best relevant gallery item for each row of ``block`` ``[b, Ng]`` (see the section note)."""
     if torch.isnan(block).any():
         raise ValueError("similarity contains NaN")
     relevant = query_group[:, None] == gallery_group[None, :]
     if not bool(relevant.any(dim=1).all()):
         missing = int((~relevant.any(dim=1)).nonzero()[0, 0])
-        raise ValueError(f"query {missing} of the block has no relevant gallery item (group {int(query_group[missing])})")
-    best = torch.where(relevant, block, torch.full_like(block, -torch.inf)).amax(dim=1)
-    return 1 + ((block > best[:, None]) & ~relevant).sum(dim=1)
+        raise ValueError(f"query {missing} of the block has no relevant gallery item "
+                         f"(group {int(query_group[missing])})")
+    best = torch.where(relevant, block, torch.full_like(block, -torch.inf)).amax(dim=1)[:, None]
+    return RankCounts(((block > best) & ~relevant).sum(dim=1), ((block == best) & ~relevant).sum(dim=1))
+
+
+def precision_in_block(block: Tensor, shared: Tensor, kth_scores: Tensor, ks: Sequence[int]) -> Tensor:
+    """Expected class-based P@k ``[b, len(ks)]`` (float64) of the rows of ``block`` ``[b, Ng]``.
+
+    ``shared`` ``[b, Ng]``: gallery item shares a positive label with the query; ``kth_scores`` ``[b, len(ks)]``:
+    the k-th highest score of each row (k capped at Ng). Items tied at the k-th score count fractionally."""
+    out = []
+    for col, k in enumerate(ks):
+        kk = min(int(k), block.shape[1])
+        kth = kth_scores[:, col : col + 1]
+        above, tied = block > kth, block == kth
+        n_above = above.sum(dim=1).double()
+        share = (kk - n_above) / tied.sum(dim=1).double()
+        hits = (shared & above).sum(dim=1).double() + share * (shared & tied).sum(dim=1).double()
+        out.append(hits / kk)
+    return torch.stack(out, dim=1)
 
 
 @torch.no_grad()
@@ -183,26 +298,45 @@ def scan_retrieval(
     gallery_group: Tensor | None = None,
     k: int = 10,
     chunk_size: int = 1024,
+    query_labels: Tensor | np.ndarray | None = None,
+    gallery_labels: Tensor | np.ndarray | None = None,
+    precision_ks: Sequence[int] = DEFAULT_KS,
 ) -> RetrievalScan:
-    """Ranks and top-``k`` for ``num_queries`` queries, asking ``score_rows(start, stop)`` for one ``[rows, Ng]``
-    block of scores at a time, so memory stays O(chunk_size × Ng) whatever Nq is (100k × 100k included)."""
+    """Rank counts and top-``k`` for ``num_queries`` queries, asking ``score_rows(start, stop)`` for one
+    ``[rows, Ng]`` block of scores at a time, so memory stays O(chunk_size × Ng) whatever Nq is (100k × 100k
+    included). With ``query_labels`` and ``gallery_labels`` also the tie-fair class-based P@k per query.
+
+    Scores are compared in the dtype ``score_rows`` returns (float64 stays float64); float16 / bfloat16 blocks are
+    upcast to float32 and integer blocks to float64."""
     step = _check_chunk(chunk_size)
     identity = query_group is None and gallery_group is None
     if query_group is None:
         if num_queries != num_gallery:
-            raise ValueError(f"without groups query i matches gallery i: need Nq == Ng, got {num_queries} and {num_gallery}")
+            raise ValueError(f"without groups query i matches gallery i: need Nq == Ng, got {num_queries} and "
+                             f"{num_gallery}")
         query_group = torch.arange(num_queries)
     if gallery_group is None:
         gallery_group = torch.arange(num_gallery)
     if len(query_group) != num_queries or len(gallery_group) != num_gallery:
         raise ValueError(f"query_group has {len(query_group)} entries for {num_queries} queries and gallery_group "
                          f"{len(gallery_group)} for {num_gallery} gallery items")
+    with_labels = query_labels is not None or gallery_labels is not None
+    if with_labels:
+        if query_labels is None or gallery_labels is None:
+            raise ValueError("class-based precision needs both query_labels and gallery_labels")
+        qpos, gpos = positive_sets(query_labels), positive_sets(gallery_labels)
+        if len(qpos) != num_queries or len(gpos) != num_gallery:
+            raise ValueError(f"query_labels has {len(qpos)} rows for {num_queries} queries and gallery_labels "
+                             f"{len(gpos)} rows for {num_gallery} gallery items")
+        pks = tuple(int(p) for p in precision_ks)
+        k = max(int(k), *pks)
     kk = min(int(k), num_gallery)
-    ranks, top, top_scores = [], [], []
+    ranks, top, top_scores, precision = [], [], [], []
     for s in range(0, num_queries, step):
-        block = score_rows(s, min(s + step, num_queries)).float()
-        if block.shape[1] != num_gallery:
-            raise ValueError(f"score_rows returned {tuple(block.shape)} for {num_gallery} gallery items")
+        block = _score_dtype(score_rows(s, min(s + step, num_queries)))
+        if block.shape != (min(s + step, num_queries) - s, num_gallery):
+            raise ValueError(f"score_rows({s}, {min(s + step, num_queries)}) returned {tuple(block.shape)} for "
+                             f"{num_gallery} gallery items")
         if identity:  # query i ↔ gallery i: the diagonal, no relevance mask (less memory per block)
             ranks.append(ranks_in_block(block, s).cpu())
         else:
@@ -211,11 +345,23 @@ def scan_retrieval(
         values, idx = block.topk(kk, dim=1)
         top.append(idx.cpu())
         top_scores.append(values.cpu())
-    return RetrievalScan(torch.cat(ranks).long(), torch.cat(top), torch.cat(top_scores))
+        if with_labels:
+            q_block = qpos[s : s + step].to(block.device)
+            shared = (q_block.float() @ gpos.to(block.device).float().T) > 0
+            kth = values[:, [min(p, num_gallery) - 1 for p in pks]]
+            p = precision_in_block(block, shared, kth, pks).cpu()
+            p[~q_block.any(dim=1).cpu()] = float("nan")
+            precision.append(p)
+    return RetrievalScan(RankCounts.cat(ranks), torch.cat(top), torch.cat(top_scores),
+                         torch.cat(precision) if with_labels else None, pks if with_labels else ())
 
 
 def dot_score_rows(query: Tensor, gallery: Tensor) -> Callable[[int, int], Tensor]:
-    """``score_rows`` for cosine / inner-product retrieval: rows ``start:stop`` of ``query @ galleryᵀ``."""
+    """``score_rows`` for cosine / inner-product retrieval: rows ``start:stop`` of ``query @ galleryᵀ``, in the
+    embeddings' dtype (float16 / bfloat16 embeddings are multiplied in float32)."""
+    query, gallery = _score_dtype(query), _score_dtype(gallery)
+    if query.dtype != gallery.dtype:
+        raise ValueError(f"query ({query.dtype}) and gallery ({gallery.dtype}) embeddings must share a dtype")
     gallery_t = gallery.transpose(0, 1)
     return lambda start, stop: query[start:stop] @ gallery_t
 
@@ -225,23 +371,34 @@ def positive_sets(labels: Tensor | np.ndarray) -> Tensor:
     return _as_tensor(labels).float().nan_to_num(0.0) == 1.0
 
 
-def class_precision_at_k(
-    topk: Tensor, query_labels: Tensor | np.ndarray, gallery_labels: Tensor | np.ndarray, ks: Sequence[int] = DEFAULT_KS
-) -> dict[str, float]:
-    """``P@k`` = mean over queries with a positive label of (1/k)·#{top-k items sharing a positive label}, plus
-    ``P_queries`` (how many queries had a positive label). ``topk`` must hold the top max(ks) (or the whole
-    gallery when it is smaller)."""
-    qpos, gpos = positive_sets(query_labels), positive_sets(gallery_labels)
-    if len(qpos) != len(topk):
-        raise ValueError(f"query_labels has {len(qpos)} rows for {len(topk)} queries")
-    keep = qpos.any(dim=1)
+def precision_summary(precision: Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """``P@k`` (mean over queries with a positive label) and ``P_queries`` from a scan's per-query precision."""
+    keep = ~torch.isnan(precision[:, 0]) if precision.numel() else torch.zeros(0, dtype=torch.bool)
     out: dict[str, float] = {"P_queries": float(keep.sum())}
-    if not bool(keep.any()):
-        return out | {f"P@{int(k)}": float("nan") for k in ks}
-    shared = (gpos[topk[keep]] & qpos[keep][:, None, :]).any(dim=2)  # [Nq', k_max]
-    for k in ks:  # a gallery smaller than k: precision over all of it (the scan keeps min(k, Ng) items)
-        out[f"P@{int(k)}"] = float(shared[:, : min(int(k), shared.shape[1])].double().mean())
+    for col, k in enumerate(ks):
+        out[f"P@{int(k)}"] = float(precision[keep, col].mean()) if bool(keep.any()) else float("nan")
     return out
+
+
+def class_precision_at_k(
+    similarity: Tensor | np.ndarray,
+    query_labels: Tensor | np.ndarray,
+    gallery_labels: Tensor | np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Tie-fair ``P@k`` of a ``[Nq, Ng]`` score matrix = mean over queries with a positive label of the expected
+    share of the top k sharing a positive label (see the section note), plus ``P_queries``. A gallery smaller
+    than k: precision over all of it."""
+    sim = _as_tensor(similarity)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity must be [Nq, Ng], got shape {tuple(sim.shape)}")
+    scan = scan_retrieval(lambda s, e: sim[s:e], sim.shape[0], sim.shape[1],
+                          torch.zeros(sim.shape[0], dtype=torch.long), torch.zeros(sim.shape[1], dtype=torch.long),
+                          k=1, chunk_size=chunk_size, query_labels=query_labels, gallery_labels=gallery_labels,
+                          precision_ks=ks)
+    assert scan.precision is not None
+    return precision_summary(scan.precision, scan.precision_ks)
 
 
 def text_groups(texts: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -258,57 +415,79 @@ def text_groups(texts: Sequence[str]) -> tuple[Tensor, Tensor]:
     return torch.tensor(group, dtype=torch.long), torch.tensor(first, dtype=torch.long)
 
 
+ScoreFn = Callable[[str, Tensor, Tensor], Tensor]
+
+
 def evaluate_retrieval(
     image_emb: Tensor,
     text_emb: Tensor,
     labels: Tensor | np.ndarray | None = None,
     texts: Sequence[str] | None = None,
-    dedup: bool = False,
     prefix: str = "",
     ks: Sequence[int] = DEFAULT_KS,
     precision_ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
-    score_fn: Callable[[str, int, int], Tensor] | None = None,
+    score_fn: ScoreFn | None = None,
 ) -> tuple[dict[str, float], dict[str, RetrievalScan]]:
-    """Both directions: exact-pair metrics (R@K, MedR, MeanR, nDCG@10) and, with ``labels``, class-based P@K.
+    """Both directions, both protocols: exact-pair metrics (R@K, MedR, MeanR, nDCG@10, tied_match_share) and, with
+    ``labels``, class-based P@K.
 
-    ``dedup=True`` (needs ``texts``) collapses identical reports into one gallery item for image→text, and into
-    one query for text→image (relevant: every image of that text). ``score_fn(direction, start, stop)`` replaces
-    the inner product (e.g. a probabilistic head's match logit; it must follow the same row / column layout).
-    Returns the flat metrics and the scans (``"i2t"``, ``"t2i"``) for figures.
+    Protocols: the full gallery (keys ``{prefix}i2t/…``, ``{prefix}t2i/…``) and, with ``texts``, de-duplicated
+    report texts (``{prefix}dedup/i2t/…``: identical reports are one gallery item; ``{prefix}dedup/t2i/…``: one
+    query per distinct report, every image of that text relevant). ``score_fn(direction, query_rows,
+    gallery_rows)`` replaces the inner product (e.g. a probabilistic head's match logit): it gets the study indices
+    of the block's queries and of the gallery (``direction`` ``"i2t"``: image rows, text rows; ``"t2i"``: text
+    rows, image rows) and returns their ``[len(query_rows), len(gallery_rows)]`` scores.
+    Returns the flat metrics and the scans (``"i2t"``, ``"t2i"``, ``"dedup/i2t"``, ``"dedup/t2i"``) for figures.
     """
     n = image_emb.shape[0]
     if text_emb.shape[0] != n:
         raise ValueError(f"image_emb has {n} rows, text_emb {text_emb.shape[0]}")
-    if dedup and texts is None:
-        raise ValueError("dedup=True needs the report texts")
     lab = None if labels is None else _as_tensor(labels).float()
     if lab is not None and len(lab) != n:
         raise ValueError(f"labels has {len(lab)} rows for {n} studies")
-    group, first = text_groups(texts) if dedup else (torch.arange(n), torch.arange(n))
-    txt_g = text_emb[first.to(text_emb.device)]
-    specs = {  # direction: (queries, gallery, query_group, gallery_group, query rows, gallery rows)
-        "i2t": (image_emb, txt_g, group, torch.arange(len(first)), torch.arange(n), first),
-        "t2i": (txt_g, image_emb, torch.arange(len(first)), group, first, torch.arange(n)),
-    }
-    metrics: dict[str, float] = {}
+    if texts is not None and len(texts) != n:
+        raise ValueError(f"texts has {len(texts)} entries for {n} studies")
+    every = torch.arange(n)
+    protocols: dict[str, tuple[Tensor, Tensor]] = {"": (every, every)}  # name: (group [N], first [U])
+    if texts is not None:
+        protocols["dedup/"] = text_groups(texts)
+    emb = {"i2t": (image_emb, text_emb), "t2i": (text_emb, image_emb)}
+    metrics: dict[str, float] = {f"{prefix}num_studies": float(n)}
     scans: dict[str, RetrievalScan] = {}
-    k_max = max(max(ks), max(precision_ks) if lab is not None else 1)
-    for name, (q, g, qg, gg, q_rows, g_rows) in specs.items():
-        if score_fn is None:
-            rows = dot_score_rows(q, g)
-        elif dedup:
-            raise ValueError("dedup=True is only supported with inner-product scores")
-        else:
-            rows = (lambda d: lambda s, e: score_fn(d, s, e))(name)
-        scan = scan_retrieval(rows, len(q), len(g), qg, gg, k=k_max, chunk_size=chunk_size)
-        scans[name] = scan
-        for key, value in metrics_from_ranks(scan.ranks, ks).items():
-            metrics[f"{prefix}{name}/{key}"] = value
-        if lab is not None:
-            for key, value in class_precision_at_k(scan.topk, lab[q_rows], lab[g_rows], precision_ks).items():
-                metrics[f"{prefix}{name}/{key}"] = value
-    metrics[f"{prefix}num_studies"] = float(n)
-    if dedup:
-        metrics[f"{prefix}num_distinct_reports"] = float(len(first))
+    for proto, (group, first) in protocols.items():
+        u = len(first)
+        specs = {  # direction: (query rows, gallery rows, query_group, gallery_group); None = identity groups
+            "i2t": (every, first, group, torch.arange(u)),
+            "t2i": (first, every, torch.arange(u), group),
+        }
+        for name, (q_rows, g_rows, qg, gg) in specs.items():
+            if proto and u == n:  # no duplicate texts: the de-duplicated protocol is the full one
+                scans[proto + name] = scans[name]
+            else:
+                scans[proto + name] = _scan_direction(emb[name], name, q_rows, g_rows, None if u == n else (qg, gg),
+                                                      lab, ks, precision_ks, chunk_size, score_fn)
+            scan = scans[proto + name]
+            for key, value in metrics_from_ranks(scan.ranks, ks).items():
+                metrics[f"{prefix}{proto}{name}/{key}"] = value
+            if scan.precision is not None:
+                for key, value in precision_summary(scan.precision, scan.precision_ks).items():
+                    metrics[f"{prefix}{proto}{name}/{key}"] = value
+        if proto:
+            metrics[f"{prefix}num_distinct_reports"] = float(u)
     return metrics, scans
+
+
+def _scan_direction(embeddings: tuple[Tensor, Tensor], direction: str, q_rows: Tensor, g_rows: Tensor,
+                    groups: tuple[Tensor, Tensor] | None, labels: Tensor | None, ks: Sequence[int],
+                    precision_ks: Sequence[int], chunk_size: int, score_fn: ScoreFn | None) -> RetrievalScan:
+    q_emb, g_emb = embeddings
+    if score_fn is None:
+        q_sel, g_sel = q_emb[q_rows.to(q_emb.device)], g_emb[g_rows.to(g_emb.device)]
+        rows = dot_score_rows(q_sel, g_sel)
+    else:
+        rows = lambda s, e: score_fn(direction, q_rows[s:e], g_rows)  # noqa: E731
+    qg, gg = groups if groups is not None else (None, None)
+    label_kw = {} if labels is None else {"query_labels": labels[q_rows], "gallery_labels": labels[g_rows],
+                                          "precision_ks": precision_ks}
+    return scan_retrieval(rows, len(q_rows), len(g_rows), qg, gg, k=max(ks), chunk_size=chunk_size, **label_kw)

@@ -20,7 +20,7 @@ import torch
 from cxr_vlp.data.labels import CHEXPERT_LABELS
 from cxr_vlp.eval import report as md
 from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings, fingerprint
-from cxr_vlp.eval.retrieval import evaluate_retrieval, text_groups
+from cxr_vlp.eval.retrieval import evaluate_retrieval
 from cxr_vlp.utils.reporting import write_metrics
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Evaluator:
         self._emb: dict[str, SplitEmbeddings] = {}
         self.result = EvalResult()
         self.label_names = list(CHEXPERT_LABELS)
+        self._unlabelled: dict[str, list[str]] = {}  # label task -> its splits without any known label
 
     # ------------------------------------------------------------------ embeddings
     def embeddings(self, split: str) -> SplitEmbeddings:
@@ -99,6 +100,7 @@ class Evaluator:
         for task in TASKS:
             if task in tasks:
                 getattr(self, f"_{task}")()
+        self.result.sections[:0] = self._label_notes(tasks)
         self._finish()
         return self.result
 
@@ -111,26 +113,28 @@ class Evaluator:
             side = {"i2t": (e.image, e.image_logvar, e.text, e.text_logvar),
                     "t2i": (e.text, e.text_logvar, e.image, e.image_logvar)}
 
-            def score_fn(direction: str, start: int, stop: int) -> torch.Tensor:
+            def score_fn(direction: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
                 q, lq, g, lg = side[direction]
                 with torch.no_grad():
-                    return head.similarity(q[start:stop].to(self.device), lq[start:stop].to(self.device),
-                                           g.to(self.device), lg.to(self.device)).cpu()
+                    return head.similarity(q[q_rows].to(self.device), lq[q_rows].to(self.device),
+                                           g[g_rows].to(self.device), lg[g_rows].to(self.device)).cpu()
 
         metrics, scans = evaluate_retrieval(
             test.image.to(self.device), test.text.to(self.device), labels=test.labels, texts=test.texts,
-            dedup=bool(cfg.get("dedup", False)), prefix="test/", chunk_size=int(cfg.get("chunk_size", 1024)),
+            prefix="test/", chunk_size=int(cfg.get("chunk_size", 1024)),
             precision_ks=tuple(cfg.get("precision_ks", (1, 5, 10))), score_fn=score_fn)
         self.result.metrics.update(metrics)
-        self.result.sections.append(md.retrieval_section(metrics, "test", dedup=bool(cfg.get("dedup", False))))
+        self.result.sections.append(md.retrieval_section(metrics, "test"))
         self._scans = scans
         if self.cfg.get("figures", True):
-            self._retrieval_figures(test, scans, dedup=bool(cfg.get("dedup", False)))
+            self._retrieval_figures(test, scans)
 
     def _zeroshot(self) -> None:
         from cxr_vlp.eval.classification import evaluate_binary
         from cxr_vlp.eval.zeroshot import PromptSet, zeroshot_classify
 
+        if self._without_labels("zero-shot", ("val", "test")):
+            return
         prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
         scale = float(self.module.loss_head.similarity_scale().detach())
         encode = encode_texts_fn(self.module, self.device)
@@ -148,6 +152,8 @@ class Evaluator:
         from cxr_vlp.eval.classification import evaluate_binary
         from cxr_vlp.eval.probe import ProbeConfig, predict_probs, train_probe
 
+        if self._without_labels("probe", ("train", "val", "test")):
+            return
         cfg = dict(self.cfg.get("probe", {}))
         kinds = list(cfg.pop("kinds", ["linear", "mlp"]))
         fractions = list(cfg.pop("label_fractions", [1.0]))
@@ -179,8 +185,8 @@ class Evaluator:
             self._retrieval()
         ranks = self._scans["i2t"].ranks
         u = test.image_uncertainty
-        bins = recall_by_uncertainty_bins(ranks.numpy(), u.numpy(), n_bins=min(10, len(test)))
-        rc = risk_coverage(ranks.numpy(), u.numpy())
+        bins = recall_by_uncertainty_bins(ranks, u.numpy(), n_bins=min(10, len(test)))
+        rc = risk_coverage(ranks, u.numpy())
         self.result.metrics.update(bins.to_flat("test/uncertainty/") | rc.to_flat("test/uncertainty/"))
         self.result.sections.append(md.uncertainty_section(bins, rc))
         if self.cfg.get("figures", True):
@@ -202,6 +208,8 @@ class Evaluator:
             top_concepts,
         )
 
+        if self._without_labels("concept audit", ("train", "val", "test")):
+            return
         names = list(self.module.loss_head.concept_names)
         tr, va, te = self.embeddings("train"), self.embeddings("val"), self.embeddings("test")
         cbm = fit_concept_bottleneck(_np(tr.concept_scores), _np(tr.labels), _np(va.concept_scores), _np(va.labels),
@@ -218,6 +226,38 @@ class Evaluator:
             label = self.label_names[int(lab.argmax())] if lab.max() > 0 else "No Finding"
             example[te.study_ids[i]] = (label, top_concepts(cbm, _np(te.concept_scores[i]), label, k=5))
         self.result.sections.append(md.concept_section(self.label_names, auc, confounders_markdown(rows), example))
+
+    # ------------------------------------------------------------------ labels of the label tasks
+    def _table(self, split: str):
+        return (getattr(self.datamodule, "tables", None) or {}).get(split)
+
+    def _labels_known(self, split: str) -> bool:
+        """Whether ``split`` has at least one known label value (the data module's table, else its embeddings)."""
+        table = self._table(split)
+        labels = table.labels if table is not None else self.embeddings(split).labels
+        return bool(np.isfinite(np.asarray(labels, dtype=np.float64)).any())
+
+    def _without_labels(self, task: str, splits: tuple[str, ...]) -> bool:
+        """True (and the task recorded for the one-line note) when any of ``splits`` has no known label."""
+        missing = [s for s in splits if not self._labels_known(s)]
+        if missing:
+            self._unlabelled[task] = missing
+            log.info("%s: skipped, no known labels in the %s split(s)", task, " / ".join(missing))
+        return bool(missing)
+
+    def _label_notes(self, tasks: list[str]) -> list[str]:
+        """One line on skipped label tasks (no known labels), one on labels derived from the report text."""
+        if "retrieval" in tasks and not self._labels_known("test"):
+            self._unlabelled["class-based P@K"] = ["test"]
+        notes = []
+        if self._unlabelled:
+            splits = sorted({s for v in self._unlabelled.values() for s in v}, key=["train", "val", "test"].index)
+            notes.append(md.no_labels_line(list(self._unlabelled), splits))
+        table = self._table("test")
+        from_text = table.labels_from_text() if table is not None and table.has_labels else []
+        if from_text:
+            notes.append(md.text_labels_line(from_text, len(self.label_names)))
+        return notes
 
     # ------------------------------------------------------------------ figures and output
     def _bootstrap(self) -> dict[str, int]:
@@ -244,24 +284,20 @@ class Evaluator:
         dataset = self.datamodule.datasets[split]
         return torch.stack([dataset[int(r)].images[0] for r in rows])
 
-    def _retrieval_figures(self, test: SplitEmbeddings, scans, dedup: bool) -> None:
+    def _retrieval_figures(self, test: SplitEmbeddings, scans) -> None:
+        """Full-gallery retrieval grids: top 5 per example query, the true match framed."""
         from cxr_vlp.eval.figures import retrieval_grid, text_to_image_grid, tsne_figure
 
         n_ex = min(int(self.cfg.get("figure_examples", 4)), len(test))
         rows = list(range(n_ex))
-        group, first = text_groups(test.texts) if dedup else (torch.arange(len(test)), torch.arange(len(test)))
-        gallery_rows = first.tolist()
-        top_i2t = [[gallery_rows[j] for j in scans["i2t"].topk[r, :5].tolist()] for r in rows]
-        hits = [next((k for k, j in enumerate(t) if int(group[j]) == int(group[r])), None) for r, t in zip(rows, top_i2t)]
+        top_i2t = [scans["i2t"].topk[r, :5].tolist() for r in rows]
+        hits = [next((k for k, j in enumerate(t) if j == r), None) for r, t in zip(rows, top_i2t)]
         self._figure("retrieval_i2t", retrieval_grid, self._images("test", rows),
                      [[test.texts[j] for j in t] for t in top_i2t], [test.texts[r] for r in rows], hits)
-        queries = [int(first[int(group[r])]) for r in rows] if dedup else rows
-        q_index = [int(group[r]) for r in rows] if dedup else rows
-        top_t2i = [scans["t2i"].topk[q, :5].tolist() for q in q_index]
-        hits_t = [next((k for k, j in enumerate(t) if int(group[j]) == int(group[r])), None)
-                  for r, t in zip(rows, top_t2i)]
+        top_t2i = [scans["t2i"].topk[r, :5].tolist() for r in rows]
+        hits_t = [next((k for k, j in enumerate(t) if j == r), None) for r, t in zip(rows, top_t2i)]
         images = torch.stack([self._images("test", t) for t in top_t2i])
-        self._figure("retrieval_t2i", text_to_image_grid, [test.texts[q] for q in queries], images, hits_t)
+        self._figure("retrieval_t2i", text_to_image_grid, [test.texts[r] for r in rows], images, hits_t)
         self._figure("tsne", tsne_figure, test.image.numpy(), test.labels.numpy(), self.label_names)
         self._gradcam(test, rows)
 

@@ -2,11 +2,12 @@
 
 Inputs, one entry per query (``N`` queries):
 
-* ``ranks`` ``[N]``: the 1-based rank of the query's true match (rank 1 = retrieved first), as produced by
-  :mod:`cxr_vlp.eval.retrieval`;
+* ``ranks`` ``[N]``: the query's true match as :class:`cxr_vlp.eval.retrieval.RankCounts` (what the retrieval
+  scan produces; ties are counted, see there) or untied 1-based integer ranks (rank 1 = retrieved first);
 * ``uncertainty`` ``[N]``: a finite scalar ``u_i ≥ 0`` per query (larger = less certain).
 
-Definitions (``hit_i = [rank_i ≤ k]``, ``R@k(S) = (1/|S|) Σ_{i∈S} hit_i``):
+Definitions (``hit_i = P(match of i in the top k)``: ``[rank_i ≤ k]`` for integer ranks, the tie-fair
+``clip((k − higher_i) / (tied_i + 1), 0, 1)`` for rank counts; ``R@k(S) = (1/|S|) Σ_{i∈S} hit_i``):
 
 * **Order.** ``π`` = the queries sorted by increasing ``u`` with a *stable* sort, so tied uncertainties keep
   their input order; every result is a deterministic function of the inputs.
@@ -19,8 +20,9 @@ Definitions (``hit_i = [rank_i ≤ k]``, ``R@k(S) = (1/|S|) Σ_{i∈S} hit_i``):
   when one of its two variables is constant (ρ is undefined there).
 * **Risk–coverage** (:func:`risk_coverage`). For ``m = 1..N`` with coverage ``c_m = m / N`` the selective
   risk is ``risk_m = 1 − R@k({π_1, …, π_m})`` (the error rate over the ``m`` most certain queries);
-  ``AURC = (1/N) Σ_m risk_m``. The *oracle* curve orders queries hits first (perfect uncertainty):
-  ``oracle_risk_m = 1 − min(m, H) / m`` with ``H = Σ_i hit_i``, giving ``oracle_aurc`` (the lower bound);
+  ``AURC = (1/N) Σ_m risk_m``. The *oracle* curve orders queries by decreasing ``hit_i`` (perfect uncertainty):
+  ``oracle_risk_m = 1 − (sum of the m largest hit_i) / m``, which is ``1 − min(m, H) / m`` with ``H = Σ_i hit_i``
+  for 0/1 hits, giving ``oracle_aurc`` (the lower bound);
   ``random_risk = 1 − H / N`` is the expected AURC of an uninformative ordering (the flat curve) and also
   ``risk_N``. ``excess_aurc = aurc − oracle_aurc``.
 """
@@ -36,6 +38,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from cxr_vlp.eval.arrays import as_float64
+from cxr_vlp.eval.retrieval import RankCounts
 
 __all__ = [
     "RiskCoverage",
@@ -48,26 +51,36 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------- validation
 def _check_inputs(ranks: Any, uncertainty: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and return ``(ranks, uncertainty)`` as float64 vectors of equal, non-zero length."""
+    """Validate and return ``(hit, uncertainty)`` as float64 vectors of equal, non-zero length (``hit_i`` = the
+    probability that query i's match is in the top k, see the module docstring)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if isinstance(ranks, RankCounts):
+        hit = ranks.hit_probability(int(k)).numpy()
+        u = as_float64(uncertainty, "uncertainty", 1)
+        _check_uncertainty(u, hit.shape)
+        return hit, u
     r = as_float64(ranks, "ranks", 1)
     u = as_float64(uncertainty, "uncertainty", 1)
-    if r.shape != u.shape:
-        raise ValueError(f"ranks {tuple(r.shape)} and uncertainty {tuple(u.shape)} must have the same length")
-    if r.size == 0:
-        raise ValueError("ranks and uncertainty are empty: need at least one query")
+    _check_uncertainty(u, r.shape)
     if not np.isfinite(r).all():
         raise ValueError("ranks contains NaN or infinite values")
     if (r < 1).any():
         raise ValueError(f"ranks must be 1-based (>= 1); found {r[r < 1][0]!r}")
     if (r != np.round(r)).any():
         raise ValueError(f"ranks must be integers; found {r[r != np.round(r)][0]!r}")
+    return (r <= k).astype(np.float64), u
+
+
+def _check_uncertainty(u: np.ndarray, shape: tuple[int, ...]) -> None:
+    if u.shape != shape:
+        raise ValueError(f"ranks {tuple(shape)} and uncertainty {tuple(u.shape)} must have the same length")
+    if u.size == 0:
+        raise ValueError("ranks and uncertainty are empty: need at least one query")
     if not np.isfinite(u).all():
         raise ValueError("uncertainty contains NaN or infinite values")
     if (u < 0).any():
         raise ValueError(f"uncertainty must be >= 0; found {u[u < 0][0]!r}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return r, u
 
 
 def safe_spearman(x: Any, y: Any) -> float:
@@ -152,12 +165,11 @@ def recall_by_uncertainty_bins(ranks: Any, uncertainty: Any, n_bins: int = 10, k
     Raises ``ValueError`` for mismatched lengths, ranks < 1 or non-integer, negative / non-finite
     uncertainty, ``n_bins < 1`` or fewer queries than bins.
     """
-    r, u = _check_inputs(ranks, uncertainty, k)
+    hit, u = _check_inputs(ranks, uncertainty, k)
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    if r.size < n_bins:
-        raise ValueError(f"need at least n_bins={n_bins} queries, got {r.size} (ranks/uncertainty length)")
-    hit = (r <= k).astype(np.float64)
+    if hit.size < n_bins:
+        raise ValueError(f"need at least n_bins={n_bins} queries, got {hit.size} (ranks/uncertainty length)")
     order = np.argsort(u, kind="stable")
     parts = np.array_split(order, n_bins)
     mean_u = np.array([u[p].mean() for p in parts])
@@ -236,14 +248,13 @@ def risk_coverage(ranks: Any, uncertainty: Any, k: int = 1) -> RiskCoverage:
 
     Raises ``ValueError`` for mismatched lengths, ranks < 1 or non-integer, negative / non-finite uncertainty.
     """
-    r, u = _check_inputs(ranks, uncertainty, k)
-    n = r.size
-    hit = (r <= k).astype(np.float64)
+    hit, u = _check_inputs(ranks, uncertainty, k)
+    n = hit.size
     m = np.arange(1, n + 1, dtype=np.float64)
     order = np.argsort(u, kind="stable")
     risk = 1.0 - np.cumsum(hit[order]) / m
     n_hits = float(hit.sum())
-    oracle_risk = 1.0 - np.minimum(m, n_hits) / m
+    oracle_risk = 1.0 - np.cumsum(np.sort(hit)[::-1]) / m
     return RiskCoverage(
         k=int(k),
         coverage=m / n,

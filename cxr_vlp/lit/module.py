@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 import cxr_vlp
 from cxr_vlp.concepts.projection import concept_scores
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.eval.retrieval import bidirectional_retrieval, metrics_from_ranks, ranks_in_block
+from cxr_vlp.eval.retrieval import RankCounts, bidirectional_retrieval, metrics_from_ranks, ranks_in_block
+from cxr_vlp.lit.divergence import check_gradients_before_clipping
 from cxr_vlp.lit.grad_cache import cached_contrastive_step
 from cxr_vlp.lit.schedule import adamw_with_cosine
 from cxr_vlp.lit.transfer import BatchTransferMixin
@@ -29,6 +30,7 @@ from cxr_vlp.losses.probabilistic import uncertainty
 from cxr_vlp.models.dual_encoder import DualEncoder
 from cxr_vlp.models.hub import ModelNotAvailableError
 from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.utils.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 # concept strings are a few words; longer ones are truncated when tokenised for the text tower
@@ -247,6 +249,8 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
             lambda image_views, text_views: self._head_loss(image_views, text_views, batch.labels),
             backward=self.manual_backward, no_sync=getattr(self.trainer.strategy, "block_backward_sync", nullcontext),
             norm_module=self.encoder, device=batch.images.device)
+        # the divergence guard sees the unclipped gradients (as with automatic optimisation)
+        check_gradients_before_clipping(self.trainer, self, optimizer)
         clip_value, clip_algorithm = self.manual_gradient_clip
         if clip_value:
             self.clip_gradients(optimizer, gradient_clip_val=clip_value, gradient_clip_algorithm=clip_algorithm)
@@ -328,8 +332,8 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
             ranks = []
             for s in range(0, q.shape[0], chunk_size):
                 block = self.loss_head.similarity(q[s:s + chunk_size], lq[s:s + chunk_size], g, lg)
-                ranks.append(ranks_in_block(block, s))
-            for key, value in metrics_from_ranks(torch.cat(ranks).cpu()).items():
+                ranks.append(ranks_in_block(block, s).cpu())
+            for key, value in metrics_from_ranks(RankCounts.cat(ranks)).items():
                 metrics[f"{stage}/{name}/{key}"] = value
         metrics[f"{stage}/num_studies"] = float(img.shape[0])
         metrics[f"{stage}/uncertainty_image_mean"] = float(unc_img.mean())
@@ -364,7 +368,7 @@ def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
 
 def load_module(ckpt_path: str, map_location: str | torch.device = "cpu") -> ContrastiveModule:
     """Rebuild a module from a checkpoint (weights-only load; pretrained flags off: weights come from the file)."""
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(ckpt_path, map_location=map_location)
     hparams = dict(checkpoint["hyper_parameters"])
     model_cfg = {**hparams["model"]}
     model_cfg["image_encoder"] = {**model_cfg["image_encoder"], "pretrained": False, "checkpoint_path": None}

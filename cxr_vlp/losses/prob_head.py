@@ -5,13 +5,23 @@ V_I image views and V_T text views:
 
     match-logit   z = −a·d + b,  d = CSD distance (:func:`~cxr_vlp.losses.probabilistic.csd_distance`)
                   a = exp(a_log) > 0 and b learnable (PCME++ init a = b = 5)
-    cross         = (1 / (V_I·V_T)) Σ_{v,u} prob_match_loss(I_v, T_u)        (BCE over all global pairs,
-                    + pseudo_positive_weight · pseudo-positive term, see prob_match_loss)
+    cross         = (1 / (V_I·V_T)) Σ_{v,u} pm(I_v, T_u),  pm = prob_match_loss: BCE over all global
+                    pairs + α·(the BCE with pseudo-positives relabelled 1, both directions), α =
+                    pseudo_positive_weight (PCME++ §2.3)
     i2i           = ½ [pm(I_0, I_1) + pm(I_1, I_0)]          (same probabilistic match; if V_I ≥ 2, w_i2i ≠ 0)
     t2t           = the same for text views 0 and 1       (if V_T ≥ 2 and w_t2t ≠ 0)
-    kl            = mean_v vib_kl(I_v) + mean_u vib_kl(T_u)  (KL(N(μ, σ²) ‖ N(0, I)), per sample mean)
+    kl            = KL(N(μ, σ²) ‖ N(0, I)) reduced as ``kl_reduction`` says:
+                    mean_over_dims (default)  ½ [mean_v KL̄(I_v) + mean_u KL̄(T_u)],  KL̄ = mean over B·D elements
+                    sum_over_dims             mean_v KL(I_v) + mean_u KL(T_u),     KL = per-sample sum over D,
+                                              batch mean  (= 2D × the mean_over_dims value)
     clip          = multi-view CLIP on the means μ with its own learnable temperature (if clip_weight ≠ 0)
     loss          = cross + w_i2i·i2i + w_t2t·t2t + kl_weight·kl + clip_weight·clip
+
+Weight conventions against PCME++ (naver-ai/pcmepp ``pcmepp/criterions/pcmepp.py``): PCME++ sums its two
+(equal) BCE directions, adds α times both relabelled BCEs and β·(KL̄_img + KL̄_txt). With one view each,
+no intra-modal or CLIP term and ``kl_reduction="mean_over_dims"``, this loss is exactly half of PCME++'s,
+so α = 0.1 and ``kl_weight`` = β = 1e-4 carry PCME++'s strengths. With ``"sum_over_dims"`` the same
+strength is ``kl_weight`` = β / (2D).
 
 The deterministic CLIP term is there because from scratch the CSD distances can collapse (pcmepp issue
 #4); the demo mixes it in with weight 1.
@@ -41,7 +51,14 @@ from cxr_vlp.losses import distributed as _dist
 
 from cxr_vlp.losses.functional import multi_view_clip_loss
 from cxr_vlp.losses.heads import GaussianEmbedding, LossHead, LossOutput
-from cxr_vlp.losses.probabilistic import csd_distance, medprobclip_distance, prob_match_loss, uncertainty, vib_kl
+from cxr_vlp.losses.probabilistic import (
+    KL_REDUCTIONS,
+    csd_distance,
+    medprobclip_distance,
+    prob_match_loss,
+    uncertainty,
+    vib_kl,
+)
 
 __all__ = ["DISTANCES", "ProbClipHead", "medprobclip_infonce"]
 
@@ -95,15 +112,19 @@ def _as_gaussian_views(views: GaussianEmbedding | Sequence, name: str) -> list[G
 
 
 class ProbClipHead(LossHead):
-    """ProbCLIP-VIB head: probabilistic (CSD) BCE matching over all pairings + VIB KL (+ optional CLIP).
+    """ProbCLIP-VIB head: probabilistic (CSD) BCE matching with PCME++ pseudo-positives over all pairings
+    + VIB KL (+ optional CLIP).
 
     Args:
         a_init, b_init: initial match scale a (> 0, parametrised as exp of a parameter) and shift b.
         learn_ab: if False, a and b are frozen.
-        pseudo_positive_weight: weight of PCME++'s pseudo-positive term (pairs scoring at least as high
-            as the true pair are additionally pulled towards 1); 0.1 by default, 0 turns it off.
+        pseudo_positive_weight: α of PCME++'s pseudo-positive term (the matching BCE recomputed with the
+            pairs scoring at least as high as a true pair relabelled positive, in both directions);
+            0.1 by default, 0 turns it off.
         w_i2i, w_t2t: weights of the intra-modal probabilistic match terms between views 0 and 1.
-        kl_weight: β of the VIB KL term (default 1e-4).
+        kl_weight: β of the VIB KL term (default 1e-4: PCME++'s strength with the default reduction).
+        kl_reduction: ``"mean_over_dims"`` (PCME++; default) or ``"sum_over_dims"`` (per-sample KL
+            summed over D, 2D times larger); see the module docstring.
         clip_weight: weight of a deterministic multi-view CLIP term on the means (0 = off).
         temperature_init, max_scale: the CLIP term's learnable temperature (as ClipHead), only created
             when ``clip_weight != 0``.
@@ -111,7 +132,8 @@ class ProbClipHead(LossHead):
         distance: ``"csd"`` (PCME++, BCE; default) or ``"medprobclip"`` (released MedProbCLIP: its
             distance, softmax InfoNCE; see the module docstring).
 
-    Logs: ``loss``, ``match`` (mean BCE of the cross-modal pairings), ``pseudo``, ``pseudo_share``,
+    Logs: ``loss``, ``match`` (mean BCE of the cross-modal pairings), ``pseudo`` (the relabelled BCE),
+    ``pseudo_share`` (pseudo-positives per negative pair, both directions),
     ``pos_logit``, ``neg_logit``, ``i2i`` / ``t2t`` when computed, ``kl``, ``clip`` and ``logit_scale``
     when ``clip_weight != 0``, ``a``, ``b``, and the mean per-sample uncertainty Σσ²
     (``uncertainty_image``, ``uncertainty_text``, and their mean ``uncertainty``).
@@ -128,6 +150,7 @@ class ProbClipHead(LossHead):
         w_i2i: float = 0.0,
         w_t2t: float = 0.0,
         kl_weight: float = 1e-4,
+        kl_reduction: str = "mean_over_dims",
         clip_weight: float = 0.0,
         temperature_init: float = 0.07,
         max_scale: float = 100.0,
@@ -138,6 +161,9 @@ class ProbClipHead(LossHead):
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         self.distance = distance
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
+        self.kl_reduction = kl_reduction
         if a_init <= 0:
             raise ValueError(f"a_init must be > 0, got {a_init}")
         for name, value in (("pseudo_positive_weight", pseudo_positive_weight), ("kl_weight", kl_weight),
@@ -181,6 +207,9 @@ class ProbClipHead(LossHead):
         return prob_match_loss(x.mu, x.logvar, y.mu, y.logvar, a, self.b,
                                pseudo_positive_weight=self.pseudo_positive_weight, gather=self.gather)
 
+    def _kl(self, views: list[GaussianEmbedding]) -> Tensor:
+        return torch.stack([vib_kl(v.mu, v.logvar, reduction=self.kl_reduction) for v in views]).mean()
+
     def _intra(self, views: list[GaussianEmbedding], a: Tensor) -> Tensor:
         return 0.5 * (self._match(views[0], views[1], a)["loss"] + self._match(views[1], views[0], a)["loss"])
 
@@ -206,8 +235,9 @@ class ProbClipHead(LossHead):
         if self.w_t2t != 0.0 and len(txts) >= 2:
             logs["t2t"] = self._intra(txts, a)
             total = total + self.w_t2t * logs["t2t"]
-        kl = (torch.stack([vib_kl(v.mu, v.logvar) for v in imgs]).mean()
-              + torch.stack([vib_kl(v.mu, v.logvar) for v in txts]).mean())
+        kl = self._kl(imgs) + self._kl(txts)
+        if self.kl_reduction == "mean_over_dims":
+            kl = 0.5 * kl
         logs["kl"] = kl
         if self.kl_weight != 0.0:
             total = total + self.kl_weight * kl
@@ -228,4 +258,5 @@ class ProbClipHead(LossHead):
     def extra_repr(self) -> str:
         return (f"distance={self.distance!r}, pseudo_positive_weight={self.pseudo_positive_weight}, "
                 f"w_i2i={self.w_i2i}, w_t2t={self.w_t2t}, "
-                f"kl_weight={self.kl_weight}, clip_weight={self.clip_weight}, gather={self.gather}")
+                f"kl_weight={self.kl_weight}, kl_reduction={self.kl_reduction!r}, "
+                f"clip_weight={self.clip_weight}, gather={self.gather}")

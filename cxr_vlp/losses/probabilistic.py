@@ -1,20 +1,25 @@
 """Pure functions of the ProbCLIP-VIB objective (PCME++ / MedProbCLIP), DDP-exact.
 
 Each sample is a diagonal Gaussian N(μ, diag σ²) given as ``mu`` ``[B, D]`` and ``logvar`` = log σ²
-(``[B, D]``, or ``[B, 1]`` for one shared variance per sample, broadcast over D). DESIGN.md §3:
+(``[B, D]``, or ``[B, 1]`` for one shared variance per sample, broadcast over D). Following PCME++
+(Chun, ICLR 2024; naver-ai/pcmepp):
 
     CSD distance (PCME++'s closed-form sampled distance)
         d(a, b) = ‖μa − μb‖² + Σ_k (σa,k² + σb,k²)
     match logit   z = −a·d + b  (a > 0 and b learnable; PCME++ inits a = b = 5)
-    match loss    mean over all pairs of BCE(z, y), y = 1 on the true pairs
-    VIB           KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_k (μ_k² + σ_k² − log σ_k² − 1), averaged over samples
+    match loss    mean over all pairs of BCE(z, y), y = 1 on the true pairs, plus α times the same BCE
+                  with the pseudo-positives relabelled 1, once per direction (:func:`prob_match_loss`)
+    VIB           KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_k (μ_k² + σ_k² − log σ_k² − 1), per sample, averaged over
+                  samples, or averaged over all B·D elements (PCME++; :func:`vib_kl`)
     MedProbCLIP's released variant (FOURM-LAB/MedProbCLIP):
         d(x, y) = ½ Σ_k [ (μx,k − μy,k)² / (σx,k² + σy,k²) + log(σx,k² + σy,k²) ]
 
 DDP: :func:`prob_match_loss` takes the local image rows against the text columns gathered (with
 gradients) from every rank, exactly like the CLIP loss; local rows × global columns cover every pair
 of the global batch once, and every normalisation is by the (equal) local pair count, so DDP's
-gradient averaging reproduces the single-process gradients on the concatenated batch.
+gradient averaging reproduces the single-process gradients on the concatenated batch. The
+text→image pseudo-positives compare each column with its true-pair logit, which the owning rank
+computes; those logits are all-gathered without gradient.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from torch import Tensor
 from cxr_vlp.losses import distributed as _dist
 
 __all__ = [
+    "KL_REDUCTIONS",
     "csd_distance",
     "vib_kl",
     "uncertainty",
     "prob_match_loss",
     "medprobclip_distance",
 ]
+
+KL_REDUCTIONS = ("mean_over_dims", "sum_over_dims")
 
 
 def _as_float(x: Tensor) -> Tensor:
@@ -62,12 +70,20 @@ def csd_distance(mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor)
     return sq.clamp_min(0.0) + va.unsqueeze(1) + vb.unsqueeze(0)
 
 
-def vib_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """Mean over the batch of KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_k (μ_k² + σ_k² − log σ_k² − 1)."""
+def vib_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum_over_dims") -> Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) of a batch, elementwise ½ (μ_k² + σ_k² − log σ_k² − 1).
+
+    ``reduction``: ``"sum_over_dims"`` sums the elements over the D dimensions (the per-sample KL) and
+    averages over the batch; ``"mean_over_dims"`` averages over all B·D elements (PCME++'s
+    ``kl_divergence``), i.e. the former divided by D. A ``[B, 1]`` logvar is broadcast over D first.
+    """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
     m = _as_float(mu)
     var = _variance(m, logvar)
     lv = _as_float(logvar).expand_as(var)
-    return 0.5 * (m * m + var - lv - 1.0).sum(dim=1).mean()
+    elements = 0.5 * (m * m + var - lv - 1.0)
+    return elements.sum(dim=1).mean() if reduction == "sum_over_dims" else elements.mean()
 
 
 def uncertainty(logvar: Tensor) -> Tensor:
@@ -85,31 +101,36 @@ def prob_match_loss(
     pseudo_positive_weight: float = 0.0,
     gather: bool = True,
 ) -> dict[str, Tensor]:
-    """PCME++ matching loss: BCE on z = −a·d + b over every (image, text) pair, plus pseudo-positives.
+    """PCME++ matching loss with pseudo-positives: L_match + α·L_pseudo on z = −a·d + b.
 
     Rows are the B local images, columns the M = W·B global texts (gathered with gradients under
-    DDP; M = B otherwise); true pairs at (r, offset + r).
+    DDP; M = B otherwise); true pairs at (r, offset + r). P is the true-pair mask and BCE̅(z, Y) the mean
+    over the B·M pairs of BCE(z_rj, Y_rj) (Chun, "Improved Probabilistic Image-Text Representations",
+    ICLR 2024, §2.3; naver-ai/pcmepp ``pcmepp/criterions/pcmepp.py``):
 
-        match  = mean over the B·M pairs of BCE(z_rj, y_rj),   y = 1 on true pairs else 0
-        pseudo = (1 / (B·M)) Σ_{(r, j) pseudo} BCE(z_rj, 1)
-        loss   = match + pseudo_positive_weight · pseudo
+        match    = BCE̅(z, P)
+        R_i2t    = {(r, j) ∉ P : z_rj ≥ z_r,offset+r}   image rows against their own true-pair logit
+        R_t2i    = {(r, j) ∉ P : z_rj ≥ z_jj}           text columns against their own true-pair logit
+        pseudo   = ½ [BCE̅(z, P ∪ R_i2t) + BCE̅(z, P ∪ R_t2i)]   the matching BCE with those pairs relabelled 1
+        loss     = match + α · pseudo,   α = pseudo_positive_weight
 
-    A pair (r, j ≠ offset + r) is a pseudo-positive when its logit is at least the logit of image r's
-    true pair (z_rj ≥ z_r,offset+r, compared without gradient). It stays a negative in ``match`` (so
-    weight 0 is exactly the plain loss) and is additionally pulled towards 1 with the given weight,
-    like PCME++'s α·L_pseudo. ``pseudo`` is normalised by the fixed pair count, not by the number
-    of pseudo-positives, which keeps the DDP average exact.
+    The masks are compared without gradient, ties count (≥). Convention: PCME++ sums the two BCE
+    directions (equal for the symmetric CSD) and adds α times both relabelled BCEs, so its loss is exactly
+    2 × this one; α has the same meaning in both. Under DDP the text→image direction needs the true-pair
+    logit z_jj of every global text column, so the local true-pair logits are all-gathered (no gradient:
+    they only select pairs). Each term is a mean over the local B·M pairs, so DDP's gradient average
+    reproduces the single-process loss on the concatenated batch.
 
     Args:
         mu_i, logvar_i: image means ``[B, D]`` and log-variances ``[B, D]`` / ``[B, 1]``.
         mu_t, logvar_t: the paired text means / log-variances (same B).
         a, b: scale (> 0, e.g. softplus / exp of a parameter, chosen by the caller) and shift.
-        pseudo_positive_weight: weight of the pseudo-positive term; 0 turns it off.
-        gather: gather the text side across ranks under DDP.
+        pseudo_positive_weight: α; 0 gives the plain matching loss (``pseudo`` is still reported).
+        gather: gather the text side (and the true-pair logits) across ranks under DDP.
 
     Returns ``{"loss", "match", "pseudo", "pseudo_share", "pos_logit", "neg_logit"}``;
-    ``pseudo_share`` = pseudo-positives / negative pairs, ``pos_logit`` / ``neg_logit`` = mean logit
-    of true / other pairs (the last three detached).
+    ``pseudo_share`` = (|R_i2t| + |R_t2i|) / (2 · negative pairs), ``pos_logit`` / ``neg_logit`` = mean
+    logit of true / other pairs (the last three detached).
     """
     if mu_i.shape != mu_t.shape:
         raise ValueError(f"image and text means differ in shape: {tuple(mu_i.shape)} vs {tuple(mu_t.shape)}")
@@ -120,24 +141,25 @@ def prob_match_loss(
     mu_t_all = _dist.gather_with_grad(mu_t) if gather else mu_t
     logvar_t_all = _dist.gather_with_grad(logvar_t) if gather else logvar_t
 
-    dist = csd_distance(mu_i, logvar_i, mu_t_all, logvar_t_all)
-    logits = -a * dist + b
+    logits = -a * csd_distance(mu_i, logvar_i, mu_t_all, logvar_t_all) + b
     rows = torch.arange(batch, device=logits.device)
     positive = torch.zeros_like(logits, dtype=torch.bool)
     positive[rows, rows + offset] = True
     match = F.binary_cross_entropy_with_logits(logits, positive.to(logits.dtype))
 
     with torch.no_grad():
-        true_logit = logits[rows, rows + offset]
-        pseudo_mask = (logits >= true_logit.unsqueeze(1)) & ~positive
-    # BCE(z, 1) = softplus(−z); masked sum over a fixed count (B·M)
-    pseudo = (F.softplus(-logits) * pseudo_mask.to(logits.dtype)).sum() / logits.numel()
+        true_logit = logits[rows, rows + offset]  # z of this rank's true pairs, i.e. of its texts' columns
+        true_logit_all = _dist.gather_no_grad(true_logit) if gather else true_logit  # [M], column order
+        pseudo_i2t = (logits >= true_logit.unsqueeze(1)) & ~positive
+        pseudo_t2i = (logits >= true_logit_all.unsqueeze(0)) & ~positive
+    pseudo = 0.5 * (F.binary_cross_entropy_with_logits(logits, (positive | pseudo_i2t).to(logits.dtype))
+                    + F.binary_cross_entropy_with_logits(logits, (positive | pseudo_t2i).to(logits.dtype)))
     loss = match + pseudo_positive_weight * pseudo if pseudo_positive_weight != 0.0 else match
 
     n_neg = max(logits.numel() - batch, 1)  # 0 negatives (B_global == 1) reports 0, not NaN
     with torch.no_grad():
         stats = {
-            "pseudo_share": pseudo_mask.sum().to(logits.dtype) / n_neg,
+            "pseudo_share": (pseudo_i2t.sum() + pseudo_t2i.sum()).to(logits.dtype) / (2 * n_neg),
             "pos_logit": true_logit.mean(),
             "neg_logit": logits.masked_fill(positive, 0.0).sum() / n_neg,
         }

@@ -1,8 +1,9 @@
 """Tokenizers: a WordPiece tokenizer trained on the training reports (offline default) or a hub one.
 
-The local tokenizer is trained with the ``tokenizers`` library and wrapped in
-``PreTrainedTokenizerFast`` so it behaves like any Hugging Face tokenizer. It is serialised into the
-checkpoint (:func:`tokenizer_to_json` / :func:`tokenizer_from_json`) so a checkpoint is self-contained.
+The local tokenizer's vocabulary is learnt by :mod:`cxr_vlp.models.wordpiece_vocab` (deterministic); it is
+built as a ``tokenizers`` WordPiece tokenizer and wrapped in ``PreTrainedTokenizerFast`` so it behaves like any
+Hugging Face tokenizer. It is serialised into the checkpoint (:func:`tokenizer_to_json` /
+:func:`tokenizer_from_json`) so a checkpoint is self-contained.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from cxr_vlp.models.hub import resolve_hf_model
+from cxr_vlp.utils.files import chmod_like_new_file
+from cxr_vlp.models.wordpiece_vocab import learn_wordpiece_vocab
 
 log = logging.getLogger(__name__)
-# bump when train_wordpiece changes what it builds (invalidates cached tokenizers)
-TOKENIZER_FORMAT = 1
+# part of the tokenizer cache key: change it whenever train_wordpiece changes what it builds, so that tokenizers
+# cached by another algorithm are not reused
+TOKENIZER_FORMAT = "wordpiece-deterministic-v1"
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
 
@@ -31,15 +36,36 @@ def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
+def _word_counts(normalizer: normalizers.Normalizer, pre_tokenizer: pre_tokenizers.PreTokenizer,
+                 texts: Iterable[str]) -> Counter[str]:
+    """Occurrences of each word of ``texts`` as ``normalizer`` and ``pre_tokenizer`` split them."""
+    counts: Counter[str] = Counter()
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"tokenizer training text {i} is a {type(text).__name__}, not a str: {text!r:.80}")
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return counts
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2,
                     lowercase: bool = True) -> PreTrainedTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer (``[CLS] text [SEP]``) on ``texts``. Deterministic."""
-    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, strip_accents=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    """Train a BERT-style WordPiece tokenizer (``[CLS] text [SEP]``) on ``texts``.
+
+    The vocabulary is learnt by :func:`~cxr_vlp.models.wordpiece_vocab.learn_wordpiece_vocab` (the ``tokenizers``
+    WordPiece training algorithm with canonical ids and tie-breaking), so the tokenizer, and its JSON, are a function
+    of the texts and settings alone: the same on every machine and in every process.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, strip_accents=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = list(SPECIAL_TOKENS.values())
+    vocab = learn_wordpiece_vocab(_word_counts(normalizer, pre_tokenizer, texts), vocab_size=vocab_size,
+                                  min_frequency=min_frequency, special_tokens=specials)
+    tok = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(vocab)},
+                                     unk_token=SPECIAL_TOKENS["unk_token"], continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.add_special_tokens(specials)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -52,11 +78,10 @@ def cached_wordpiece(texts: Iterable[str], cache_dir: str | Path, vocab_size: in
                      lowercase: bool = True) -> PreTrainedTokenizerFast:
     """:func:`train_wordpiece`, trained once per (texts, settings) and kept in ``cache_dir/<sha1>.json``.
 
-    The ``tokenizers`` trainer is not deterministic: the ids of continuing-subword tokens follow hash-map order, and
-    merge ties then differ, so two trainings on the same reports give different vocabularies
-    (huggingface/tokenizers#1794). Every run on the same training split therefore loads the tokenizer the first run
-    trained: repeated runs and the jobs of a sweep tokenise identically. Concurrent jobs race safely: the first
-    file linked into place wins and everyone loads it.
+    Training is deterministic, so the cache saves time rather than deciding the vocabulary: every run on the same
+    training split and settings loads the file the first run wrote, identical to what it would train itself. The
+    key includes :data:`TOKENIZER_FORMAT`, so files written by another training algorithm are not reused.
+    Concurrent jobs race safely: the first file linked into place wins and everyone loads it.
     """
     texts = list(texts)
     digest = hashlib.sha1(json.dumps([TOKENIZER_FORMAT, vocab_size, min_frequency, lowercase]).encode())
@@ -71,6 +96,7 @@ def cached_wordpiece(texts: Iterable[str], cache_dir: str | Path, vocab_size: in
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         tmp.write(tokenizer_to_json(tokenizer))
+    chmod_like_new_file(tmp.name)  # NamedTemporaryFile makes 0600: colleagues sharing the cache could not read it
     try:
         os.link(tmp.name, path)  # fails if another job got there first: then its tokenizer is the one
         log.info("tokenizer: trained on %d training reports, saved to %s", len(texts), path)

@@ -46,6 +46,7 @@ from cxr_vlp.reportgen.tokens import (
     suppressed_token_ids,
 )
 from cxr_vlp.reportgen.tower import FrozenImageTower
+from cxr_vlp.utils.checkpoint import is_remote, load_checkpoint
 
 log = logging.getLogger(__name__)
 # per-label decision thresholds of the concept classifier, fitted on each validation epoch
@@ -96,11 +97,11 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
         The decoder uses the checkpoint's own report tokenizer (local WordPiece) unless ``decoder.name_or_path``
         names a Hugging Face model, whose tokenizer it then uses; ``<report>`` is added to it.
         """
-        path = Path(pretrained_ckpt)
-        if not path.is_file():
+        path = str(pretrained_ckpt)
+        if not is_remote(path) and not Path(path).is_file():
             raise FileNotFoundError(f"pretrained_ckpt={pretrained_ckpt}: no such checkpoint (train one with "
                                     "`python -m cxr_vlp.train +experiment=<contrastive experiment>`)")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)
         model = checkpoint.get("hyper_parameters", {}).get("model")
         if model is None or "image_encoder" not in model:
             raise KeyError(f"{path} has no model.image_encoder hyper-parameters: not a cxr_vlp contrastive checkpoint")
@@ -121,7 +122,7 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
                      generation=reportgen.get("generation", {}), optim=optim, scheduler=scheduler,
                      memory_grid=reportgen.get("memory_grid", False),
                      label_smoothing=reportgen.get("label_smoothing", 0.1),
-                     max_length=reportgen.get("max_length", 160), pretrained_ckpt=str(path))
+                     max_length=reportgen.get("max_length", 160), pretrained_ckpt=path)
         module.tower.load_from_contrastive(checkpoint["state_dict"])
         module.tokenizer = tokenizer
         log.info("report generation on the frozen image tower of %s (%s, %d-d); decoder vocabulary %d",
@@ -274,7 +275,7 @@ def _gather_lists(items: list) -> list:
 
 def load_reportgen(ckpt_path: str, map_location: str | torch.device = "cpu") -> ReportGenModule:
     """Rebuild a trained report generator from its checkpoint (weights-only load; tokenizer from the file)."""
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(ckpt_path, map_location=map_location)
     info = checkpoint.get("cxr_vlp") or {}
     if info.get("kind") != "reportgen":
         raise ValueError(f"{ckpt_path} is not a report-generation checkpoint (train one with "

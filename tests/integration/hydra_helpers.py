@@ -18,7 +18,6 @@ from cxr_vlp.utils.config import config_dir
 def tiny_model_overrides() -> list[str]:
     """Overrides that make any experiment small and fast on any dataset: 64 px, tiny encoders, one CPU process."""
     return [
-        "data.prepare=null",
         "data.image_cache=null",
         "data.transforms.image_size=64",
         "data.batch_size=8",
@@ -39,8 +38,10 @@ def tiny_model_overrides() -> list[str]:
 
 
 def tiny_overrides(csv_path: Path) -> list[str]:
-    """Overrides that make any experiment run on the tiny generic-CSV dataset at 64 px in one CPU process."""
-    return [f"data.root={Path(csv_path).parent}", f"data.reader.csv_path={csv_path}", *tiny_model_overrides()]
+    """Overrides that make any experiment run on the tiny generic-CSV dataset at 64 px in one CPU process: the
+    tiny set is a folder with a ``studies.csv``, read through ``data=csv`` as a user's own folder would be."""
+    return ["data=csv", f"data.root={Path(csv_path).parent}", f"data.reader.csv_path={csv_path}",
+            *tiny_model_overrides()]
 
 
 def compose_train(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:

@@ -20,7 +20,7 @@ def _run(args: list[str], cwd: Path):
 
 def test_ddp_two_cpu_processes_from_the_command_line(tiny_dataset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = _run(["+experiment=demo", f"data.root={tiny_dataset.parent}", "data.prepare=null",
+    result = _run(["+experiment=demo", "data=csv", f"data.root={tiny_dataset.parent}",
                    "data.transforms.image_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
                    "data.persistent_workers=false", "model.embed_dim=32", "model.text_encoder.tokenizer.vocab_size=500",
                    "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -59,10 +60,14 @@ def test_experiments_compose_and_resolve(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", _options("model/image_encoder"))
-def test_image_encoders_instantiate(tmp_path: Path, name: str) -> None:
-    cfg = _compose(tmp_path, [f"model/image_encoder={name}", "model.image_encoder.pretrained=false"])
+def test_image_encoders_follow_the_data_image_size(tmp_path: Path, name: str) -> None:
+    """Every backbone config takes the data transforms' image size (ViT / Swin fix theirs at construction)."""
+    cfg = _compose(tmp_path, [f"model/image_encoder={name}", "model.image_encoder.pretrained=false",
+                              "data.transforms.image_size=64"])
     encoder = instantiate(cfg.model.image_encoder)
-    assert encoder.num_features > 0
+    with torch.no_grad():
+        features = encoder.eval()(torch.zeros(2, 1, 64, 64))
+    assert features.shape == (2, encoder.num_features) and encoder.num_features > 0
 
 
 @pytest.mark.parametrize("name", _options("model/text_encoder"))
@@ -112,4 +117,35 @@ def test_data_configs_instantiate(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", _options("debug"))
 def test_debug_configs_compose(tmp_path: Path, name: str) -> None:
     cfg = _compose(tmp_path, [f"debug={name}"])
+    assert cfg.trainer.accelerator == "cpu"
+    assert list(cfg.evaluation.tasks) == []  # the evaluation suite takes minutes; debug runs take seconds
+
+
+_DEMOS = [name for name in _options("experiment") if name.endswith("_demo") or name in ("demo", "lambda_sweep")]
+
+
+@pytest.mark.parametrize("data", _options("data"))
+@pytest.mark.parametrize("experiment", _DEMOS)
+def test_demo_experiments_compose_with_every_dataset(tmp_path: Path, experiment: str, data: str) -> None:
+    """``+experiment=<demo> data=<any>``: only the synthetic set has a generator step, and the data module builds."""
+    overrides = [f"+experiment={experiment}", f"data={data}",
+                 *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if experiment.startswith("reportgen") else [])]
+    if data != "synthetic":
+        overrides.append("data.root=/data/set")
+    cfg = _compose(tmp_path, overrides)
+    assert cfg.data.name == data
+    assert ("prepare" in cfg.data) == (data == "synthetic")
+    dm = instantiate(cfg.data)
+    assert (dm.prepare is not None) == (data == "synthetic")
+
+
+def test_gpu_experiments_on_a_cpu_machine_name_the_cpu_override(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxr_vlp.train import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _compose(tmp_path, ["+experiment=clip_mimic", "data.root=/nonexistent/mimic"])
+    with pytest.raises(RuntimeError, match=r"trainer\.accelerator=gpu \(trainer=gpu\).*add trainer=cpu"):
+        train(cfg)  # before the data is read (the root does not exist)
+    cfg = _compose(tmp_path, ["+experiment=clip_mimic", "data.root=/nonexistent/mimic", "trainer=cpu"])
     assert cfg.trainer.accelerator == "cpu"

@@ -56,7 +56,8 @@ def test_eval_all_tasks_report_and_figures(clip_ckpt: Path, tmp_path: Path, monk
     metrics = _eval(clip_ckpt, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved.keys() == metrics.keys()
-    for key in ("test/i2t/R@1", "test/i2t/P@5", "test/t2i/P@10", "test/t2i/MedR", "test/zeroshot/auroc_mean",
+    for key in ("test/i2t/R@1", "test/i2t/P@5", "test/t2i/P@10", "test/t2i/MedR", "test/i2t/tied_match_share",
+                "test/dedup/i2t/R@1", "test/dedup/t2i/tied_match_share", "test/zeroshot/auroc_mean",
                 "test/probe_linear/auroc_mean", "test/probe_mlp/auroc_mean"):
         assert math.isfinite(metrics[key]), key
     assert 0 <= metrics["test/i2t/P@5"] <= 1
@@ -72,6 +73,7 @@ def test_eval_all_tasks_report_and_figures(clip_ckpt: Path, tmp_path: Path, monk
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Retrieval", "## Zero-shot classification", "## Probe: linear", "## Probe: mlp"):
         assert heading in report
+    assert "| full gallery (" in report and "| identical reports merged (" in report  # both protocols, one table
     figures = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert figures == sorted(["retrieval_i2t", "retrieval_t2i", "tsne", "gradcam", "roc_zeroshot", "roc_probe_mlp"])
     assert all(is_valid_png(p) for p in (tmp_path / "figures").glob("*.png"))

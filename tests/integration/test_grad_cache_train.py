@@ -27,7 +27,7 @@ class GradProbe(L.Callback):
 
 def _first_step_grads(tiny_dataset: Path, run_dir: Path, extra: list[str]) -> dict[str, torch.Tensor]:
     probe = run_dir / "grads.pt"
-    # one tokenizer cache for the compared runs (the tokenizers trainer is not deterministic)
+    # one tokenizer cache for the compared runs (trained once, loaded by the others)
     extra = [f"paths.data_dir={run_dir.parent / 'data'}", *extra]
     # a tower without BatchNorm (ConvNeXt: layer norms) and a text tower without dropout: the chunks must then give
     # exactly the full-batch gradient

@@ -316,3 +316,13 @@ def test_f1_thresholds_against_brute_force() -> None:
         best = max(scores.values())
         assert f1(got[c]) == best and got[c] == max(t for t, v in scores.items() if v == best)
     assert got[3] == 1.0 and got[4] == 0.5  # no known positive: never listed; all positive: 0.5
+
+
+def test_a_report_without_known_test_labels_is_one_line() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(size=(12, len(NAMES)))
+    labels = (rng.uniform(size=(12, len(NAMES))) > 0.5).astype(float)
+    report = evaluate_binary(probs, labels, probs, np.full_like(labels, np.nan), NAMES, n_resamples=10)
+    assert report.to_markdown() == "No known test labels: nothing to score."
+    labelled = evaluate_binary(probs, labels, probs, labels, NAMES, n_resamples=10).to_markdown()
+    assert all(f"| {name} |" in labelled for name in NAMES)

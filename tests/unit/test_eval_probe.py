@@ -197,3 +197,9 @@ def test_config_and_input_errors_name_the_culprit():
     res = train_probe(tx, ty, vx, vy, ProbeConfig(kind="linear", max_epochs=1))
     with pytest.raises(ValueError, match="features"):
         predict_probs(res, vx[:, :3])
+
+
+def test_a_probe_without_known_training_labels_says_so() -> None:
+    x = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="train_y has no known label value"):
+        train_probe(x, torch.full((8, 3), float("nan")), x, torch.zeros(8, 3), ProbeConfig(max_epochs=1))

@@ -1,6 +1,8 @@
 """Real 2-process CPU DDP (gloo): ProbClipHead (cross-modal and intra-modal probabilistic matching,
-pseudo-positives, VIB KL, CLIP mix; and the MedProbCLIP InfoNCE variant) reproduces the single-process
-loss, logged values and every parameter gradient of the concatenated batch."""
+PCME++ pseudo-positives in both directions, VIB KL in both reductions, CLIP mix; and the MedProbCLIP
+InfoNCE variant) reproduces the single-process loss, logged values and every parameter gradient of the
+concatenated batch. The text→image pseudo-positives need the true-pair logits of the other rank's texts:
+the batch has such pairs, and using the local ones instead changes the result."""
 
 from __future__ import annotations
 
@@ -49,6 +51,21 @@ def test_ddp_equals_single_process(ddp_results, reference, variant: str) -> None
         assert set(res[variant]["grads"]) == set(ref["grads"])
         for name, grad in res[variant]["grads"].items():
             torch.testing.assert_close(grad, ref["grads"][name], atol=1e-10, rtol=1e-8, msg=name)
+
+
+def test_text_to_image_pseudo_positives_cross_ranks(ddp_results, reference) -> None:
+    rows, cols = helpers.pseudo_masks()
+    half = helpers.GLOBAL_BATCH // WORLD
+    # column pairs whose column (text) lives on the other rank than the row (image), in both directions
+    cross = torch.zeros_like(cols)
+    cross[:half, half:] = True
+    cross[half:, :half] = True
+    assert (cols & cross).any() and not torch.equal(rows, cols)
+    ref = reference["diag_clip"]
+    for res in ddp_results:
+        wrong = res["diag_clip_local_true"]
+        diff = max((wrong["grads"][n] - g).abs().max().item() for n, g in ref["grads"].items())
+        assert wrong["loss"] != pytest.approx(ref["loss"], abs=1e-8) or diff > 1e-6
 
 
 def test_no_grad_gather_gives_different_gradients(ddp_results, reference) -> None:

@@ -29,7 +29,17 @@ def _views(n: int, seed: int, logvar_dim: int = D) -> list[GaussianEmbedding]:
     return out
 
 
-def _reference(imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale) -> torch.Tensor:
+def _kl(imgs, txts, reduction: str = "mean_over_dims") -> torch.Tensor:
+    """Per-tower view mean of the KL; mean_over_dims averages the two towers, sum_over_dims sums them."""
+    def tower(views):
+        return sum(vib_kl(v.mu, v.logvar, reduction=reduction) for v in views) / len(views)
+
+    total = tower(imgs) + tower(txts)
+    return 0.5 * total if reduction == "mean_over_dims" else total
+
+
+def _reference(imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale,
+               kl_reduction="mean_over_dims") -> torch.Tensor:
     """Slow transcription: mean over pairings of prob_match + w·intra + β·KL + clip_weight·CLIP."""
     def pm(x, y):
         return prob_match_loss(x.mu, x.logvar, y.mu, y.logvar, a, b, pseudo_positive_weight=pw)["loss"]
@@ -40,8 +50,7 @@ def _reference(imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale
         total = total + w_i2i * 0.5 * (pm(imgs[0], imgs[1]) + pm(imgs[1], imgs[0]))
     if w_t2t:
         total = total + w_t2t * 0.5 * (pm(txts[0], txts[1]) + pm(txts[1], txts[0]))
-    kl = sum(vib_kl(v.mu, v.logvar) for v in imgs) / len(imgs) + sum(vib_kl(v.mu, v.logvar) for v in txts) / len(txts)
-    total = total + beta * kl
+    total = total + beta * _kl(imgs, txts, kl_reduction)
     if clip_weight:
         clip = sum(clip_loss(i.mu, t.mu, clip_scale) for i in imgs for t in txts) / (len(imgs) * len(txts))
         total = total + clip_weight * clip
@@ -49,16 +58,19 @@ def _reference(imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale
 
 
 @pytest.mark.parametrize(
-    "pw, w_i2i, w_t2t, beta, clip_weight, logvar_dim",
-    [(0.0, 0.0, 0.0, 0.0, 0.0, D), (0.1, 1.0, 0.5, 1e-2, 1.0, D), (0.3, 0.0, 0.7, 1e-4, 0.5, 1)],
+    "pw, w_i2i, w_t2t, beta, clip_weight, logvar_dim, kl_reduction",
+    [(0.0, 0.0, 0.0, 0.0, 0.0, D, "mean_over_dims"), (0.1, 1.0, 0.5, 1e-2, 1.0, D, "mean_over_dims"),
+     (0.3, 0.0, 0.7, 1e-2, 0.5, 1, "sum_over_dims")],
 )
-def test_head_matches_transcription(pw, w_i2i, w_t2t, beta, clip_weight, logvar_dim) -> None:
+def test_head_matches_transcription(pw, w_i2i, w_t2t, beta, clip_weight, logvar_dim, kl_reduction) -> None:
     imgs, txts = _views(2, 1, logvar_dim), _views(2, 2, logvar_dim)
     head = ProbClipHead(a_init=3.0, b_init=2.0, pseudo_positive_weight=pw, w_i2i=w_i2i, w_t2t=w_t2t,
-                        kl_weight=beta, clip_weight=clip_weight, temperature_init=0.1).double()
+                        kl_weight=beta, kl_reduction=kl_reduction, clip_weight=clip_weight,
+                        temperature_init=0.1).double()
     out = head(imgs, txts)
-    ref = _reference(imgs, txts, 3.0, 2.0, pw, w_i2i, w_t2t, beta, clip_weight, 10.0)
+    ref = _reference(imgs, txts, 3.0, 2.0, pw, w_i2i, w_t2t, beta, clip_weight, 10.0, kl_reduction)
     torch.testing.assert_close(out.loss, ref)
+    torch.testing.assert_close(out.logs["kl"], _kl(imgs, txts, kl_reduction))
     assert out.logs["a"].item() == pytest.approx(3.0) and out.logs["b"].item() == pytest.approx(2.0)
     expected_keys = {"loss", "match", "pseudo", "pseudo_share", "pos_logit", "neg_logit", "kl", "a", "b",
                      "uncertainty", "uncertainty_image", "uncertainty_text"}
@@ -73,11 +85,14 @@ def test_head_matches_transcription(pw, w_i2i, w_t2t, beta, clip_weight, logvar_
 
 def test_single_view_and_default_weights() -> None:
     (img,), (txt,) = _views(1, 3), _views(1, 4)
-    head = ProbClipHead().double()  # defaults: a = b = 5, pseudo 0.1, β 1e-4, no intra / clip
+    head = ProbClipHead().double()  # defaults: a = b = 5, α 0.1, β 1e-4 on the element-mean KL, no intra / clip
     out = head(img, txt)  # a bare GaussianEmbedding is one view
     ref = prob_match_loss(img.mu, img.logvar, txt.mu, txt.logvar, 5.0, 5.0, pseudo_positive_weight=0.1)["loss"]
-    ref = ref + 1e-4 * (vib_kl(img.mu, img.logvar) + vib_kl(txt.mu, txt.logvar))
-    torch.testing.assert_close(out.loss, ref)
+    kl_sum = vib_kl(img.mu, img.logvar) + vib_kl(txt.mu, txt.logvar)  # per-sample sums over D
+    torch.testing.assert_close(out.loss, ref + 1e-4 * kl_sum / (2 * D))
+    # the same strength with the per-sample-sum reduction: β / (2D)
+    summed = ProbClipHead(kl_weight=1e-4 / (2 * D), kl_reduction="sum_over_dims").double()(img, txt)
+    torch.testing.assert_close(summed.loss, out.loss)
     # intra-modal terms need two views: silently skipped with one
     assert "i2i" not in ProbClipHead(w_i2i=1.0).double()([img], [txt]).logs
 
@@ -116,6 +131,8 @@ def test_rejects_plain_tensors_and_bad_args() -> None:
         ProbClipHead(a_init=0.0)
     with pytest.raises(ValueError, match="kl_weight"):
         ProbClipHead(kl_weight=-1.0)
+    with pytest.raises(ValueError, match="kl_reduction"):
+        ProbClipHead(kl_reduction="sum")
 
 
 def test_medprobclip_variant_matches_transcription() -> None:
@@ -130,8 +147,7 @@ def test_medprobclip_variant_matches_transcription() -> None:
         return 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(zt, target))
 
     cross = sum(nce(i, t) for i in imgs for t in txts) / 4
-    kl = sum(vib_kl(v.mu, v.logvar) for v in imgs) / 2 + sum(vib_kl(v.mu, v.logvar) for v in txts) / 2
-    torch.testing.assert_close(out.loss, cross + nce(imgs[0], imgs[1]) + 1e-2 * kl)
+    torch.testing.assert_close(out.loss, cross + nce(imgs[0], imgs[1]) + 1e-2 * _kl(imgs, txts))
     assert out.logs["pseudo"].item() == 0.0
     sim = head.similarity(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar)
     expected = -0.5 * medprobclip_distance(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar) + 2.0

@@ -67,20 +67,22 @@ def _bce(z, y: float):
 
 
 def ref_prob_match(mu_i, lv_i, mu_t, lv_t, a, b, w):
+    """Loops over pairs: match BCE, the two relabelled BCEs (rows vs z_ii, columns vs z_jj), α-mix."""
     d = ref_csd(mu_i, lv_i, mu_t, lv_t)
     n, m = d.shape
+    z = [[-a * d[i, j] + b for j in range(m)] for i in range(n)]
     match = torch.zeros((), dtype=torch.float64)
-    pseudo = torch.zeros((), dtype=torch.float64)
+    relabelled = {"i2t": torch.zeros((), dtype=torch.float64), "t2i": torch.zeros((), dtype=torch.float64)}
     count = 0
     for i in range(n):
-        true_logit = -a * d[i, i] + b
         for j in range(m):
-            z = -a * d[i, j] + b
-            match = match + _bce(z, 1.0 if i == j else 0.0)
-            if j != i and z.item() >= true_logit.item():
-                pseudo = pseudo + _bce(z, 1.0)
-                count += 1
-    match, pseudo = match / (n * m), pseudo / (n * m)
+            match = match + _bce(z[i][j], 1.0 if i == j else 0.0)
+            for direction, own in (("i2t", z[i][i]), ("t2i", z[j][j])):
+                pseudo_pair = j != i and z[i][j].item() >= own.item()
+                count += int(pseudo_pair)
+                relabelled[direction] = relabelled[direction] + _bce(z[i][j], 1.0 if i == j or pseudo_pair else 0.0)
+    match = match / (n * m)
+    pseudo = 0.5 * (relabelled["i2t"] + relabelled["t2i"]) / (n * m)
     return {"loss": match + w * pseudo, "match": match, "pseudo": pseudo, "count": count}
 
 
@@ -159,6 +161,20 @@ def test_vib_kl_matches_loop_and_torch_distributions(scalar_var: bool) -> None:
     _close(fast, torch.distributions.kl_divergence(q, p).mean(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("scalar_var", [False, True])
+def test_vib_kl_mean_over_dims_is_the_element_mean(scalar_var: bool) -> None:
+    mu, lv = _gauss(6, 4, seed=14, normalise=False, scalar_var=scalar_var)
+    lv_full = lv.expand(6, 4)
+    # PCME++'s kl_divergence: −½ (1 + log σ² − μ² − σ²).mean() over all B·D elements
+    pcmepp = -0.5 * (1 + lv_full - mu.pow(2) - lv_full.exp()).mean()
+    fast = vib_kl(mu, lv, reduction="mean_over_dims")
+    _close(fast, pcmepp)
+    _close(fast, ref_kl(mu, lv) / 4)
+    _check_grads(fast, ref_kl(mu, lv) / 4, (mu, lv))
+    with pytest.raises(ValueError, match="reduction"):
+        vib_kl(mu, lv, reduction="sum")
+
+
 def test_vib_kl_is_zero_at_the_prior_and_uncertainty() -> None:
     mu = torch.zeros(3, 5, dtype=torch.float64)
     lv = torch.zeros(3, 5, dtype=torch.float64)
@@ -181,7 +197,7 @@ def test_prob_match_loss_matches_reference_with_gradients(weight: float, a0: flo
     assert slow["count"] > 0  # random embeddings: some pseudo-positives exist
     for key in ("loss", "match", "pseudo"):
         _close(fast[key], slow[key], msg=key)
-    _close(fast["pseudo_share"], torch.tensor(slow["count"] / 20, dtype=torch.float64))
+    _close(fast["pseudo_share"], torch.tensor(slow["count"] / (2 * 20), dtype=torch.float64))
     _check_grads(fast["loss"], slow["loss"], (mu_i, lv_i, mu_t, lv_t, a, b))
 
 
@@ -205,11 +221,18 @@ def test_pseudo_positive_selection_hand_built() -> None:
     mu_i = e([[0.0, 1.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
     lv = torch.full((3, 2), -30.0, dtype=torch.float64)
     out = prob_match_loss(mu_i, lv, mu_t, lv, 1.0, 0.0, pseudo_positive_weight=0.5)
-    # pseudo-positives: (0, 1) [d 0 < d(0,0) 2], (2, 0) and (2, 1) [d 1 = d(2,2) 1]; none in row 1
+    # d = [[2, 0, 4], [2, 0, 4], [1, 1, 1]], true-pair logits −2, 0, −1.
+    # image rows: (0, 1) [0 ≥ −2], (2, 0) and (2, 1) [tie −1 ≥ −1]; none in row 1.
+    # text columns: column 0 (−2): (1, 0) [tie] and (2, 0); column 1 (0): (0, 1) [tie]; none in column 2.
     logits = -csd_distance(mu_i, lv, mu_t, lv)
-    expected_pseudo = (F.softplus(-logits[0, 1]) + F.softplus(-logits[2, 0]) + F.softplus(-logits[2, 1])) / 9
+    eye = torch.eye(3, dtype=torch.float64)
+    i2t = eye + e([[0, 1, 0], [0, 0, 0], [1, 1, 0]], dtype=torch.float64)
+    t2i = eye + e([[0, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=torch.float64)
+    bce = F.binary_cross_entropy_with_logits
+    expected_pseudo = 0.5 * (bce(logits, i2t) + bce(logits, t2i))
+    _close(out["match"], bce(logits, eye))
     _close(out["pseudo"], expected_pseudo)
-    _close(out["pseudo_share"], torch.tensor(3 / 6, dtype=torch.float64))
+    _close(out["pseudo_share"], torch.tensor(6 / 12, dtype=torch.float64))
     _close(out["loss"], out["match"] + 0.5 * expected_pseudo)
     # weight 0: the pseudo term is reported but the loss is the plain BCE
     off = prob_match_loss(mu_i, lv, mu_t, lv, 1.0, 0.0, pseudo_positive_weight=0.0)

@@ -33,8 +33,7 @@ REPORTS = [
 
 
 def test_wordpiece_tokenizer_round_trips_through_json() -> None:
-    # Training is not bit-reproducible (tie order in the merges, huggingface/tokenizers#1794), which is why the
-    # data module caches it per training split, trains it on rank 0, broadcasts it, and stores it in checkpoints.
+    # The tokenizer travels in checkpoints as JSON: what is loaded tokenises exactly as what was saved.
     a = train_wordpiece(REPORTS, vocab_size=200, min_frequency=1)
     assert len(a) <= 200
     restored = tokenizer_from_json(tokenizer_to_json(a))
@@ -58,8 +57,8 @@ def test_build_tokenizer_kinds(tmp_path: Path) -> None:
 
 
 def test_cached_wordpiece_is_trained_once_per_texts_and_settings(tmp_path: Path) -> None:
-    """The trainer's vocabulary varies from call to call (hash-map order); the cache makes runs on the same split
-    tokenise identically, and never overwrites a tokenizer another job saved first."""
+    """The cache trains once per training split and settings, and never overwrites a tokenizer another job saved
+    first."""
     texts = [f"{a} {b} {c}." for a in ("small", "large", "mild") for b in ("left", "right", "bilateral")
              for c in ("effusion", "opacity", "atelectasis", "pneumothorax", "consolidation")] * 3
     first = cached_wordpiece(texts, tmp_path, vocab_size=80, min_frequency=1)

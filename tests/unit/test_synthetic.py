@@ -245,7 +245,9 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(syn, "_table", boom)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "out", num_patients=2, image_size=48)
-    assert list(tmp_path.iterdir()) == []
+    # only the (empty) lock file that makes concurrent generation once-only stays
+    assert [p.name for p in tmp_path.iterdir()] == [".out.lock"]
+    assert (tmp_path / ".out.lock").stat().st_size == 0
 
 
 # ---------------------------------------------------------------------------------------- CLI

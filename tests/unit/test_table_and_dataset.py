@@ -127,7 +127,9 @@ def test_samples_and_collated_batch(tmp_path: Path) -> None:
     batch = Collator(tokenizer, max_length=16)([train_ds[i] for i in range(4)])
     assert batch.images.shape == (4, 2, 1, 32, 32) and batch.images.dtype == torch.float32
     assert batch.input_ids.shape[:2] == (4, 2) and batch.input_ids.shape == batch.attention_mask.shape
-    assert batch.labels.shape == (4, 14) and torch.isnan(batch.labels).all()
+    assert batch.labels.shape == (4, 14)
+    # no label columns: data.reader.labels=auto labels the reports ("Heart normal.": No Finding, no pathology)
+    assert (batch.labels[:, 0] == 1).all() and (batch.labels[:, 1:13] == 0).all()
     assert batch.index.tolist() == [0, 1, 2, 3] and batch.study_ids == ["s0", "s1", "s2", "s3"]
     assert batch.texts[0][0].startswith("Finding") or "Finding" in batch.texts[0][0]  # view 0 = findings
     assert len(batch.image_views()) == 2

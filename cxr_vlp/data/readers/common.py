@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.labeler import label_reports
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NUM_LABELS, UncertainPolicy, apply_policy
+from cxr_vlp.data.label_cache import derive_labels  # the readers' one path to text-derived labels
+from cxr_vlp.data.labels import CHEXPERT_LABELS, NUM_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ __all__ = [
     "existing_mask",
     "first_duplicate_row",
     "log_dropped",
-    "nothing_to_prepare",
     "raw_labels",
     "read_csv",
     "require_columns",
@@ -97,15 +96,6 @@ def raw_labels(path: str | os.PathLike[str], df: pd.DataFrame, required: bool = 
     return raw
 
 
-def derive_labels(findings: Sequence[str | None], impression: Sequence[str | None],
-                  uncertain: UncertainPolicy | str) -> np.ndarray:
-    """Labels for reports without annotations: the rule-based labeler on findings + impression, then the policy."""
-    texts = ["\n\n".join(t for t in (f, i) if t) or None for f, i in zip(findings, impression)]
-    if not texts:
-        return np.zeros((0, NUM_LABELS), dtype=np.float32)
-    return apply_policy(label_reports(texts), uncertain)
-
-
 def existing_mask(paths: Sequence[str], check_files: bool) -> np.ndarray:
     """Boolean mask of the paths that are files (all True without ``check_files``). One stat per path."""
     if not check_files:
@@ -119,13 +109,3 @@ def log_dropped(source: str | os.PathLike[str], count: int, what: str, example: 
     if count:
         hint = f" (e.g. {example})" if example is not None else ""
         log.warning("%s: %d %s%s", source, count, what, hint)
-
-
-def nothing_to_prepare(**ignored: Any) -> None:
-    """The ``data.prepare`` step of published datasets: there is nothing to generate.
-
-    Accepts and ignores options (e.g. ``num_patients`` / ``image_size``, which the demo experiments set for
-    the synthetic generator), so ``+experiment=<demo> data=<real dataset>`` composes and runs.
-    """
-    if ignored:
-        log.debug("published dataset: ignoring generator options %s", sorted(ignored))

@@ -43,7 +43,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_vlp.data.labels import UncertainPolicy
+from cxr_vlp.data.labels import CHEXPERT_LABELS, UncertainPolicy
 from cxr_vlp.data.readers.common import check_root, derive_labels, existing_mask, log_dropped
 from cxr_vlp.data.sections import PREAMBLE, collapse_whitespace, parse_sections
 from cxr_vlp.data.table import StudyTable
@@ -179,11 +179,13 @@ def read_iu_xray(
     layout: str = "auto",
     uncertain: UncertainPolicy | str = UncertainPolicy.UNKNOWN,
     check_files: bool = True,
+    label_cache: str | os.PathLike[str] | None = None,
 ) -> StudyTable:
     """Read IU X-Ray under ``root`` (OpenI XML + PNG, or R2Gen ``annotation.json``; see the module docstring).
 
     ``layout``: ``auto`` / ``openi`` / ``r2gen``. ``uncertain``: the policy for uncertain labeler outputs.
-    ``check_files``: stat each image, skipping missing ones (off: trust the listing).
+    ``check_files``: stat each image, skipping missing ones (off: trust the listing). ``label_cache``: folder
+    of the text-derived label cache (:mod:`cxr_vlp.data.label_cache`; None: label without caching).
     """
     if layout not in ("auto", "openi", "r2gen"):
         raise ValueError(f"layout must be 'auto', 'openi' or 'r2gen', got {layout!r}")
@@ -231,10 +233,11 @@ def read_iu_xray(
         view_names=[[UNKNOWN_VIEW] * len(kept_images[k]) for k in keep],
         findings=findings,
         impression=impression,
-        labels=derive_labels(findings, impression, uncertain),
+        labels=derive_labels(findings, impression, uncertain, cache_dir=label_cache, source=str(base)),
         split=[studies.split[k] for k in keep] if layout == "r2gen" else None,
         source=str(base),
         has_labels=True,
+        label_sources=dict.fromkeys(CHEXPERT_LABELS, "text"),
     )
     log.info("%s (%s layout): %d studies, %d images; labels derived from the report text", base, layout,
              len(table), sum(map(len, table.image_paths)))
