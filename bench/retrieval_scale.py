@@ -4,7 +4,7 @@
 
 Embeddings: random unit image vectors, each text = normalise(image + noise) so the metrics are not trivial.
 Each method runs in its own process (peak RSS = that process's high-water mark, minus the embeddings' baseline).
-Ours: cxr_vlp.eval.retrieval.scan_retrieval (ranks of every match + top-k, chunk x N scores at a time).
+Ours: cxr_vlp.metrics.retrieval.scan_retrieval (ranks of every match + top-k, chunk x N scores at a time).
 faiss: IndexFlatIP exact inner-product search of the top-k (faiss-cpu). Both report R@1/5/10 of image -> text.
 """
 
@@ -48,7 +48,7 @@ def worker(method: str, n: int, d: int, chunk: int, k: int, device: str) -> dict
     if method == "ours":  # libraries imported before the baseline: count the work, not the import
         import torch
 
-        from cxr_vlp.eval.retrieval import dot_score_rows, metrics_from_ranks, scan_retrieval
+        from cxr_vlp.metrics.retrieval import dot_score_rows, metrics_from_ranks, scan_retrieval
     else:
         import faiss
     base = _rss_mb()

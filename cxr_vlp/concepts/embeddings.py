@@ -1,8 +1,8 @@
 """Frozen text-embedding model for the concept bank (the CLEAR "LLM" space), with an on-disk cache.
 
 :class:`ConceptEmbedder` wraps any Hugging Face encoder (hub name or local directory, resolved through
-:func:`~cxr_vlp.models.hub.resolve_hf_model`, so an unavailable model fails at once with
-:class:`~cxr_vlp.models.hub.ModelNotAvailableError`): masked mean pooling over the last hidden state,
+:func:`~cxr_vlp.utils.hub.resolve_hf_model`, so an unavailable model fails at once with
+:class:`~cxr_vlp.utils.hub.ModelNotAvailableError`): masked mean pooling over the last hidden state,
 L2-normalised, eval mode, no gradients.
 
 :func:`embed_concepts` caches the ``[K, E]`` matrix as a safetensors file named by a hash of the model
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cxr_vlp.models.hub import resolve_hf_model
+from cxr_vlp.utils.hub import resolve_hf_model
 
 __all__ = [
     "ConceptEmbedder",

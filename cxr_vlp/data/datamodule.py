@@ -39,7 +39,7 @@ from cxr_vlp.data.splits import DEFAULT_SPLIT_NAMES, PatientSplit, patient_split
 from cxr_vlp.data.table import StudyTable
 from cxr_vlp.data.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
-from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Evaluation: retrieval, zero-shot, probes and their metrics."""
+"""Evaluation suite: retrieval, zero-shot, probes, uncertainty, concepts, figures and the report (metrics in cxr_vlp.metrics)."""

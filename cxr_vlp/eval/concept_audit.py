@@ -52,7 +52,7 @@ from sklearn.linear_model import LogisticRegression
 
 from cxr_vlp.data.labeler import label_report
 from cxr_vlp.data.labels import CHEXPERT_LABELS, NO_FINDING
-from cxr_vlp.eval.classification import auroc_per_label
+from cxr_vlp.metrics.classification import auroc_per_label
 
 __all__ = [
     "DEFAULT_L2_GRID",

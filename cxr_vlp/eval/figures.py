@@ -341,7 +341,7 @@ def tsne_figure(path: str | Path, embeddings: Any, labels: Any, label_names: Seq
 # ---------------------------------------------------------------------------------------------- ROC
 def _curve_fields(curve: Any, i: int) -> tuple[str, np.ndarray, np.ndarray, float, tuple[float, float] | None]:
     """``(name, fpr, tpr, auc, point)`` from a 5-tuple or an object with ``label, fpr, tpr, auroc,
-    op_fpr, op_tpr`` (:class:`cxr_vlp.eval.classification.RocCurve`)."""
+    op_fpr, op_tpr`` (:class:`cxr_vlp.metrics.classification.RocCurve`)."""
     if hasattr(curve, "fpr") and hasattr(curve, "tpr"):
         name = getattr(curve, "label", getattr(curve, "name", f"curve {i}"))
         auc = float(getattr(curve, "auroc", getattr(curve, "auc", math.nan)))
@@ -370,7 +370,7 @@ def roc_figure(path: str | Path, curves: Sequence[Any], title: str = "ROC curves
     the chance diagonal dashed.
 
     ``curves``: ``(name, fpr, tpr, auc, youden_point | None)`` tuples (``youden_point = (fpr, tpr)``) or
-    :class:`~cxr_vlp.eval.classification.RocCurve` objects (operating point ``(op_fpr, op_tpr)``).
+    :class:`~cxr_vlp.metrics.classification.RocCurve` objects (operating point ``(op_fpr, op_tpr)``).
     """
     items = [_curve_fields(c, i) for i, c in enumerate(curves)]
     if not items:

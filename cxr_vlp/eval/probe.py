@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cxr_vlp.eval.classification import auroc_per_label
+from cxr_vlp.metrics.classification import auroc_per_label
 
 __all__ = [
     "ProbeConfig",

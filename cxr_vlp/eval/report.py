@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_vlp.eval.retrieval import TIE_RULE
+from cxr_vlp.metrics.retrieval import TIE_RULE
 
 RETRIEVAL_COLUMNS = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nDCG@10", "P@1", "P@5", "P@10", "tied_match_share")
 CREDENTIALED_NOTE = (

@@ -20,7 +20,7 @@ import torch
 from cxr_vlp.data.labels import CHEXPERT_LABELS
 from cxr_vlp.eval import report as md
 from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings, fingerprint
-from cxr_vlp.eval.retrieval import evaluate_retrieval
+from cxr_vlp.metrics.retrieval import evaluate_retrieval
 from cxr_vlp.utils.reporting import write_metrics
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Evaluator:
             self._retrieval_figures(test, scans)
 
     def _zeroshot(self) -> None:
-        from cxr_vlp.eval.classification import evaluate_binary
+        from cxr_vlp.metrics.classification import evaluate_binary
         from cxr_vlp.eval.zeroshot import PromptSet, zeroshot_classify
 
         if self._without_labels("zero-shot", ("val", "test")):
@@ -149,7 +149,7 @@ class Evaluator:
         self._zeroshot_prompts = prompts
 
     def _probe(self) -> None:
-        from cxr_vlp.eval.classification import evaluate_binary
+        from cxr_vlp.metrics.classification import evaluate_binary
         from cxr_vlp.eval.probe import ProbeConfig, predict_probs, train_probe
 
         if self._without_labels("probe", ("train", "val", "test")):
@@ -199,7 +199,7 @@ class Evaluator:
         if not getattr(self.module, "needs_concepts", False):
             log.info("concepts: skipped (the checkpoint's loss head has no concept bank)")
             return
-        from cxr_vlp.eval.classification import auroc_per_label
+        from cxr_vlp.metrics.classification import auroc_per_label
         from cxr_vlp.eval.concept_audit import (
             concept_relevance,
             confounder_table,

@@ -2,7 +2,7 @@
 
 Inputs, one entry per query (``N`` queries):
 
-* ``ranks`` ``[N]``: the query's true match as :class:`cxr_vlp.eval.retrieval.RankCounts` (what the retrieval
+* ``ranks`` ``[N]``: the query's true match as :class:`cxr_vlp.metrics.retrieval.RankCounts` (what the retrieval
   scan produces; ties are counted, see there) or untied 1-based integer ranks (rank 1 = retrieved first);
 * ``uncertainty`` ``[N]``: a finite scalar ``u_i ≥ 0`` per query (larger = less certain).
 
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from cxr_vlp.eval.arrays import as_float64
-from cxr_vlp.eval.retrieval import RankCounts
+from cxr_vlp.metrics.arrays import as_float64
+from cxr_vlp.metrics.retrieval import RankCounts
 
 __all__ = [
     "RiskCoverage",

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 import cxr_vlp
 from cxr_vlp.concepts.projection import concept_scores
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.eval.retrieval import RankCounts, bidirectional_retrieval, metrics_from_ranks, ranks_in_block
+from cxr_vlp.metrics.retrieval import RankCounts, bidirectional_retrieval, metrics_from_ranks, ranks_in_block
 from cxr_vlp.lit.divergence import check_gradients_before_clipping
 from cxr_vlp.lit.grad_cache import cached_contrastive_step
 from cxr_vlp.lit.schedule import adamw_with_cosine
@@ -28,8 +28,8 @@ from cxr_vlp.lit.transfer import BatchTransferMixin
 from cxr_vlp.losses.heads import GaussianEmbedding, LossHead, LossOutput
 from cxr_vlp.losses.probabilistic import uncertainty
 from cxr_vlp.models.dual_encoder import DualEncoder
-from cxr_vlp.models.hub import ModelNotAvailableError
-from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.utils.hub import ModelNotAvailableError
+from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 from cxr_vlp.utils.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -160,7 +160,7 @@ def compute_llm_embeddings(concepts: Sequence[str], embedder: Mapping[str, Any])
     """E ``[K, E_dim]`` (float32, rows L2-normalised) of ``concepts`` with a validated ``embedder`` config.
 
     ``hf``: :func:`~cxr_vlp.concepts.embeddings.embed_concepts` (cached on disk; a hub name that is neither
-    local nor cached raises :class:`~cxr_vlp.models.hub.ModelNotAvailableError` at once when offline).
+    local nor cached raises :class:`~cxr_vlp.utils.hub.ModelNotAvailableError` at once when offline).
     ``hashing``: :func:`~cxr_vlp.concepts.embeddings.hashing_embeddings` (no model, no cache).
     """
     from cxr_vlp.concepts import embeddings as emb

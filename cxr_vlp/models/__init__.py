@@ -1,1 +1,1 @@
-"""Models: timm image tower, Hugging Face (or local) text tower, projection heads, tokenizers."""
+"""Models: timm image tower, Hugging Face (or local) text tower, projection heads."""

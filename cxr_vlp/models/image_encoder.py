@@ -7,7 +7,7 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from torch import nn
 
-from cxr_vlp.models.hub import ModelNotAvailableError, how_to_make_available, offline
+from cxr_vlp.utils.hub import ModelNotAvailableError, how_to_make_available, offline
 
 
 class ImageEncoder(nn.Module):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
-from cxr_vlp.models.hub import resolve_hf_model
+from cxr_vlp.utils.hub import resolve_hf_model
 
 LOCAL_BERT_DEFAULTS = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "intermediate_size": 512, "max_position_embeddings": 256}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, BertLMHeadModel
 
-from cxr_vlp.models.hub import resolve_hf_model
+from cxr_vlp.utils.hub import resolve_hf_model
 from cxr_vlp.models.text_encoder import LOCAL_BERT_DEFAULTS
 
 log = logging.getLogger(__name__)

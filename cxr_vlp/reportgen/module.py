@@ -23,11 +23,11 @@ import torch
 
 import cxr_vlp
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.eval.classification import f1_thresholds, youden_thresholds
+from cxr_vlp.metrics.classification import f1_thresholds, youden_thresholds
 from cxr_vlp.lit.module import instantiate_node
 from cxr_vlp.lit.schedule import adamw_with_cosine
 from cxr_vlp.lit.transfer import BatchTransferMixin
-from cxr_vlp.models.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 from cxr_vlp.reportgen.decoder import ReportDecoder
 from cxr_vlp.reportgen.metrics import bleu_scores, clinical_metrics, rouge_l, write_generation_report
 from cxr_vlp.reportgen.prompts import (

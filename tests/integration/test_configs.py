@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cxr_vlp.lit.module import build_dual_encoder
-from cxr_vlp.models.hub import ModelNotAvailableError
+from cxr_vlp.utils.hub import ModelNotAvailableError
 from cxr_vlp.utils.config import config_dir
 from tests.integration.hydra_helpers import compose_train
 

@@ -13,7 +13,7 @@ import torch
 from cxr_vlp.data.datamodule import CXRDataModule
 from cxr_vlp.data.splits import SplitLeakageError
 from cxr_vlp.data.table import read_generic_csv
-from cxr_vlp.models.tokenizer import tokenizer_to_json
+from cxr_vlp.data.tokenizer import tokenizer_to_json
 
 TOKENIZER = {"kind": "wordpiece", "vocab_size": 300, "min_frequency": 1}
 

@@ -43,7 +43,7 @@ def _eval(ckpt: Path, out: Path, *extra: str) -> dict[str, float]:
 
 
 def test_eval_all_tasks_report_and_figures(clip_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cxr_vlp.eval.classification as classification
+    import cxr_vlp.metrics.classification as classification
 
     fitted_on = []
     real = classification.youden_thresholds

@@ -65,7 +65,7 @@ def test_probabilistic_head_needs_probabilistic_model(tiny_dataset: Path, tmp_pa
 def test_probabilistic_retrieval_ranks_by_match_logit(tiny_dataset: Path, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cxr_vlp.eval.retrieval import retrieval_metrics
+    from cxr_vlp.metrics.retrieval import retrieval_metrics
     from cxr_vlp.losses.probabilistic import uncertainty
 
     cfg = compose_train(tmp_path, ["+experiment=probclip_vib_demo", *tiny_overrides(tiny_dataset)])

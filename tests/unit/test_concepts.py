@@ -14,7 +14,7 @@ from cxr_vlp.concepts.bank import ConceptBankError, load_concept_bank, save_conc
 from cxr_vlp.concepts.mine import main as mine_main
 from cxr_vlp.concepts.mine import mine_concepts
 from cxr_vlp.concepts.projection import concept_scores, project_to_llm, top_concepts, zero_shot_probability
-from cxr_vlp.models.hub import ModelNotAvailableError
+from cxr_vlp.utils.hub import ModelNotAvailableError
 
 
 # --------------------------------------------------------------------------- bank
@@ -126,7 +126,7 @@ def test_mining_error_names_file_and_column(tmp_path):
 def tiny_bert(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
-    from cxr_vlp.models.tokenizer import train_wordpiece
+    from cxr_vlp.data.tokenizer import train_wordpiece
 
     root = tmp_path_factory.mktemp("tiny_bert")
     texts = load_concept_bank() + ["no acute cardiopulmonary process", "the lungs are clear"]

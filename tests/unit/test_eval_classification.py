@@ -1,4 +1,4 @@
-"""Binary multi-label metrics (cxr_vlp.eval.classification) against brute-force pure-Python references."""
+"""Binary multi-label metrics (cxr_vlp.metrics.classification) against brute-force pure-Python references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxr_vlp.eval.classification import (
+from cxr_vlp.metrics.classification import (
     ClassificationReport,
     auroc_per_label,
     bootstrap_auroc_ci,

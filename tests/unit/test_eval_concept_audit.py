@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_vlp.eval.classification import auroc_per_label
+from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.eval.concept_audit import (
     ConceptBottleneck,
     Confounder,

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve
 from torch import nn
 
 from cxr_vlp.data.labels import CHEXPERT_LABELS
-from cxr_vlp.eval.classification import RocCurve
+from cxr_vlp.metrics.classification import RocCurve
 from cxr_vlp.eval.figures import (
     dominant_labels,
     gradcam_figure,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr_vlp.data.labels import CHEXPERT_LABELS
-from cxr_vlp.eval.classification import auroc_per_label
+from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.eval.zeroshot import (
     DEFAULT_PROMPTS,
     PromptSet,

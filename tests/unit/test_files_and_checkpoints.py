@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cxr_vlp.lit.module import load_module
-from cxr_vlp.models.tokenizer import cached_wordpiece
+from cxr_vlp.data.tokenizer import cached_wordpiece
 from cxr_vlp.utils.checkpoint import is_remote, load_checkpoint
 from cxr_vlp.utils.files import current_umask
 

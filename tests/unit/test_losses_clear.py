@@ -14,7 +14,7 @@ from cxr_vlp.losses import clear_head as clear_mod
 from cxr_vlp.losses.clear_head import ClearHead, clear_loss, validate_embedder
 from cxr_vlp.losses.functional import multi_view_clip_loss
 from cxr_vlp.losses.heads import ClipHead
-from cxr_vlp.models.hub import ModelNotAvailableError
+from cxr_vlp.utils.hub import ModelNotAvailableError
 
 CONCEPTS = ["pleural effusion", "small pleural effusion", "chest tube", "clear lungs", "enlarged cardiac silhouette"]
 
@@ -302,7 +302,7 @@ def test_bad_configs_fail_clearly(tmp_path, monkeypatch):
 def tiny_bert(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
-    from cxr_vlp.models.tokenizer import train_wordpiece
+    from cxr_vlp.data.tokenizer import train_wordpiece
 
     root = tmp_path_factory.mktemp("tiny_bert_clear")
     tok = train_wordpiece(load_concept_bank() + CONCEPTS, vocab_size=300, min_frequency=1)

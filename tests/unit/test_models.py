@@ -12,11 +12,11 @@ from transformers import BertConfig, BertModel
 from cxr_vlp.lit.module import _first_occurrence
 from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
 from cxr_vlp.models.dual_encoder import DualEncoder
-from cxr_vlp.models.hub import ModelNotAvailableError, resolve_hf_model
+from cxr_vlp.utils.hub import ModelNotAvailableError, resolve_hf_model
 from cxr_vlp.models.image_encoder import ImageEncoder
 from cxr_vlp.models.text_encoder import TextEncoder
-from cxr_vlp.models import tokenizer as tokenizer_module
-from cxr_vlp.models.tokenizer import (
+from cxr_vlp.data import tokenizer as tokenizer_module
+from cxr_vlp.data.tokenizer import (
     build_tokenizer,
     cached_wordpiece,
     tokenizer_from_json,

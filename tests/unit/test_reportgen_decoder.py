@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
-from cxr_vlp.models.hub import ModelNotAvailableError
-from cxr_vlp.models.tokenizer import train_wordpiece
+from cxr_vlp.utils.hub import ModelNotAvailableError
+from cxr_vlp.data.tokenizer import train_wordpiece
 from cxr_vlp.reportgen.decoder import ReportDecoder
 from cxr_vlp.reportgen.prompts import FINDING_NAMES, concept_prompt
 from cxr_vlp.reportgen.tokens import (

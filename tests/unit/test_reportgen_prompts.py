@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxr_vlp.data.labels import CHEXPERT_LABELS
-from cxr_vlp.models.tokenizer import tokenizer_from_json, tokenizer_to_json, train_wordpiece
+from cxr_vlp.data.tokenizer import tokenizer_from_json, tokenizer_to_json, train_wordpiece
 from cxr_vlp.reportgen.prompts import (
     FINDING_NAMES,
     ConceptClassifier,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
-from cxr_vlp.eval.retrieval import (
+from cxr_vlp.metrics.retrieval import (
     RankCounts,
     bidirectional_retrieval,
     metrics_from_ranks,

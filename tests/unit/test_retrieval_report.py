@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cxr_vlp.eval.report import retrieval_section
-from cxr_vlp.eval.retrieval import TIE_RULE, evaluate_retrieval
+from cxr_vlp.metrics.retrieval import TIE_RULE, evaluate_retrieval
 
 
 def test_report_shows_both_protocols_and_the_rule() -> None:

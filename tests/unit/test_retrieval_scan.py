@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxr_vlp.eval.retrieval import (
+from cxr_vlp.metrics.retrieval import (
     RankCounts,
     class_precision_at_k,
     evaluate_retrieval,

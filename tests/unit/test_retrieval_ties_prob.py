@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_vlp.eval.retrieval import RankCounts, evaluate_retrieval, retrieval_metrics
+from cxr_vlp.metrics.retrieval import RankCounts, evaluate_retrieval, retrieval_metrics
 from cxr_vlp.eval.uncertainty import recall_by_uncertainty_bins, risk_coverage
 from cxr_vlp.lit.module import ContrastiveModule
 from cxr_vlp.losses.prob_head import ProbClipHead

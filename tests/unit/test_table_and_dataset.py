@@ -17,7 +17,7 @@ from cxr_vlp.data.labels import CHEXPERT_LABELS
 from cxr_vlp.data.table import read_generic_csv, view_group
 from cxr_vlp.data.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
-from cxr_vlp.models.tokenizer import train_wordpiece
+from cxr_vlp.data.tokenizer import train_wordpiece
 
 
 def _write_study_csv(root: Path, rows: list[dict], n_images: dict[str, int] | None = None) -> Path:

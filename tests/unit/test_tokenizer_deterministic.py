@@ -14,9 +14,9 @@ import pytest
 
 from cxr_vlp.data.synthetic import _table
 from cxr_vlp.data.synthetic.attributes import sample_cohort
-from cxr_vlp.models import tokenizer as tokenizer_module
-from cxr_vlp.models.tokenizer import SPECIAL_TOKENS, cached_wordpiece, train_wordpiece
-from cxr_vlp.models.wordpiece_vocab import initial_symbols, learn_wordpiece_vocab, merged_token
+from cxr_vlp.data import tokenizer as tokenizer_module
+from cxr_vlp.data.tokenizer import SPECIAL_TOKENS, cached_wordpiece, train_wordpiece
+from cxr_vlp.data.wordpiece_vocab import initial_symbols, learn_wordpiece_vocab, merged_token
 
 REPO = Path(__file__).resolve().parents[2]
 SPECIALS = list(SPECIAL_TOKENS.values())
@@ -24,7 +24,7 @@ SPECIALS = list(SPECIAL_TOKENS.values())
 # Trains in a fresh interpreter and prints where the cache file went.
 _TRAIN_SCRIPT = """
 import json, sys
-from cxr_vlp.models.tokenizer import cached_wordpiece
+from cxr_vlp.data.tokenizer import cached_wordpiece
 texts = json.loads(open(sys.argv[1]).read())
 cached_wordpiece(texts, sys.argv[2], vocab_size=int(sys.argv[3]), min_frequency=2)
 """

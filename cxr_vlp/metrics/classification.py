@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from cxr_vlp.eval.arrays import as_float64
+from cxr_vlp.metrics.arrays import as_float64
 
 __all__ = [
     "ClassificationReport",

@@ -1,6 +1,6 @@
 """Tokenizers: a WordPiece tokenizer trained on the training reports (offline default) or a hub one.
 
-The local tokenizer's vocabulary is learnt by :mod:`cxr_vlp.models.wordpiece_vocab` (deterministic); it is
+The local tokenizer's vocabulary is learnt by :mod:`cxr_vlp.data.wordpiece_vocab` (deterministic); it is
 built as a ``tokenizers`` WordPiece tokenizer and wrapped in ``PreTrainedTokenizerFast`` so it behaves like any
 Hugging Face tokenizer. It is serialised into the checkpoint (:func:`tokenizer_to_json` /
 :func:`tokenizer_from_json`) so a checkpoint is self-contained.
@@ -20,9 +20,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from cxr_vlp.models.hub import resolve_hf_model
+from cxr_vlp.utils.hub import resolve_hf_model
 from cxr_vlp.utils.files import chmod_like_new_file
-from cxr_vlp.models.wordpiece_vocab import learn_wordpiece_vocab
+from cxr_vlp.data.wordpiece_vocab import learn_wordpiece_vocab
 
 log = logging.getLogger(__name__)
 # part of the tokenizer cache key: change it whenever train_wordpiece changes what it builds, so that tokenizers
@@ -51,7 +51,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, min_frequency:
                     lowercase: bool = True) -> PreTrainedTokenizerFast:
     """Train a BERT-style WordPiece tokenizer (``[CLS] text [SEP]``) on ``texts``.
 
-    The vocabulary is learnt by :func:`~cxr_vlp.models.wordpiece_vocab.learn_wordpiece_vocab` (the ``tokenizers``
+    The vocabulary is learnt by :func:`~cxr_vlp.data.wordpiece_vocab.learn_wordpiece_vocab` (the ``tokenizers``
     WordPiece training algorithm with canonical ids and tie-breaking), so the tokenizer, and its JSON, are a function
     of the texts and settings alone: the same on every machine and in every process.
     """
