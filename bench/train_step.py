@@ -39,8 +39,8 @@ def main(argv: list[str]) -> None:
 
     def step() -> None:
         with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
-            img = module.encoder.encode_image(images).view(b, vi, -1).unbind(1)
-            txt = module.encoder.encode_text(ids, mask).view(b, vt, -1).unbind(1)
+            img = module.encoder.encode_image(images).embedding.view(b, vi, -1).unbind(1)
+            txt = module.encoder.encode_text(ids, mask).embedding.view(b, vt, -1).unbind(1)
             loss = module.loss_head(list(img), list(txt)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

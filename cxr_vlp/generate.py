@@ -15,8 +15,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from cxr_vlp.checkpoint import load_module
 from cxr_vlp.data.transforms import TransformConfig, build_transforms, load_grayscale
-from cxr_vlp.reportgen.module import load_reportgen
 from cxr_vlp.utils.config import config_dir
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,11 @@ def generate_reports(ckpt_path: str, images: list[str], num_beams: int | None = 
     if missing:
         raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    module = load_reportgen(ckpt_path).to(device)
+    module, payload = load_module(ckpt_path)
+    if payload.kind != "reportgen":
+        raise ValueError(f"{ckpt_path} is not a report-generation checkpoint (train one with "
+                         "`python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`)")
+    module = module.to(device)
     if max_new_tokens is not None:
         module.gen_cfg["max_new_tokens"] = int(max_new_tokens)
     transforms_cfg = dict((module.data_config or {}).get("transforms") or {})

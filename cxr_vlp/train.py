@@ -14,13 +14,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from cxr_vlp.lit.module import ContrastiveModule
+from cxr_vlp.checkpoint import read_checkpoint
+from cxr_vlp.lit.module import ContrastiveModule, instantiate_node
 from cxr_vlp.utils.config import config_dir, require_accelerator
 from cxr_vlp.utils.reporting import print_retrieval, to_floats, write_metrics
 from cxr_vlp.utils.sweep import finish_wandb, job_failed
@@ -46,10 +46,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
     module = build_module(container)
-    module.data_config = container["data"]
-    if getattr(module, "tokenizer", None) is not None:  # report generation brings its decoder's tokenizer
-        datamodule.tokenizer = module.tokenizer
-        module.output_dir = output_dir
+    if getattr(module, "tokenizer", None) is not None:  # a module that brings its own (a report decoder's)
+        datamodule.use_tokenizer(module.tokenizer)
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -62,18 +60,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def build_module(container: dict) -> L.LightningModule:
-    """Contrastive pretraining, or report generation on a pretrained tower when the config has a ``reportgen`` node
-    (``+experiment=reportgen_demo pretrained_ckpt=...``)."""
-    if container.get("reportgen"):
-        from cxr_vlp.reportgen.module import ReportGenModule
-
-        if not container.get("pretrained_ckpt"):
-            raise ValueError("report generation needs pretrained_ckpt=<contrastive checkpoint> (e.g. the best .ckpt "
-                             "of `python -m cxr_vlp.train +experiment=demo`)")
-        return ReportGenModule.from_pretrained(container["pretrained_ckpt"], container["reportgen"],
-                                               optim=container["optim"], scheduler=container["scheduler"])
-    return ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
-                             scheduler=container["scheduler"])
+    """The LightningModule of the ``module`` config group (``conf/module/contrastive.yaml`` or ``reportgen.yaml``,
+    selected by the experiment), built from its resolved node."""
+    node = container.get("module")
+    if not node or "_target_" not in node:
+        raise ValueError("the config has no module._target_: select a module (module=contrastive|reportgen)")
+    return instantiate_node(node)
 
 
 def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule,
@@ -116,7 +108,8 @@ def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: L.LightningM
 
 def manual_optimization_overrides(cfg: DictConfig, module: L.LightningModule) -> dict[str, Any]:
     """Feature-cache accumulation (``optim.micro_batch_size``) optimises by hand: the trainer's gradient clipping moves
-    into the module (Lightning refuses automatic clipping then) and loss-averaging accumulation is refused."""
+    into the module (its ``gradient_clip`` argument; Lightning refuses automatic clipping then) and loss-averaging
+    accumulation is refused."""
     if module.automatic_optimization:
         return {}
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
@@ -124,8 +117,6 @@ def manual_optimization_overrides(cfg: DictConfig, module: L.LightningModule) ->
             f"optim.micro_batch_size={module.micro_batch_size} (feature-cache accumulation) replaces "
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: set "
             "trainer.accumulate_grad_batches=1 and put the whole contrastive batch in data.batch_size")
-    module.manual_gradient_clip = (cfg.trainer.get("gradient_clip_val"),
-                                   cfg.trainer.get("gradient_clip_algorithm") or "norm")
     return {"gradient_clip_val": None}
 
 
@@ -133,15 +124,17 @@ def recover_after_spawn(trainer: L.Trainer, module: L.LightningModule, datamodul
     """``trainer=ddp_spawn`` fits (and tests) in spawned processes. The launching process, which writes the split
     file and runs the evaluation suite, gets back the metrics, the fitted weights and the best checkpoint's path, but
     not the rest: its data module was never set up (no split, no tokenizer) and the best score is missing. They are
-    taken from the best checkpoint (the tokenizer is in the data module's state; the split is seeded), with its
-    weights, which the spawned test evaluates."""
+    taken from the best checkpoint (the tokenizer from its payload; the split is seeded), with its weights, which the
+    spawned test evaluates."""
     if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         return
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or ""
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)
-        datamodule.load_state_dict(state.get(type(datamodule).__qualname__, {}))
+        state, payload = read_checkpoint(best)
+        tokenizer = payload.tokenizer()
+        if tokenizer is not None:
+            datamodule.use_tokenizer(tokenizer)
         module.load_state_dict(state["state_dict"])
         checkpoint.best_model_score = next(
             (s["best_model_score"] for s in state.get("callbacks", {}).values()
@@ -167,11 +160,11 @@ def evaluate_trained(module: ContrastiveModule, datamodule, cfg: DictConfig, out
     from cxr_vlp.eval.report import print_report
     from cxr_vlp.eval.run import Evaluator
 
-    module.tokenizer = datamodule.tokenizer
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     result = Evaluator(module, datamodule, evaluation, out, ckpt_path=ckpt_path, data_cfg=data_cfg,
-                       credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers).run()
+                       credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers,
+                       tokenizer=datamodule.tokenizer).run()
     print_report(out / "report.md")
     return {f"eval/{k.removeprefix('test/')}": v for k, v in result.metrics.items()}
 

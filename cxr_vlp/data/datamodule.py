@@ -63,8 +63,9 @@ class CXRDataModule(L.LightningDataModule):
     The tokenizer belongs to the data: ``tokenizer`` is the text encoder's tokenizer node. A local
     WordPiece tokenizer is trained on the training split only, on rank 0, and broadcast to the other
     ranks (training is deterministic; this saves the other ranks the work); with ``tokenizer_cache`` (a folder) it is
-    trained once per training split and settings and reused by every later run and sweep job. It is part of the data
-    module's state in checkpoints, so a resumed run tokenises exactly as before.
+    trained once per training split and settings and reused by every later run and sweep job. :meth:`use_tokenizer`
+    hands the data module another one instead (a checkpoint's, or a report decoder's). Checkpoints store it once, in
+    the ``cxr_vlp`` payload (:mod:`cxr_vlp.checkpoint`), and a resumed run tokenises with the checkpoint's.
     """
 
     def __init__(
@@ -213,16 +214,20 @@ class CXRDataModule(L.LightningDataModule):
             data = trainer.strategy.broadcast(data, src=0)
         return tokenizer_from_json(data)
 
+    def use_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Tokenise with ``tokenizer`` (a checkpoint's, or a report decoder's) instead of building one at setup."""
+        self.tokenizer = tokenizer
+
     def state_dict(self) -> dict[str, Any]:
-        local = self.tokenizer_cfg.get("kind") == "wordpiece" and self.tokenizer is not None
-        state: dict[str, Any] = {"tokenizer_json": tokenizer_to_json(self.tokenizer) if local else None}
+        """The training position (the tokenizer is in the checkpoint payload, not here)."""
+        state: dict[str, Any] = {}
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.state.fn == "fit":
             state["train_position"] = self._train_position()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("tokenizer_json"):
+        if state_dict.get("tokenizer_json"):  # checkpoints before payload format 1 kept a copy here
             self.tokenizer = tokenizer_from_json(state_dict["tokenizer_json"])
         trainer = getattr(self, "trainer", None)
         fitting = trainer is None or trainer.state.fn == "fit"

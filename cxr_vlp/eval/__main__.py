@@ -11,26 +11,19 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cxr_vlp.checkpoint import load_module
 from cxr_vlp.eval.report import print_report
 from cxr_vlp.eval.run import Evaluator
-from cxr_vlp.lit.module import load_module
-from cxr_vlp.utils.checkpoint import is_remote, load_checkpoint
+from cxr_vlp.utils.checkpoint import is_remote
 from cxr_vlp.utils.config import config_dir
 from cxr_vlp.utils.validate import EVAL_SCHEMA, validate_config
 
 log = logging.getLogger(__name__)
-
-
-def saved_data_config(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The resolved data config stored in a checkpoint by the train entry point (None for older files)."""
-    checkpoint = load_checkpoint(ckpt_path)
-    return (checkpoint.get("cxr_vlp") or {}).get("data")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -38,16 +31,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = cfg.ckpt_path if is_remote(cfg.ckpt_path) else Path(cfg.ckpt_path)
     if isinstance(ckpt, Path) and not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    module = load_module(str(ckpt))
+    module, payload = load_module(str(ckpt))
+    if payload.kind != "contrastive":
+        raise ValueError(f"{ckpt} is a {payload.kind} checkpoint: the evaluation suite scores contrastive models "
+                         "(report generation is scored by its own test: `python -m cxr_vlp.train "
+                         "+experiment=reportgen_demo ...`; single reports: `python -m cxr_vlp.generate`)")
     if cfg.get("data") is not None:
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     else:
-        data_cfg = saved_data_config(ckpt)
+        data_cfg = payload.data
         if data_cfg is None:
             raise ValueError(f"{ckpt} carries no data config (trained before it was stored): pass data=<name> "
                              "data.root=... as at training time")
     datamodule = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
-    datamodule.tokenizer = module.tokenizer
+    datamodule.use_tokenizer(module.tokenizer)
     datamodule.prepare_data()
     datamodule.setup("test")
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None and "_target_" in v]

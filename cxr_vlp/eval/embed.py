@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from cxr_vlp.concepts.projection import concept_scores
 from cxr_vlp.losses.probabilistic import uncertainty
+from cxr_vlp.models.outputs import Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,15 @@ class SplitEmbeddings:
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    @property
+    def image_embeddings(self) -> Embeddings:
+        """The image side as the loss head scores it (μ and log σ² when probabilistic)."""
+        return Embeddings(self.image, self.image_logvar)
+
+    @property
+    def text_embeddings(self) -> Embeddings:
+        return Embeddings(self.text, self.text_logvar)
 
     @property
     def image_uncertainty(self) -> Tensor | None:
@@ -94,16 +102,17 @@ def embed_split(module, datamodule, split: str, device: str | torch.device = "cp
                 precision: str = "32-true") -> SplitEmbeddings:
     """Run the module's towers over ``split`` (evaluation transforms: one frontal image, the eval section).
 
-    ``limit`` keeps the first ``limit`` studies (e.g. a cap on the training split for probes).
+    ``limit`` keeps the first ``limit`` studies (e.g. a cap on the training split for probes). The per-study
+    ``concept_scores`` are the loss head's :meth:`~cxr_vlp.losses.heads.LossHead.eval_scores` (concept heads).
     """
     device = torch.device(device)
     module = module.to(device).eval()
-    enc = module.encoder
+    enc, head = module.encoder, module.loss_head
     dataset = datamodule.datasets.get(split)
     if dataset is None:
         raise ValueError(f"the {split!r} split is empty or the data module was not set up")
     loader = datamodule._loader(split, train=False)
-    concepts = module.concept_embeddings().float() if getattr(module, "needs_concepts", False) else None
+    head_inputs = {k: v.float() for k, v in head.loss_inputs(module.encode_text_embedding).items()}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     out: dict[str, list] = {k: [] for k in ("image", "text", "features", "labels", "image_logvar", "text_logvar",
                                             "concept_scores", "study_ids", "texts")}
@@ -115,19 +124,13 @@ def embed_split(module, datamodule, split: str, device: str | torch.device = "cp
         images = batch.images[:, 0]
         ids, mask = batch.input_ids[:, 0], batch.attention_mask[:, 0]
         with autocast:
-            feats = enc.image_encoder(images)
-            img = F.normalize(enc.image_proj(feats).float(), dim=-1)
-            tfeats = enc.text_encoder(ids, mask)
-            txt = F.normalize(enc.text_proj(tfeats).float(), dim=-1)
-            if enc.probabilistic:
-                out["image_logvar"].append(enc.image_logvar(feats).float().cpu())
-                out["text_logvar"].append(enc.text_logvar(tfeats).float().cpu())
-        out["image"].append(img.cpu())
-        out["text"].append(txt.cpu())
-        out["features"].append(feats.float().cpu())
-        out["labels"].append(batch.labels.float().cpu())
-        if concepts is not None:
-            out["concept_scores"].append(concept_scores(img, concepts).float().cpu())
+            image_out, text_out = enc.encode_image(images), enc.encode_text(ids, mask)
+        for key, value in (("image", image_out.embedding), ("text", text_out.embedding),
+                           ("features", image_out.features), ("labels", batch.labels),
+                           ("image_logvar", image_out.logvar), ("text_logvar", text_out.logvar),
+                           ("concept_scores", head.eval_scores(image_out.embeddings, head_inputs))):
+            if value is not None:
+                out[key].append(value.float().cpu())
         out["study_ids"].extend(batch.study_ids)
         out["texts"].extend(t[0] for t in batch.texts)
         seen += len(batch)

@@ -84,6 +84,7 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         z = self.encoder.encode_image(images)
+        z = getattr(z, "embedding", z)  # a DualEncoder's EncoderOutput, or a bare tensor
         return F.normalize(z.float(), dim=-1)
 
 

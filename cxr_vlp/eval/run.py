@@ -47,25 +47,35 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().double().numpy()
 
 
-def encode_texts_fn(module, device: torch.device, max_length: int = 64):
-    """``list[str] -> [n, D]`` normalised text embeddings with the module's tokenizer and text tower."""
+def encode_texts_fn(module, device: torch.device, max_length: int = 64, tokenizer=None):
+    """``list[str] -> [n, D]`` normalised text embeddings with ``tokenizer`` (default: the module's) and the
+    module's text tower."""
+    tokenizer = tokenizer if tokenizer is not None else module.tokenizer
 
     @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:
-        tok = module.tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
-                               return_tensors="pt", return_token_type_ids=False)
-        return module.encoder.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
+        tok = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
+                        return_tensors="pt", return_token_type_ids=False)
+        return module.encoder.encode_text(tok["input_ids"].to(device),
+                                          tok["attention_mask"].to(device)).embedding.float().cpu()
 
     return encode
 
 
 class Evaluator:
-    """Embeds the splits it needs once and runs the requested tasks (see the module docstring)."""
+    """Embeds the splits it needs once and runs the requested tasks (see the module docstring).
+
+    What depends on the loss head (the retrieval score, zero-shot scale, whether uncertainty or concept tasks
+    apply, the concept names) is asked of ``module.loss_head`` (its ``spec`` and methods). ``tokenizer``: the one
+    the prompts are tokenised with (default: ``module.tokenizer``).
+    """
 
     def __init__(self, module, datamodule, cfg: dict[str, Any], output_dir: str | Path,
                  ckpt_path: str | None = None, data_cfg: dict[str, Any] | None = None,
-                 credentialed: bool = False, loggers: list | None = None) -> None:
+                 credentialed: bool = False, loggers: list | None = None, tokenizer=None) -> None:
         self.module = module
+        self.head = module.loss_head
+        self.tokenizer = tokenizer if tokenizer is not None else module.tokenizer
         self.datamodule = datamodule
         self.cfg = cfg
         self.out = Path(output_dir)
@@ -107,17 +117,13 @@ class Evaluator:
     def _retrieval(self) -> None:
         cfg = self.cfg.get("retrieval", {})
         test = self.embeddings("test")
-        score_fn = None
-        if getattr(self.module, "probabilistic", False):
-            head, e = self.module.loss_head, test
-            side = {"i2t": (e.image, e.image_logvar, e.text, e.text_logvar),
-                    "t2i": (e.text, e.text_logvar, e.image, e.image_logvar)}
+        image, text = test.image_embeddings.to(self.device), test.text_embeddings.to(self.device)
+        side = {"i2t": (image, text), "t2i": (text, image)}
 
-            def score_fn(direction: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
-                q, lq, g, lg = side[direction]
-                with torch.no_grad():
-                    return head.similarity(q[q_rows].to(self.device), lq[q_rows].to(self.device),
-                                           g[g_rows].to(self.device), lg[g_rows].to(self.device)).cpu()
+        def score_fn(direction: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
+            q, g = side[direction]
+            with torch.no_grad():
+                return self.head.ranking_scores(q.rows(q_rows.to(self.device)), g.rows(g_rows.to(self.device))).cpu()
 
         metrics, scans = evaluate_retrieval(
             test.image.to(self.device), test.text.to(self.device), labels=test.labels, texts=test.texts,
@@ -136,8 +142,8 @@ class Evaluator:
         if self._without_labels("zero-shot", ("val", "test")):
             return
         prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
-        scale = float(self.module.loss_head.similarity_scale().detach())
-        encode = encode_texts_fn(self.module, self.device)
+        scale = float(self.head.similarity_scale().detach())
+        encode = encode_texts_fn(self.module, self.device, tokenizer=self.tokenizer)
         probs = {s: zeroshot_classify(encode, self.embeddings(s).image, self.label_names, prompts, scale)
                  for s in ("val", "test")}
         report = evaluate_binary(_np(probs["val"]), _np(self.embeddings("val").labels), _np(probs["test"]),
@@ -175,7 +181,7 @@ class Evaluator:
                     self._roc_figure(f"roc_probe_{kind}", report)
 
     def _uncertainty(self) -> None:
-        if not getattr(self.module, "probabilistic", False):
+        if self.head.spec.embedding != "gaussian":
             log.info("uncertainty: skipped (the checkpoint's loss head is not probabilistic)")
             return
         from cxr_vlp.eval.uncertainty import recall_by_uncertainty_bins, risk_coverage
@@ -196,7 +202,7 @@ class Evaluator:
                          rc.coverage, rc.risk, rc.aurc)
 
     def _concepts(self) -> None:
-        if not getattr(self.module, "needs_concepts", False):
+        if not self.head.spec.concepts:
             log.info("concepts: skipped (the checkpoint's loss head has no concept bank)")
             return
         from cxr_vlp.metrics.classification import auroc_per_label
@@ -210,7 +216,7 @@ class Evaluator:
 
         if self._without_labels("concept audit", ("train", "val", "test")):
             return
-        names = list(self.module.loss_head.concept_names)
+        names = list(self.head.concept_names)
         tr, va, te = self.embeddings("train"), self.embeddings("val"), self.embeddings("test")
         cbm = fit_concept_bottleneck(_np(tr.concept_scores), _np(tr.labels), _np(va.concept_scores), _np(va.labels),
                                      self.label_names, names)
@@ -310,7 +316,8 @@ class Evaluator:
         label = str(self.cfg.get("gradcam_label", "Cardiomegaly"))
         if label not in prompts.positive:
             raise ValueError(f"evaluation.gradcam_label={label!r} is not a label with prompts")
-        emb = class_text_embeddings(encode_texts_fn(self.module, self.device), prompts.positive[label])
+        emb = class_text_embeddings(encode_texts_fn(self.module, self.device, tokenizer=self.tokenizer),
+                                    prompts.positive[label])
         images = self._images("test", rows)
 
         def draw(path: Path) -> Path:

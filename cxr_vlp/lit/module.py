@@ -1,8 +1,10 @@
 """The contrastive pretraining LightningModule: dual encoder + a swappable loss head.
 
-Constructor arguments are plain dicts (the resolved Hydra nodes), so the module rebuilds itself from a
-checkpoint's hyper-parameters, and checkpoints load with ``weights_only=True``. The tokenizer travels
-inside the checkpoint (``checkpoint["cxr_vlp"]``), which makes a checkpoint self-contained.
+Constructor arguments are plain dicts (the resolved Hydra nodes of ``conf/module/contrastive.yaml``), so the module
+rebuilds itself from a checkpoint's hyper-parameters, and checkpoints load with ``weights_only=True``. The
+checkpoint payload (:mod:`cxr_vlp.checkpoint`: tokenizer, data config, concepts) makes a checkpoint
+self-contained. What varies between loss heads (deterministic or Gaussian views, concept inputs, the retrieval
+score, extra evaluation scalars) is asked of the head (:class:`~cxr_vlp.losses.heads.LossHead`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -17,24 +20,20 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-import cxr_vlp
-from cxr_vlp.concepts.projection import concept_scores
+from cxr_vlp.checkpoint import CXRPayload, read_payload, write_payload
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.metrics.retrieval import RankCounts, bidirectional_retrieval, metrics_from_ranks, ranks_in_block
+from cxr_vlp.data.tokenizer import build_tokenizer
 from cxr_vlp.lit.divergence import check_gradients_before_clipping
 from cxr_vlp.lit.grad_cache import cached_contrastive_step
 from cxr_vlp.lit.schedule import adamw_with_cosine
 from cxr_vlp.lit.transfer import BatchTransferMixin
-from cxr_vlp.losses.heads import GaussianEmbedding, LossHead, LossOutput
-from cxr_vlp.losses.probabilistic import uncertainty
+from cxr_vlp.losses.heads import LossHead, LossOutput
+from cxr_vlp.metrics.retrieval import RankCounts, metrics_from_ranks, ranks_in_block
 from cxr_vlp.models.dual_encoder import DualEncoder
+from cxr_vlp.models.outputs import Embeddings
 from cxr_vlp.utils.hub import ModelNotAvailableError
-from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
-from cxr_vlp.utils.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
-# concept strings are a few words; longer ones are truncated when tokenised for the text tower
-CONCEPT_MAX_LENGTH = 64
 
 
 def instantiate_node(node: dict) -> Any:
@@ -43,7 +42,7 @@ def instantiate_node(node: dict) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as err:
-        if isinstance(err.__cause__, (ModelNotAvailableError, ValueError)):
+        if isinstance(err.__cause__, (ModelNotAvailableError, ValueError, FileNotFoundError, KeyError)):
             raise err.__cause__ from None
         raise
 
@@ -65,170 +64,185 @@ def build_dual_encoder(model: dict) -> DualEncoder:
     )
 
 
+@dataclass
+class EvalSplit:
+    """One evaluated split, each study once, ordered by study index: image / text embeddings and the head's
+    per-study scores (image concept scores for concept heads, else None)."""
+
+    index: torch.Tensor
+    image: Embeddings
+    text: Embeddings
+    scores: torch.Tensor | None = None
+
+    def cpu(self) -> EvalSplit:
+        return EvalSplit(self.index.cpu(), self.image.cpu(), self.text.cpu(),
+                         None if self.scores is None else self.scores.cpu())
+
+
+@torch.no_grad()
+def head_retrieval(head: LossHead, image: Embeddings, text: Embeddings, prefix: str = "",
+                   chunk_size: int = 1024) -> dict[str, float]:
+    """Exact-pair retrieval both ways ranked by ``head.similarity`` (row chunks of ``chunk_size`` queries), with
+    ``num_studies``, ``rsum`` (sum of the R@K) and the head's :meth:`~LossHead.eval_metrics`, keys ``{prefix}...``."""
+    metrics: dict[str, float] = {}
+    for name, (q, g) in {"i2t": (image, text), "t2i": (text, image)}.items():
+        ranks = [ranks_in_block(head.ranking_scores(q.rows(slice(s, s + chunk_size)), g), s).cpu()
+                 for s in range(0, len(q), chunk_size)]
+        for key, value in metrics_from_ranks(RankCounts.cat(ranks)).items():
+            metrics[f"{prefix}{name}/{key}"] = value
+    metrics[f"{prefix}num_studies"] = float(len(image))
+    metrics.update({f"{prefix}{k}": v for k, v in head.eval_metrics(image, text).items()})
+    metrics[f"{prefix}rsum"] = sum(v for k, v in metrics.items() if "/R@" in k)
+    return metrics
+
+
 class ContrastiveModule(BatchTransferMixin, L.LightningModule):
     """Image–report contrastive pretraining with retrieval validation.
 
     Args:
         model: the ``model`` node (``image_encoder``, ``text_encoder`` with its ``tokenizer``, ``embed_dim``,
-            ``projection``).
+            ``projection``, ``probabilistic``).
         loss: the ``loss`` node, instantiated to a :class:`LossHead`.
-        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``fused``.
+        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``fused``, ``micro_batch_size``.
         scheduler: ``warmup`` (steps, or a fraction of all steps if < 1) and ``min_lr_ratio``.
-    Probabilistic heads (``loss_head.needs_uncertainty``, e.g. ProbCLIP-VIB) need ``model.probabilistic=true``:
-    training then passes every view as a :class:`GaussianEmbedding` ``(μ, log σ²)``, and validation / test
-    rank retrieval by the head's ``similarity`` (the match logit) on the gathered means and log-variances
-    and log the mean per-sample uncertainty Σσ² (``{stage}/uncertainty_mean``, per modality too).
-    The local BERT's embedding table has ``tokenizer.vocab_size`` rows (the tokenizer's upper bound; a
-    trained vocabulary may be smaller), so the model does not depend on the trained tokenizer.
+        data: the resolved data config of the run, stored in the checkpoint payload (``python -m cxr_vlp.eval``
+            rebuilds the same split from it).
+        gradient_clip: ``{value, algorithm}``, the trainer's clipping, applied by the module itself under
+            feature-cache accumulation (``optim.micro_batch_size``: manual optimisation).
 
-    Concept heads (``loss_head.needs_concepts``, e.g. CLEAR): the head's ``concept_names`` are tokenised once
-    per run with the data module's tokenizer (``self.tokenizer`` after :func:`load_module`) and kept as
-    non-persistent buffers; the text tower embeds them (C ``[K, D]``, :meth:`concept_embeddings`) every training
-    step with gradients and once per eval epoch without, and C is passed as ``loss_head(..., concepts=C)``.
-    Validation / test keep the image concept scores f Cᵀ of the gathered split in
-    ``eval_concept_scores[stage] = {"index": [N], "scores": [N, K]}`` (by study index); retrieval still ranks
-    the tower embeddings f vs t. The concept list is saved in ``checkpoint["cxr_vlp"]["concepts"]``.
+    The head's :class:`~cxr_vlp.losses.heads.HeadSpec` says what it takes: Gaussian heads (ProbCLIP-VIB) need
+    ``model.probabilistic=true`` and train on ``(μ, log σ²)`` views; concept heads (CLEAR) get their concepts'
+    text-tower embeddings C (``head.loss_inputs``) every training step with gradients and once per eval epoch
+    without. Validation / test rank retrieval by ``head.similarity`` on the gathered split and log the head's
+    ``eval_metrics`` (e.g. ``{stage}/uncertainty_mean``); the gathered split is kept in ``eval_splits[stage]``
+    (:class:`EvalSplit`, on the CPU). The local BERT's embedding table has ``tokenizer.vocab_size`` rows (the
+    tokenizer's upper bound; a trained vocabulary may be smaller), so the model does not depend on the trained
+    tokenizer.
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict) -> None:
+    def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict, data: dict | None = None,
+                 gradient_clip: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.encoder = build_dual_encoder(model)
         self.loss_head: LossHead = instantiate_node(loss)
-        self.probabilistic = bool(getattr(self.loss_head, "needs_uncertainty", False))
-        if self.probabilistic and not self.encoder.probabilistic:
-            raise ValueError(
-                f"loss head {type(self.loss_head).__name__} (loss._target_={loss.get('_target_')}) needs Gaussian "
-                "embeddings (mu, logvar) but model.probabilistic=false: set model.probabilistic=true"
-            )
-        if self.encoder.probabilistic and not self.probabilistic:
-            log.warning("model.probabilistic=true but loss head %s ignores the log-variance heads (unused "
-                        "parameters: DDP will fail unless find_unused_parameters)", type(self.loss_head).__name__)
-        # per-sample uncertainty (Σσ²) of the last gathered eval split, by stage (probabilistic heads only)
-        self.eval_uncertainty: dict[str, dict[str, torch.Tensor]] = {}
-        self.needs_concepts = bool(getattr(self.loss_head, "needs_concepts", False))
-        if self.needs_concepts and self.probabilistic:
-            raise ValueError(f"loss head {type(self.loss_head).__name__} needs both concepts and uncertainty: "
-                             "not supported")
-        # image concept scores f Cᵀ of the last gathered eval split, by stage (concept heads only)
-        self.eval_concept_scores: dict[str, dict[str, torch.Tensor]] = {}
-        if self.needs_concepts:
-            self.register_buffer("concept_input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
-            self.register_buffer("concept_attention_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
-        self._concept_tokenizer = None
-        self._eval_concepts: torch.Tensor | None = None
+        self.loss_head.spec.check_encoder(self.encoder.embedding_kind, type(self.loss_head).__name__,
+                                          loss.get("_target_"))
+        # the last gathered eval split, by stage
+        self.eval_splits: dict[str, EvalSplit] = {}
+        self._eval_inputs: dict[str, torch.Tensor] | None = None
         self.optim_cfg = dict(optim)
         # feature-cache accumulation (cxr_vlp.lit.grad_cache): the towers see chunks of this many studies, the loss
-        # the whole batch; needs manual optimisation (clipping then comes from manual_gradient_clip)
+        # the whole batch; needs manual optimisation (clipping then comes from gradient_clip)
         self.micro_batch_size: int | None = optim.get("micro_batch_size") or None
         if self.micro_batch_size is not None and int(self.micro_batch_size) < 1:
             raise ValueError(f"optim.micro_batch_size must be a positive integer or null, got {self.micro_batch_size}")
         self.automatic_optimization = self.micro_batch_size is None
-        self.manual_gradient_clip: tuple[float | None, str] = (None, "norm")
+        clip = dict(gradient_clip or {})
+        self.manual_gradient_clip: tuple[float | None, str] = (clip.get("value"), clip.get("algorithm") or "norm")
         self.scheduler_cfg = dict(scheduler)
+        self.data_config: dict[str, Any] | None = None if data is None else dict(data)
+        # the tokenizer of a module rebuilt from a checkpoint (from_payload); during fit / test the data module's
         self.tokenizer = None
-        # set by the train entry point (plain dict): stored in checkpoints for evaluation
-        self.data_config: dict[str, Any] | None = None
-        self._eval_outputs: dict[str, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
+        self._eval_outputs: dict[str, list[tuple[torch.Tensor | None, ...]]] = defaultdict(list)
 
-    # ------------------------------------------------------------------ tokenizer in the checkpoint
+    # ------------------------------------------------------------------ checkpoint payload
+    @classmethod
+    def from_payload(cls, payload: CXRPayload, state_dict: dict[str, torch.Tensor]) -> ContrastiveModule:
+        """Rebuild a trained module (pretrained flags off: the weights come from ``state_dict``); the tokenizer is
+        the payload's (or rebuilt from the config for a Hugging Face tokenizer)."""
+        hparams = dict(payload.hparams)
+        model_cfg = {**hparams["model"]}
+        model_cfg["image_encoder"] = {**model_cfg["image_encoder"], "pretrained": False, "checkpoint_path": None}
+        if model_cfg["text_encoder"].get("name_or_path") is not None:
+            model_cfg["text_encoder"] = {**model_cfg["text_encoder"], "pretrained": False}
+        hparams["model"] = model_cfg
+        hparams["loss"] = payload.loss_config()
+        if hparams.get("data") is None and payload.data is not None:
+            hparams["data"] = payload.data
+        module = cls(**hparams)
+        module.load_state_dict(state_dict)
+        tokenizer = payload.tokenizer()
+        if tokenizer is None:
+            tok = dict(model_cfg["text_encoder"]["tokenizer"])
+            tokenizer = build_tokenizer(tok.pop("kind"), **tok)
+        module.tokenizer = tokenizer
+        module.prepare_head(tokenizer)  # concept heads: tokenise; E came with the state dict
+        return module
+
+    def _datamodule(self):
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
+    def run_tokenizer(self):
+        """The tokenizer of the current run: the data module's during fit / test, else :attr:`tokenizer`."""
+        return getattr(self._datamodule(), "tokenizer", None) or self.tokenizer
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None) or self.tokenizer
+        from cxr_vlp.data.tokenizer import tokenizer_to_json
+
+        tokenizer = self.run_tokenizer()
         local = self.hparams["model"]["text_encoder"].get("tokenizer", {}).get("kind") == "wordpiece"
-        checkpoint["cxr_vlp"] = {
-            "version": cxr_vlp.__version__,
-            "tokenizer_json": tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
-            # the resolved data config of the training run: `python -m cxr_vlp.eval` rebuilds the same split
-            "data": self.data_config,
-        }
-        if self.needs_concepts:
-            checkpoint["cxr_vlp"]["concepts"] = list(self.loss_head.concept_names)
+        write_payload(checkpoint, CXRPayload(
+            kind="contrastive", hparams=dict(self.hparams),
+            tokenizer_json=tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
+            data=self.data_config, concepts=list(self.loss_head.concept_names) or None))
 
-    # ------------------------------------------------------------------ concepts (concept heads only)
-    def prepare_concepts(self, tokenizer=None) -> None:
-        """Tokenise the head's concepts (once per tokenizer) into the non-persistent id buffers and make sure the
-        head has its frozen concept embeddings E (computed only if not loaded from a checkpoint)."""
-        if not self.needs_concepts:
-            return
-        if tokenizer is None:
-            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            tokenizer = getattr(datamodule, "tokenizer", None) or self.tokenizer
-        if tokenizer is None:
-            raise RuntimeError("concept heads need a tokenizer: the data module's (during fit/test) or "
-                               "module.tokenizer (set by load_module)")
-        if tokenizer is not self._concept_tokenizer or self.concept_input_ids.numel() == 0:
-            tokens = tokenizer(list(self.loss_head.concept_names), padding="longest", truncation=True,
-                               max_length=CONCEPT_MAX_LENGTH, return_tensors="pt", return_token_type_ids=False)
-            device = self.concept_input_ids.device
-            self.concept_input_ids = tokens["input_ids"].to(device)
-            self.concept_attention_mask = tokens["attention_mask"].to(device)
-            self._concept_tokenizer = tokenizer
-        self.loss_head.prepare()
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming or testing a checkpoint: the data module tokenises with the checkpoint's tokenizer."""
+        datamodule = self._datamodule()
+        tokenizer = read_payload(checkpoint).tokenizer()
+        if datamodule is not None and tokenizer is not None:
+            datamodule.use_tokenizer(tokenizer)
 
-    def concept_embeddings(self) -> torch.Tensor:
-        """C ``[K, D]``: the text tower's L2-normalised embeddings of the head's concepts (grad as the context)."""
-        if self.concept_input_ids.numel() == 0:
-            self.prepare_concepts()
-        return self.encoder.encode_text(self.concept_input_ids, self.concept_attention_mask)
+    # ------------------------------------------------------------------ the head's inputs
+    def prepare_head(self, tokenizer=None) -> None:
+        """Get the head ready for this run (concept heads: tokenise the concepts, make sure E exists)."""
+        self.loss_head.prepare(tokenizer if tokenizer is not None else self.run_tokenizer())
 
-    @torch.no_grad()
-    def concept_scores_for(self, images: torch.Tensor) -> torch.Tensor:
-        """Image concept scores s = f Cᵀ ``[B, K]`` (cosines, columns in ``loss_head.concept_names`` order) for
-        new ``[B, C, H, W]`` images, without gradients; put the module in eval mode first."""
-        if not self.needs_concepts:
-            raise RuntimeError(f"loss head {type(self.loss_head).__name__} has no concepts")
-        return concept_scores(self.encoder.encode_image(images), self.concept_embeddings())
+    def encode_text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[K, D]`` L2-normalised text embeddings (what heads embed their extra inputs with)."""
+        return self.encoder.encode_text(input_ids, attention_mask).embedding
 
     def setup(self, stage: str) -> None:
         # E before the model is moved / wrapped; a checkpoint restored afterwards overwrites it
-        if self.needs_concepts and stage == "fit":
+        if stage == "fit":
             self.loss_head.prepare()
 
     def on_fit_start(self) -> None:
-        self.prepare_concepts()
+        self.prepare_head()
 
     def on_validation_start(self) -> None:
-        self.prepare_concepts()
+        self.prepare_head()
 
     def on_test_start(self) -> None:
-        self.prepare_concepts()
+        self.prepare_head()
 
     def on_validation_epoch_start(self) -> None:
-        self._start_eval_concepts()
+        self._start_eval_inputs()
 
     def on_test_epoch_start(self) -> None:
-        self._start_eval_concepts()
+        self._start_eval_inputs()
 
     @torch.no_grad()
-    def _start_eval_concepts(self) -> None:
-        self._eval_concepts = self.concept_embeddings().detach() if self.needs_concepts else None
+    def _start_eval_inputs(self) -> None:
+        self._eval_inputs = {k: v.detach() for k, v in self.loss_head.loss_inputs(self.encode_text_embedding).items()}
 
     # ------------------------------------------------------------------ forward
-    def _views(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        b, vi = batch.images.shape[:2]
-        vt = batch.input_ids.shape[1]
-        img = self.encoder.encode_image(batch.images.flatten(0, 1)).view(b, vi, -1)
-        txt = self.encoder.encode_text(batch.input_ids.flatten(0, 1), batch.attention_mask.flatten(0, 1)).view(b, vt, -1)
-        return list(img.unbind(1)), list(txt.unbind(1))
-
-    def _gaussian_views(self, batch: Batch) -> tuple[list[GaussianEmbedding], list[GaussianEmbedding]]:
-        """Like :meth:`_views`, each view a :class:`GaussianEmbedding` ``(μ [B, D], log σ² [B, D or 1])``."""
-        b, vi = batch.images.shape[:2]
-        vt = batch.input_ids.shape[1]
-        mu_i, lv_i = self.encoder.encode_image_gaussian(batch.images.flatten(0, 1))
-        mu_t, lv_t = self.encoder.encode_text_gaussian(batch.input_ids.flatten(0, 1),
-                                                       batch.attention_mask.flatten(0, 1))
-        img = [GaussianEmbedding(m, v) for m, v in zip(mu_i.view(b, vi, -1).unbind(1), lv_i.view(b, vi, -1).unbind(1))]
-        txt = [GaussianEmbedding(m, v) for m, v in zip(mu_t.view(b, vt, -1).unbind(1), lv_t.view(b, vt, -1).unbind(1))]
-        return img, txt
+    def encode_views(self, batch: Batch) -> tuple[list[Embeddings], list[Embeddings]]:
+        """Every image and text view of ``batch`` as :class:`Embeddings` of ``[B, D]`` rows (log σ² when
+        probabilistic)."""
+        b = batch.images.shape[0]
+        img = self.encoder.encode_image(batch.images.flatten(0, 1)).embeddings
+        txt = self.encoder.encode_text(batch.input_ids.flatten(0, 1), batch.attention_mask.flatten(0, 1)).embeddings
+        return img.views(b), txt.views(b)
 
     def _loss_views(self, batch: Batch) -> tuple[list, list]:
-        return self._gaussian_views(batch) if self.probabilistic else self._views(batch)
+        image, text = self.encode_views(batch)
+        return [self.loss_head.loss_view(e) for e in image], [self.loss_head.loss_view(e) for e in text]
 
     def _head_loss(self, image_views: list, text_views: list, labels: torch.Tensor) -> LossOutput:
-        extra = {"concepts": self.concept_embeddings()} if self.needs_concepts else {}
-        return self.loss_head(image_views, text_views, labels=labels, **extra)
+        return self.loss_head(image_views, text_views, labels=labels,
+                              **self.loss_head.loss_inputs(self.encode_text_embedding))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.micro_batch_size is not None:
@@ -267,24 +281,15 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        image_views, text_views = self._loss_views(batch)
-        extra = {}
-        if self.needs_concepts:
-            if self._eval_concepts is None:
-                self._start_eval_concepts()
-            extra = {"concepts": self._eval_concepts}
-        out = self.loss_head(image_views[:1], text_views[:1], labels=batch.labels, **extra)
+        image, text = self.encode_views(batch)
+        if self._eval_inputs is None:
+            self._start_eval_inputs()
+        head = self.loss_head
+        out = head([head.loss_view(image[0])], [head.loss_view(text[0])], labels=batch.labels, **self._eval_inputs)
         self.log(f"{stage}/loss", out.loss, sync_dist=True, batch_size=len(batch))
-        if self.needs_concepts:  # (index, img, txt, image concept scores f Cᵀ)
-            img = image_views[0].detach()
-            self._eval_outputs[stage].append((batch.index, img, text_views[0].detach(),
-                                              concept_scores(img, self._eval_concepts)))
-        elif self.probabilistic:  # (index, μ_img, μ_txt, log σ²_img, log σ²_txt)
-            img, txt = image_views[0], text_views[0]
-            self._eval_outputs[stage].append((batch.index, img.mu.detach(), txt.mu.detach(),
-                                              img.logvar.detach(), txt.logvar.detach()))
-        else:
-            self._eval_outputs[stage].append((batch.index, image_views[0].detach(), text_views[0].detach()))
+        img, txt = image[0].detach(), text[0].detach()
+        self._eval_outputs[stage].append((batch.index, img.mean, txt.mean, img.logvar, txt.logvar,
+                                          head.eval_scores(img, self._eval_inputs)))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -292,62 +297,46 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def gathered_eval_outputs(self, stage: str) -> tuple[torch.Tensor, ...]:
-        """Eval outputs of the whole split across ranks, each study once, ordered by study index:
-        ``(index, img, txt)``, plus ``(img_logvar, txt_logvar)`` for probabilistic heads (img / txt are μ) or
-        the image concept scores ``[N, K]`` for concept heads."""
+    def gathered_eval_split(self, stage: str) -> EvalSplit:
+        """The eval outputs of the whole split across ranks, each study once, ordered by study index."""
         outputs = self._eval_outputs.pop(stage, [])
-        tensors = [torch.cat([o[k] for o in outputs]) for k in range(len(outputs[0]))]
+        tensors = [None if outputs[0][k] is None else torch.cat([o[k] for o in outputs])
+                   for k in range(len(outputs[0]))]
         if self.trainer.world_size > 1:
-            tensors = [self.all_gather(t).flatten(0, 1) for t in tensors]
+            tensors = [None if t is None else self.all_gather(t).flatten(0, 1) for t in tensors]
         first = _first_occurrence(tensors[0])
-        return tuple(t[first] for t in tensors)
+        index, img, txt, lv_img, lv_txt, scores = (None if t is None else t[first] for t in tensors)
+        return EvalSplit(index, Embeddings(img, lv_img), Embeddings(txt, lv_txt), scores)
 
-    def gathered_eval_embeddings(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Embeddings of the whole split across ranks, each study once, ordered by study index."""
-        return self.gathered_eval_outputs(stage)[:3]
+    @property
+    def eval_uncertainty(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-sample uncertainty Σσ² of the last gathered split, by stage (splits with log-variances only)."""
+        from cxr_vlp.losses.probabilistic import uncertainty
+
+        return {stage: {"index": e.index.cpu(), "image": uncertainty(e.image.logvar).cpu(),
+                        "text": uncertainty(e.text.logvar).cpu()}
+                for stage, e in self.eval_splits.items() if e.image.logvar is not None}
+
+    @property
+    def eval_concept_scores(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The head's per-study scores (image concept scores f Cᵀ ``[N, K]``) of the last gathered split, by stage."""
+        return {stage: {"index": e.index.cpu(), "scores": e.scores.float().cpu()}
+                for stage, e in self.eval_splits.items() if e.scores is not None}
 
     def _log_retrieval(self, stage: str) -> None:
         if not self._eval_outputs.get(stage):
             return
-        if self.probabilistic:
-            metrics = self._probabilistic_retrieval(stage)
-        else:
-            index, img, txt, *rest = self.gathered_eval_outputs(stage)
-            if self.needs_concepts:
-                self.eval_concept_scores[stage] = {"index": index.cpu(), "scores": rest[0].float().cpu()}
-            metrics = bidirectional_retrieval(img.float(), txt.float(), prefix=f"{stage}/")
-            metrics[f"{stage}/num_studies"] = float(img.shape[0])
-        metrics[f"{stage}/rsum"] = sum(v for k, v in metrics.items() if "/R@" in k)
-        self.log_dict(metrics, sync_dist=False)
-
-    @torch.no_grad()
-    def _probabilistic_retrieval(self, stage: str, chunk_size: int = 1024) -> dict[str, float]:
-        """Retrieval ranked by the head's match logit; stores per-sample uncertainty in ``eval_uncertainty``."""
-        index, img, txt, lv_img, lv_txt = self.gathered_eval_outputs(stage)
-        unc_img, unc_txt = uncertainty(lv_img), uncertainty(lv_txt)
-        self.eval_uncertainty[stage] = {"index": index.cpu(), "image": unc_img.cpu(), "text": unc_txt.cpu()}
-        metrics: dict[str, float] = {}
-        for name, (q, lq, g, lg) in {"i2t": (img, lv_img, txt, lv_txt), "t2i": (txt, lv_txt, img, lv_img)}.items():
-            ranks = []
-            for s in range(0, q.shape[0], chunk_size):
-                block = self.loss_head.similarity(q[s:s + chunk_size], lq[s:s + chunk_size], g, lg)
-                ranks.append(ranks_in_block(block, s).cpu())
-            for key, value in metrics_from_ranks(RankCounts.cat(ranks)).items():
-                metrics[f"{stage}/{name}/{key}"] = value
-        metrics[f"{stage}/num_studies"] = float(img.shape[0])
-        metrics[f"{stage}/uncertainty_image_mean"] = float(unc_img.mean())
-        metrics[f"{stage}/uncertainty_text_mean"] = float(unc_txt.mean())
-        metrics[f"{stage}/uncertainty_mean"] = 0.5 * (float(unc_img.mean()) + float(unc_txt.mean()))
-        return metrics
+        split = self.gathered_eval_split(stage)
+        self.eval_splits[stage] = split.cpu()
+        self.log_dict(head_retrieval(self.loss_head, split.image, split.text, prefix=f"{stage}/"), sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
-        self._eval_concepts = None
+        self._eval_inputs = None
 
     def on_test_epoch_end(self) -> None:
         self._log_retrieval("test")
-        self._eval_concepts = None
+        self._eval_inputs = None
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -364,27 +353,3 @@ def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(index.numel(), device=index.device)
     first = torch.full((values.numel(),), index.numel(), dtype=torch.long, device=index.device)
     return first.scatter_reduce(0, inverse, positions, reduce="amin")
-
-
-def load_module(ckpt_path: str, map_location: str | torch.device = "cpu") -> ContrastiveModule:
-    """Rebuild a module from a checkpoint (weights-only load; pretrained flags off: weights come from the file)."""
-    checkpoint = load_checkpoint(ckpt_path, map_location=map_location)
-    hparams = dict(checkpoint["hyper_parameters"])
-    model_cfg = {**hparams["model"]}
-    model_cfg["image_encoder"] = {**model_cfg["image_encoder"], "pretrained": False, "checkpoint_path": None}
-    if model_cfg["text_encoder"].get("name_or_path") is not None:
-        model_cfg["text_encoder"] = {**model_cfg["text_encoder"], "pretrained": False}
-    hparams["model"] = model_cfg
-    saved_concepts = (checkpoint.get("cxr_vlp") or {}).get("concepts")
-    if saved_concepts:  # concept heads: the checkpoint's list, so the bank file need not exist here
-        hparams["loss"] = {**hparams["loss"], "concepts": list(saved_concepts)}
-    module = ContrastiveModule(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
-    saved = (checkpoint.get("cxr_vlp") or {}).get("tokenizer_json")
-    if saved:
-        module.tokenizer = tokenizer_from_json(saved)
-    else:
-        tok = dict(model_cfg["text_encoder"]["tokenizer"])
-        module.tokenizer = build_tokenizer(tok.pop("kind"), **tok)
-    module.prepare_concepts(module.tokenizer)  # concept heads: tokenise; E came with the state dict
-    return module

@@ -49,7 +49,11 @@ from torch import Tensor, nn
 from cxr_vlp.concepts.bank import load_concept_bank, normalize_concept
 from cxr_vlp.concepts.projection import concept_scores, project_to_llm
 from cxr_vlp.losses.functional import multi_view_clip_loss
-from cxr_vlp.losses.heads import ClipHead, LossOutput, _as_views
+from cxr_vlp.losses.heads import ClipHead, EncodeText, HeadSpec, LossOutput, _as_views
+from cxr_vlp.models.outputs import Embeddings
+
+# concept strings are a few words; longer ones are truncated when tokenised for the text tower
+CONCEPT_MAX_LENGTH = 64
 
 __all__ = ["EMBEDDER_KINDS", "ClearHead", "clear_loss", "compute_llm_embeddings", "validate_embedder"]
 
@@ -179,8 +183,10 @@ class ClearHead(ClipHead):
 
     See the module docstring for the formulas and the DDP scheme. ``forward(image_views, text_views,
     labels=None, concepts=C)``: ``concepts`` is C ``[K, D]`` from the text tower, in :attr:`concept_names`
-    order (``needs_concepts = True`` tells :class:`~cxr_vlp.lit.module.ContrastiveModule` to compute and pass
-    it); ``labels`` is ignored.
+    order; ``labels`` is ignored. ``spec.concepts`` is true: :meth:`prepare` ``(tokenizer)`` tokenises the
+    concepts once per tokenizer into non-persistent buffers (``concept_input_ids`` / ``concept_attention_mask``),
+    :meth:`loss_inputs` embeds them with the text tower (``{"concepts": C}``) and :meth:`eval_scores` gives the
+    image concept scores f Cᵀ ``[N, K]``.
 
     E lives in the persistent buffer ``concept_llm_emb`` (saved in checkpoints). It is computed lazily by
     :meth:`prepare` (called by the module when fitting, or by the first ``forward``), never in ``__init__``: a
@@ -202,7 +208,7 @@ class ClearHead(ClipHead):
     ``_std`` (image concept scores).
     """
 
-    needs_concepts: bool = True
+    spec = HeadSpec(concepts=True)
 
     def __init__(
         self,
@@ -244,6 +250,9 @@ class ClearHead(ClipHead):
             torch.tensor(math.log(1.0 / concept_temperature_init)), requires_grad=learn_concept_temperature
         )
         self.register_buffer("concept_llm_emb", torch.zeros(0), persistent=True)
+        self.register_buffer("concept_input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self.register_buffer("concept_attention_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self._concept_tokenizer: Any = None
 
     @property
     def num_concepts(self) -> int:
@@ -254,14 +263,36 @@ class ClearHead(ClipHead):
         """Whether E is present (computed, or loaded from a checkpoint)."""
         return self.concept_llm_emb.ndim == 2 and self.concept_llm_emb.shape[0] == self.num_concepts
 
-    def prepare(self) -> Tensor:
-        """Compute E with the embedder if it is not there yet (no-op otherwise); returns E."""
+    def prepare(self, tokenizer: Any = None) -> Tensor:
+        """Compute E with the embedder if it is not there yet and, given a ``tokenizer``, tokenise the concepts
+        for the text tower (once per tokenizer); returns E."""
         if not self.llm_ready:
             emb = compute_llm_embeddings(self.concept_names, self.embedder_cfg)
             if emb.ndim != 2 or emb.shape[0] != self.num_concepts:
                 raise RuntimeError(f"embedder returned {tuple(emb.shape)} for {self.num_concepts} concepts")
             self.concept_llm_emb = emb.to(self.concept_llm_emb.device)
+        if tokenizer is not None and (tokenizer is not self._concept_tokenizer or self.concept_input_ids.numel() == 0):
+            tokens = tokenizer(list(self.concept_names), padding="longest", truncation=True,
+                               max_length=CONCEPT_MAX_LENGTH, return_tensors="pt", return_token_type_ids=False)
+            device = self.concept_input_ids.device
+            self.concept_input_ids = tokens["input_ids"].to(device)
+            self.concept_attention_mask = tokens["attention_mask"].to(device)
+            self._concept_tokenizer = tokenizer
         return self.concept_llm_emb
+
+    def concept_embeddings(self, encode_text: EncodeText) -> Tensor:
+        """C ``[K, D]``: the text tower's L2-normalised embeddings of the concepts (gradients as the context)."""
+        if self.concept_input_ids.numel() == 0:
+            raise RuntimeError("ClearHead concepts are not tokenised: call head.prepare(tokenizer) with the data "
+                               "module's tokenizer first (the LightningModule does at fit / validation / test start)")
+        return encode_text(self.concept_input_ids, self.concept_attention_mask)
+
+    def loss_inputs(self, encode_text: EncodeText) -> dict[str, Tensor]:
+        return {"concepts": self.concept_embeddings(encode_text)}
+
+    def eval_scores(self, image: Embeddings, inputs: dict[str, Tensor]) -> Tensor:
+        """Image concept scores s = f Cᵀ ``[N, K]`` (cosines, columns in :attr:`concept_names` order)."""
+        return concept_scores(image.mean, inputs["concepts"])
 
     def concept_similarity_scale(self) -> Tensor:
         """s_concept = exp(concept_logit_scale_log).clamp(max=concept_max_scale) (differentiable, 0-dim)."""
@@ -277,7 +308,7 @@ class ClearHead(ClipHead):
         """:func:`clear_loss` with the head's scales, weights and E; ``concepts`` (C ``[K, D]``) is required."""
         if concepts is None:
             raise ValueError("ClearHead needs concepts=C [K, D] (the text tower's embeddings of head.concept_names); "
-                             "ContrastiveModule passes them when loss_head.needs_concepts is true")
+                             "ContrastiveModule passes loss_head.loss_inputs(...)")
         if concepts.ndim != 2 or concepts.shape[0] != self.num_concepts:
             raise ValueError(f"concepts must be [K={self.num_concepts}, D], got {tuple(concepts.shape)}")
         clip_scale, concept_scale = self.similarity_scale(), self.concept_similarity_scale()

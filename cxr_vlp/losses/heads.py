@@ -1,22 +1,60 @@
-"""Loss heads: modules that own the loss's learnable parameters (e.g. the temperature).
+"""Loss heads: modules that own the loss's learnable parameters (e.g. the temperature) and its contract.
 
-Every head takes lists of L2-normalised views and returns a :class:`LossOutput`; the Lightning
-module only calls ``head(image_views, text_views, labels)`` and logs ``output.logs``.
+A head declares what it needs in its :class:`HeadSpec` (deterministic or Gaussian embeddings, a concept bank),
+turns the towers' :class:`~cxr_vlp.models.outputs.Embeddings` into its loss views (:meth:`LossHead.loss_view`),
+computes any extra input of its loss from the text tower (:meth:`LossHead.loss_inputs`) and scores retrieval
+(:meth:`LossHead.similarity`). The Lightning module and the evaluation suite ask the head; neither branches on
+the head's type.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from cxr_vlp.losses.functional import multi_view_clip_loss
+from cxr_vlp.models.outputs import Embeddings
 
-__all__ = ["LossOutput", "GaussianEmbedding", "LossHead", "ClipHead"]
+log = logging.getLogger(__name__)
+
+__all__ = ["LossOutput", "GaussianEmbedding", "HeadSpec", "LossHead", "ClipHead", "EncodeText"]
+
+# ``(input_ids [K, L], attention_mask [K, L]) -> [K, D]`` L2-normalised text-tower embeddings
+EncodeText = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a loss head needs from the model.
+
+    ``embedding``: ``"deterministic"`` (views are ``[B, D]`` tensors) or ``"gaussian"`` (views are
+    :class:`GaussianEmbedding` ``(μ, log σ²)``: the dual encoder needs ``model.probabilistic=true``).
+    ``concepts``: the head has a concept bank (``concept_names``) whose text-tower embeddings its loss takes.
+    """
+
+    embedding: Literal["deterministic", "gaussian"] = "deterministic"
+    concepts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.embedding not in ("deterministic", "gaussian"):
+            raise ValueError(f"HeadSpec.embedding must be 'deterministic' or 'gaussian', got {self.embedding!r}")
+
+    def check_encoder(self, encoder_kind: str, head_name: str, loss_target: str | None = None) -> None:
+        """The dual encoder's embedding kind must be this spec's: Gaussian heads need its log-variance heads (an
+        error); a probabilistic encoder under a deterministic head leaves them unused (a warning)."""
+        if encoder_kind == self.embedding:
+            return
+        if self.embedding == "gaussian":
+            raise ValueError(f"loss head {head_name} (loss._target_={loss_target}) needs Gaussian embeddings (mu, "
+                             "logvar) but model.probabilistic=false: set model.probabilistic=true")
+        log.warning("model.probabilistic=true but loss head %s ignores the log-variance heads (unused parameters: "
+                    "DDP will fail unless find_unused_parameters)", head_name)
 
 
 @dataclass
@@ -29,7 +67,8 @@ class LossOutput:
 
 class GaussianEmbedding(NamedTuple):
     """One view of a batch as diagonal Gaussians: ``mu`` ``[B, D]`` (L2-normalised) and ``logvar`` = log σ²
-    (``[B, D]``, or ``[B, 1]`` for one shared σ² per sample). What heads with ``needs_uncertainty`` receive."""
+    (``[B, D]``, or ``[B, 1]`` for one shared σ² per sample). What heads with ``spec.embedding == "gaussian"``
+    train on."""
 
     mu: Tensor
     logvar: Tensor
@@ -46,12 +85,13 @@ class LossHead(nn.Module):
     ``[B_local, D]`` embeddings of the same B studies (a single tensor is accepted as one view) and
     ``labels`` is an optional ``[B_local, C]`` label matrix for label-aware heads.
 
-    Probabilistic heads set ``needs_uncertainty = True``: the module then builds the dual encoder's
-    log-variance heads and passes every view as a :class:`GaussianEmbedding` ``(mu, logvar)`` instead of a
-    tensor, and ranks retrieval with the head's ``similarity(mu_a, logvar_a, mu_b, logvar_b)``.
+    The contract (see the module docstring): ``spec`` (:class:`HeadSpec`), :meth:`loss_view`,
+    :meth:`prepare` / :meth:`loss_inputs` (concept heads), :meth:`similarity` and :meth:`similarity_scale`
+    (cosine-only consumers such as zero-shot), :attr:`concept_names` (empty without a concept bank).
     """
 
-    needs_uncertainty: bool = False
+    spec: ClassVar[HeadSpec] = HeadSpec()
+    concept_names: Sequence[str] = ()
 
     def __call__(self, *args, **kwargs) -> LossOutput:
         """Run the head in fp32 even inside a bf16 / fp16 autocast region (``precision=bf16-mixed``).
@@ -76,6 +116,34 @@ class LossHead(nn.Module):
     def similarity_scale(self) -> Tensor:
         """Multiplicative scale applied to cosine similarities at evaluation / zero-shot."""
         raise NotImplementedError(f"{type(self).__name__} does not define a similarity scale")
+
+    def loss_view(self, embeddings: Embeddings) -> Any:
+        """One view as this head's loss takes it: the ``[B, D]`` means (deterministic heads)."""
+        return embeddings.mean
+
+    def similarity(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """Retrieval scores ``[Nq, Ng]``: the scaled cosine s·q gᵀ of the (unit) means."""
+        return self.similarity_scale().to(query.mean.dtype) * (query.mean @ gallery.mean.T)
+
+    def ranking_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """Scores that rank a gallery for the retrieval metrics (ties are exact equality of these values): the
+        :meth:`similarity` unless a head says otherwise."""
+        return self.similarity(query, gallery)
+
+    def prepare(self, tokenizer: Any = None) -> None:
+        """Get ready for a run with ``tokenizer`` (the data module's); a no-op without a concept bank."""
+
+    def loss_inputs(self, encode_text: EncodeText) -> dict[str, Tensor]:
+        """Extra keyword inputs of :meth:`forward` computed with the text tower (none by default)."""
+        return {}
+
+    def eval_scores(self, image: Embeddings, inputs: dict[str, Tensor]) -> Tensor | None:
+        """Per-study scores kept for the evaluation suite (image concept scores for concept heads), else None."""
+        return None
+
+    def eval_metrics(self, image: Embeddings, text: Embeddings) -> dict[str, float]:
+        """Head-specific scalars of an evaluated split (e.g. mean uncertainty), logged beside retrieval."""
+        return {}
 
 
 class ClipHead(LossHead):
@@ -120,6 +188,11 @@ class ClipHead(LossHead):
     def similarity_scale(self) -> Tensor:
         """s = exp(logit_scale_log).clamp(max=max_scale) (differentiable, 0-dim)."""
         return self.logit_scale_log.exp().clamp(max=self.max_scale)
+
+    def ranking_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """The unscaled cosine q gᵀ: a positive scale cannot change the order, but its rounding can merge distinct
+        cosines into ties."""
+        return query.mean @ gallery.mean.T
 
     def forward(
         self,

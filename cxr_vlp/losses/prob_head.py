@@ -26,8 +26,8 @@ strength is ``kl_weight`` = β / (2D).
 The deterministic CLIP term is there because from scratch the CSD distances can collapse (pcmepp issue
 #4); the demo mixes it in with weight 1.
 
-Retrieval / ranking: :meth:`ProbClipHead.similarity` is the match logit −a·d + b between two sets of
-Gaussians. It is *not* equivalent to ranking by μ cosine: d contains Σσ² of the gallery item, so an
+Retrieval / ranking: :meth:`ProbClipHead.similarity` (on :class:`~cxr_vlp.models.outputs.Embeddings`) is the
+match logit −a·d + b between two sets of Gaussians (:meth:`ProbClipHead.match_logit` on tensors). It is *not* equivalent to ranking by μ cosine: d contains Σσ² of the gallery item, so an
 uncertain gallery item ranks lower. ``similarity_scale()`` (for cosine-only consumers such as zero-shot
 on μ) is 2a, since −a‖μa − μb‖² = 2a·cos − 2a for unit μ.
 
@@ -50,7 +50,8 @@ from torch import Tensor, nn
 from cxr_vlp.losses import distributed as _dist
 
 from cxr_vlp.losses.functional import multi_view_clip_loss
-from cxr_vlp.losses.heads import GaussianEmbedding, LossHead, LossOutput
+from cxr_vlp.losses.heads import GaussianEmbedding, HeadSpec, LossHead, LossOutput
+from cxr_vlp.models.outputs import Embeddings
 from cxr_vlp.losses.probabilistic import (
     KL_REDUCTIONS,
     csd_distance,
@@ -139,7 +140,7 @@ class ProbClipHead(LossHead):
     (``uncertainty_image``, ``uncertainty_text``, and their mean ``uncertainty``).
     """
 
-    needs_uncertainty = True
+    spec = HeadSpec(embedding="gaussian")
 
     def __init__(
         self,
@@ -189,10 +190,28 @@ class ProbClipHead(LossHead):
         """a = exp(a_log) (0-dim, differentiable)."""
         return self.a_log.exp()
 
-    def similarity(self, mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor) -> Tensor:
-        """Match logits −a·d + b ``[Na, Nb]`` (d = CSD distance); the score retrieval ranks by."""
+    def match_logit(self, mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor) -> Tensor:
+        """Match logits −a·d + b ``[Na, Nb]`` (d: CSD, or MedProbCLIP's distance with ``distance="medprobclip"``)."""
         fn = csd_distance if self.distance == "csd" else medprobclip_distance
         return -self.match_scale() * fn(mu_a, logvar_a, mu_b, logvar_b) + self.b
+
+    def similarity(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """The score retrieval ranks by: :meth:`match_logit` of the query and gallery Gaussians."""
+        q, g = self.loss_view(query), self.loss_view(gallery)
+        return self.match_logit(q.mu, q.logvar, g.mu, g.logvar)
+
+    def loss_view(self, embeddings: Embeddings) -> GaussianEmbedding:
+        """One view as ``(μ, log σ²)``; embeddings without a log-variance are refused."""
+        if embeddings.logvar is None:
+            raise TypeError("ProbClipHead needs Gaussian embeddings (mu, logvar) but the dual encoder has no "
+                            "log-variance heads: build the model with model.probabilistic=true")
+        return GaussianEmbedding(embeddings.mean, embeddings.logvar)
+
+    def eval_metrics(self, image: Embeddings, text: Embeddings) -> dict[str, float]:
+        """Mean per-sample uncertainty Σσ² of an evaluated split, per modality and their mean."""
+        unc_img, unc_txt = float(uncertainty(image.logvar).mean()), float(uncertainty(text.logvar).mean())
+        return {"uncertainty_image_mean": unc_img, "uncertainty_text_mean": unc_txt,
+                "uncertainty_mean": 0.5 * (unc_img + unc_txt)}
 
     def similarity_scale(self) -> Tensor:
         """2a: the scale of μ-cosine similarities in the CSD match logit (−a‖μa−μb‖² = 2a·cos − 2a).

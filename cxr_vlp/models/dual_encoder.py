@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr_vlp.models.image_encoder import ImageEncoder
+from cxr_vlp.models.outputs import EncoderOutput
 from cxr_vlp.models.text_encoder import TextEncoder
 
 
@@ -41,11 +42,11 @@ def logvar_head(in_dim: int, embed_dim: int, logvar_dim: str | int = "embed", in
 class DualEncoder(nn.Module):
     """Image tower + text tower + projections to ``embed_dim``.
 
-    With ``probabilistic=True`` each tower also gets a log-variance head (``image_logvar`` / ``text_logvar``,
-    see :func:`logvar_head`) and :meth:`encode_image_gaussian` / :meth:`encode_text_gaussian` return
-    ``(μ, log σ²)`` with μ the same L2-normalised embedding :meth:`encode_image` / :meth:`encode_text`
-    return. With ``probabilistic=False`` (default) the module is exactly the deterministic dual encoder
-    (same parameters, same state-dict keys).
+    :meth:`encode_image` / :meth:`encode_text` return an :class:`~cxr_vlp.models.outputs.EncoderOutput`. With
+    ``probabilistic=True`` each tower also gets a log-variance head (``image_logvar`` / ``text_logvar``, see
+    :func:`logvar_head`) and the output carries log σ² beside μ (the same L2-normalised embedding). With
+    ``probabilistic=False`` (default) the module is exactly the deterministic dual encoder (same parameters, same
+    state-dict keys) and ``logvar`` is ``None``.
     """
 
     def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, embed_dim: int = 256,
@@ -62,30 +63,25 @@ class DualEncoder(nn.Module):
             self.image_logvar = logvar_head(image_encoder.num_features, embed_dim, logvar_dim, logvar_init)
             self.text_logvar = logvar_head(text_encoder.num_features, embed_dim, logvar_dim, logvar_init)
 
-    def _require_probabilistic(self) -> None:
-        if not self.probabilistic:
-            raise RuntimeError("this DualEncoder has no log-variance heads: build it with probabilistic=True "
-                               "(config: model.probabilistic=true)")
+    @property
+    def embedding_kind(self) -> str:
+        """``"gaussian"`` with log-variance heads, else ``"deterministic"`` (compared with a loss head's spec)."""
+        return "gaussian" if self.probabilistic else "deterministic"
 
-    def encode_image_gaussian(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(μ, log σ²)``: μ ``[B, D]`` L2-normalised (float32), log σ² ``[B, D]`` or ``[B, 1]`` (float32)."""
-        self._require_probabilistic()
-        features = self.image_encoder(images)
-        mu = F.normalize(self.image_proj(features).float(), dim=-1)
-        return mu, self.image_logvar(features).float()
+    def _output(self, features: torch.Tensor, proj: nn.Module, logvar: nn.Module | None,
+                normalize: bool) -> EncoderOutput:
+        z = proj(features)
+        return EncoderOutput(embedding=F.normalize(z.float(), dim=-1) if normalize else z, features=features,
+                             logvar=None if logvar is None else logvar(features).float())
 
-    def encode_text_gaussian(self, input_ids: torch.Tensor,
-                             attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(μ, log σ²)`` of the texts, as :meth:`encode_image_gaussian`."""
-        self._require_probabilistic()
-        features = self.text_encoder(input_ids, attention_mask)
-        mu = F.normalize(self.text_proj(features).float(), dim=-1)
-        return mu, self.text_logvar(features).float()
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> EncoderOutput:
+        """Images ``[B, C, H, W]`` -> :class:`EncoderOutput`: embedding ``[B, D]`` (L2-normalised, float32), pooled
+        backbone features ``[B, F]``, log σ² ``[B, D]`` or ``[B, 1]`` (float32) when probabilistic."""
+        return self._output(self.image_encoder(images), self.image_proj,
+                            self.image_logvar if self.probabilistic else None, normalize)
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        z = self.image_proj(self.image_encoder(images))
-        return F.normalize(z.float(), dim=-1) if normalize else z
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        z = self.text_proj(self.text_encoder(input_ids, attention_mask))
-        return F.normalize(z.float(), dim=-1) if normalize else z
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    normalize: bool = True) -> EncoderOutput:
+        """Token ids ``[B, L]`` -> :class:`EncoderOutput` of the texts, as :meth:`encode_image`."""
+        return self._output(self.text_encoder(input_ids, attention_mask), self.text_proj,
+                            self.text_logvar if self.probabilistic else None, normalize)

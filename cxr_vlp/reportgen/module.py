@@ -21,13 +21,13 @@ import lightning as L
 import numpy as np
 import torch
 
-import cxr_vlp
+from cxr_vlp.checkpoint import CXRPayload, read_checkpoint, write_payload
 from cxr_vlp.data.batch import Batch
 from cxr_vlp.metrics.classification import f1_thresholds, youden_thresholds
 from cxr_vlp.lit.module import instantiate_node
 from cxr_vlp.lit.schedule import adamw_with_cosine
 from cxr_vlp.lit.transfer import BatchTransferMixin
-from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_to_json
 from cxr_vlp.reportgen.decoder import ReportDecoder
 from cxr_vlp.reportgen.metrics import bleu_scores, clinical_metrics, rouge_l, write_generation_report
 from cxr_vlp.reportgen.prompts import (
@@ -46,7 +46,7 @@ from cxr_vlp.reportgen.tokens import (
     suppressed_token_ids,
 )
 from cxr_vlp.reportgen.tower import FrozenImageTower
-from cxr_vlp.utils.checkpoint import is_remote, load_checkpoint
+from cxr_vlp.utils.checkpoint import is_remote
 
 log = logging.getLogger(__name__)
 # per-label decision thresholds of the concept classifier, fitted on each validation epoch
@@ -68,11 +68,14 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
             ``no_repeat_ngram_size``, ``val_batches`` (greedy generation on that many validation batches),
             ``examples`` (in report.md), ``oracle`` (test also with ground-truth prompts).
         memory_grid: the decoder attends to the tower's patch grid as well as the global embedding.
+        data: the resolved data config of the run (stored in the checkpoint payload).
+        output_dir: where test writes ``reportgen/`` (default: the trainer's ``default_root_dir``).
     """
 
     def __init__(self, image_encoder: dict, embed_dim: int, projection: str, decoder: dict, classifier: dict,
                  prompts: dict, generation: dict, optim: dict, scheduler: dict, memory_grid: bool = False,
-                 label_smoothing: float = 0.1, max_length: int = 160, pretrained_ckpt: str | None = None) -> None:
+                 label_smoothing: float = 0.1, max_length: int = 160, pretrained_ckpt: str | None = None,
+                 data: dict | None = None, output_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         tower_cfg = {**image_encoder, "pretrained": False, "checkpoint_path": None}
@@ -84,33 +87,37 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
         self.prompt_cfg, self.gen_cfg = dict(prompts), dict(generation)
         self.optim_cfg, self.scheduler_cfg = dict(optim), dict(scheduler)
         self.tokenizer = None
-        self.data_config: dict[str, Any] | None = None
-        self.output_dir: Path | None = None
+        self.data_config: dict[str, Any] | None = None if data is None else dict(data)
+        self.output_dir: Path | None = None if output_dir is None else Path(output_dir)
         self._val: dict[str, list] = defaultdict(list)
         self._test: list[dict[str, str]] = []
 
     # ------------------------------------------------------------------ construction and checkpoints
     @classmethod
-    def from_pretrained(cls, pretrained_ckpt: str, reportgen: dict, optim: dict, scheduler: dict) -> ReportGenModule:
+    def from_pretrained(cls, pretrained_ckpt: str | None, reportgen: dict, optim: dict, scheduler: dict,
+                        data: dict | None = None, output_dir: str | None = None) -> ReportGenModule:
         """A fresh module on the image tower of a contrastive checkpoint (``python -m cxr_vlp.train`` output).
 
         The decoder uses the checkpoint's own report tokenizer (local WordPiece) unless ``decoder.name_or_path``
         names a Hugging Face model, whose tokenizer it then uses; ``<report>`` is added to it.
         """
+        if not pretrained_ckpt:
+            raise ValueError("report generation needs pretrained_ckpt=<contrastive checkpoint> (e.g. the best .ckpt "
+                             "of `python -m cxr_vlp.train +experiment=demo`)")
         path = str(pretrained_ckpt)
         if not is_remote(path) and not Path(path).is_file():
             raise FileNotFoundError(f"pretrained_ckpt={pretrained_ckpt}: no such checkpoint (train one with "
                                     "`python -m cxr_vlp.train +experiment=<contrastive experiment>`)")
-        checkpoint = load_checkpoint(path)
-        model = checkpoint.get("hyper_parameters", {}).get("model")
-        if model is None or "image_encoder" not in model:
+        checkpoint, payload = read_checkpoint(path)
+        model = payload.hparams.get("model")
+        if payload.kind != "contrastive" or model is None or "image_encoder" not in model:
             raise KeyError(f"{path} has no model.image_encoder hyper-parameters: not a cxr_vlp contrastive checkpoint")
         decoder_cfg = dict(reportgen["decoder"])
         if decoder_cfg.get("name_or_path"):
             tokenizer = build_tokenizer("pretrained", name_or_path=decoder_cfg["name_or_path"],
                                         allow_download=decoder_cfg.get("allow_download", True))
-        elif (checkpoint.get("cxr_vlp") or {}).get("tokenizer_json"):
-            tokenizer = tokenizer_from_json(checkpoint["cxr_vlp"]["tokenizer_json"])
+        elif payload.tokenizer_json:
+            tokenizer = payload.tokenizer()
         else:
             tok = dict(model["text_encoder"]["tokenizer"])
             tokenizer = build_tokenizer(tok.pop("kind"), **tok)
@@ -122,16 +129,31 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
                      generation=reportgen.get("generation", {}), optim=optim, scheduler=scheduler,
                      memory_grid=reportgen.get("memory_grid", False),
                      label_smoothing=reportgen.get("label_smoothing", 0.1),
-                     max_length=reportgen.get("max_length", 160), pretrained_ckpt=path)
+                     max_length=reportgen.get("max_length", 160), pretrained_ckpt=path, data=data,
+                     output_dir=output_dir)
         module.tower.load_from_contrastive(checkpoint["state_dict"])
         module.tokenizer = tokenizer
         log.info("report generation on the frozen image tower of %s (%s, %d-d); decoder vocabulary %d",
                  path, model["image_encoder"].get("name"), module.tower.embed_dim, len(tokenizer))
         return module
 
+    @classmethod
+    def from_payload(cls, payload: CXRPayload, state_dict: dict[str, torch.Tensor]) -> ReportGenModule:
+        """Rebuild a trained report generator (its tokenizer from the payload; no writes into the training run)."""
+        hparams = dict(payload.hparams)
+        hparams["decoder"] = {**hparams["decoder"], "pretrained": False}  # the weights come from this file
+        hparams["output_dir"] = None
+        if hparams.get("data") is None and payload.data is not None:
+            hparams["data"] = payload.data
+        module = cls(**hparams)
+        module.load_state_dict(state_dict)
+        module.tokenizer = payload.tokenizer()
+        add_report_token(module.tokenizer)
+        return module
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cxr_vlp"] = {"version": cxr_vlp.__version__, "kind": "reportgen", "data": self.data_config,
-                                 "tokenizer_json": tokenizer_to_json(self.tokenizer)}
+        write_payload(checkpoint, CXRPayload(kind="reportgen", hparams=dict(self.hparams), data=self.data_config,
+                                             tokenizer_json=tokenizer_to_json(self.tokenizer)))
 
     # ------------------------------------------------------------------ shared pieces
     def _reports(self, batch: Batch) -> list[str]:
@@ -271,20 +293,3 @@ def _gather_lists(items: list) -> list:
     gathered: list[list] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
     torch.distributed.all_gather_object(gathered, items)
     return [x for part in gathered for x in part]
-
-
-def load_reportgen(ckpt_path: str, map_location: str | torch.device = "cpu") -> ReportGenModule:
-    """Rebuild a trained report generator from its checkpoint (weights-only load; tokenizer from the file)."""
-    checkpoint = load_checkpoint(ckpt_path, map_location=map_location)
-    info = checkpoint.get("cxr_vlp") or {}
-    if info.get("kind") != "reportgen":
-        raise ValueError(f"{ckpt_path} is not a report-generation checkpoint (train one with "
-                         "`python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`)")
-    hparams = dict(checkpoint["hyper_parameters"])
-    hparams["decoder"] = {**hparams["decoder"], "pretrained": False}  # the weights come from this file
-    module = ReportGenModule(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
-    module.tokenizer = tokenizer_from_json(info["tokenizer_json"])
-    add_report_token(module.tokenizer)
-    module.data_config = info.get("data")
-    return module.eval()

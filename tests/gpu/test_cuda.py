@@ -37,9 +37,9 @@ def _module_and_batch(experiment: str, csv: Path, out: Path, *extra: str) -> tup
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = ContrastiveModule(model=c["model"], loss=c["loss"], optim=c["optim"], scheduler=c["scheduler"])
-    module.tokenizer = datamodule.tokenizer
+    module.tokenizer = datamodule.tokenizer  # what a module rebuilt from a checkpoint carries
     module.setup("fit")
-    module.prepare_concepts(datamodule.tokenizer)
+    module.prepare_head(datamodule.tokenizer)
     module.eval()  # dropout off: CPU and CUDA must see the same function
     batch = next(iter(datamodule.train_dataloader()))
     return module, batch

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from cxr_vlp.lit.module import build_dual_encoder
 from cxr_vlp.utils.hub import ModelNotAvailableError
 from cxr_vlp.utils.config import config_dir
-from tests.integration.hydra_helpers import compose_train
+from tests.integration.hydra_helpers import compose_train, tiny_model_overrides
 
 CONF = Path(config_dir())
 
@@ -28,7 +28,7 @@ def _compose(tmp_path: Path, overrides: list[str]):
 
 def test_every_group_has_options() -> None:
     for group in ("data", "model", "model/image_encoder", "model/text_encoder", "loss", "optim", "scheduler",
-                  "trainer", "logger", "callbacks", "experiment", "paths", "hydra", "debug", "reportgen"):
+                  "trainer", "logger", "callbacks", "experiment", "paths", "hydra", "debug", "reportgen", "module"):
         assert _options(group), f"conf/{group} is empty"
 
 
@@ -40,6 +40,10 @@ def test_experiments_compose_and_resolve(tmp_path: Path, name: str) -> None:
                               *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if reportgen else [])])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.task_name == name and cfg.model.embed_dim > 0
+    # the task is the module config group: report generation for reportgen_*, contrastive pretraining otherwise
+    target = "cxr_vlp.reportgen.module.ReportGenModule.from_pretrained" if reportgen else \
+        "cxr_vlp.lit.module.ContrastiveModule"
+    assert cfg.module._target_ == target
     if reportgen:  # report generation: the whole report as target, concept prompts on, no retrieval suite
         assert cfg.reportgen.prompts.enabled and cfg.data.text_views.whole_report and list(cfg.evaluation.tasks) == []
         assert cfg.data.num_image_views == 1 and cfg.callbacks.model_checkpoint.monitor == "val/loss"
@@ -149,3 +153,19 @@ def test_gpu_experiments_on_a_cpu_machine_name_the_cpu_override(tmp_path: Path,
         train(cfg)  # before the data is read (the root does not exist)
     cfg = _compose(tmp_path, ["+experiment=clip_mimic", "data.root=/nonexistent/mimic", "trainer=cpu"])
     assert cfg.trainer.accelerator == "cpu"
+
+
+def test_module_gets_what_it_needs_through_its_constructor(tmp_path: Path) -> None:
+    """module=contrastive: the run's data config and the trainer's clipping reach the module as arguments."""
+    from cxr_vlp.train import build_module, manual_optimization_overrides
+
+    cfg = _compose(tmp_path, ["+experiment=demo", *tiny_model_overrides(), "optim.micro_batch_size=4",
+                              "trainer.gradient_clip_val=0.5"])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    module = build_module(container)
+    assert type(module).__name__ == "ContrastiveModule" and module.data_config == container["data"]
+    assert module.manual_gradient_clip == (0.5, "norm") and not module.automatic_optimization
+    assert manual_optimization_overrides(cfg, module) == {"gradient_clip_val": None}
+    assert module.hparams["data"] == container["data"]  # so the checkpoint rebuilds the same module
+    with pytest.raises(ValueError, match=r"module=contrastive\|reportgen"):
+        build_module({"module": None})

@@ -110,16 +110,15 @@ class _RecordingLogger:
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_credentialed_data_never_uploads_patient_content(clip_ckpt: Path, tmp_path: Path, allow: bool) -> None:
-    from cxr_vlp.eval.__main__ import saved_data_config
+    from cxr_vlp.checkpoint import load_module
     from cxr_vlp.eval.run import PATIENT_CONTENT, Evaluator
-    from cxr_vlp.lit.module import load_module
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    module = load_module(str(clip_ckpt))
-    data_cfg = saved_data_config(clip_ckpt)
+    module, payload = load_module(str(clip_ckpt))
+    data_cfg = payload.data
     dm = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
-    dm.tokenizer = module.tokenizer
+    dm.use_tokenizer(module.tokenizer)
     dm.setup("test")
     logger = _RecordingLogger()
     cfg = {"tasks": ["retrieval"], "figure_examples": 2, "device": "cpu", "allow_patient_content_upload": allow}

@@ -140,6 +140,8 @@ CHECKS: dict[str, Check] = {
     "python -m cxr_vlp.data.label_reports in_csv=reports.csv out_csv=labelled.csv [text_columns=findings,impression]":
         RUN,
     "python -m cxr_vlp.concepts.mine in_csv=train.csv out_txt=concepts.txt [min_count=20]": RUN,
+    "python -m cxr_vlp.export ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt out_dir=cxr_model "
+    "[push_to_hub=<user>/<name>]": RUN,
 }
 
 

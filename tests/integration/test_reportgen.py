@@ -11,8 +11,7 @@ import torch
 
 from cxr_vlp.data.table import read_generic_csv
 from cxr_vlp.generate import generate_reports
-from cxr_vlp.lit.module import load_module
-from cxr_vlp.reportgen.module import load_reportgen
+from cxr_vlp.checkpoint import load_module
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, run_cli, tiny_overrides
 
@@ -60,8 +59,9 @@ def test_reportgen_demo_trains_tests_and_reports(tiny_dataset: Path, pretrained_
     assert "BLEU-4" in report and rows[0]["reference"].splitlines()[0][:40] in report
     # the image tower is frozen: the trained checkpoint carries the pretrained tower unchanged
     best = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
-    module = load_reportgen(str(best))
-    contrastive = load_module(str(pretrained_ckpt))
+    module, payload = load_module(str(best))
+    assert payload.kind == "reportgen" and payload.tokenizer_json
+    contrastive, _ = load_module(str(pretrained_ckpt))
     for name, value in contrastive.encoder.image_encoder.state_dict().items():
         assert torch.equal(module.tower.image_encoder.state_dict()[name], value), name
     if prompts:  # thresholds were tuned on validation (Youden's J), not left at the initial 0.5 everywhere

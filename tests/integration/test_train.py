@@ -12,7 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cxr_vlp.data.table import read_generic_csv
-from cxr_vlp.lit.module import ContrastiveModule, load_module
+from cxr_vlp.checkpoint import load_module
+from cxr_vlp.lit.module import ContrastiveModule
+from cxr_vlp.models.outputs import Embeddings
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, tiny_overrides
 
@@ -65,13 +67,14 @@ def test_probabilistic_head_needs_probabilistic_model(tiny_dataset: Path, tmp_pa
 def test_probabilistic_retrieval_ranks_by_match_logit(tiny_dataset: Path, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cxr_vlp.metrics.retrieval import retrieval_metrics
+    from cxr_vlp.lit.module import head_retrieval
     from cxr_vlp.losses.probabilistic import uncertainty
+    from cxr_vlp.metrics.retrieval import retrieval_metrics
 
     cfg = compose_train(tmp_path, ["+experiment=probclip_vib_demo", *tiny_overrides(tiny_dataset)])
     c = OmegaConf.to_container(cfg, resolve=True)
     module = ContrastiveModule(model=c["model"], loss=c["loss"], optim=c["optim"], scheduler=c["scheduler"])
-    module._trainer = SimpleNamespace(world_size=1)
+    module._trainer = SimpleNamespace(world_size=1, datamodule=None)
     g = torch.Generator().manual_seed(0)
     n, d = 10, c["model"]["embed_dim"]
     img = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
@@ -79,10 +82,12 @@ def test_probabilistic_retrieval_ranks_by_match_logit(tiny_dataset: Path, tmp_pa
     lv_i, lv_t = torch.randn(n, d, generator=g) - 3.0, torch.randn(n, d, generator=g) - 3.0
     order = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 4, 6])  # batches arrive out of index order
     for part in (order[:6], order[6:]):
-        module._eval_outputs["val"].append((part, img[part], txt[part], lv_i[part], lv_t[part]))
-    metrics = module._probabilistic_retrieval("val", chunk_size=3)
+        module._eval_outputs["val"].append((part, img[part], txt[part], lv_i[part], lv_t[part], None))
+    split = module.gathered_eval_split("val")
+    module.eval_splits["val"] = split
+    metrics = head_retrieval(module.loss_head, split.image, split.text, prefix="val/", chunk_size=3)
     with torch.no_grad():
-        sim = module.loss_head.similarity(img, lv_i, txt, lv_t)
+        sim = module.loss_head.similarity(Embeddings(img, lv_i), Embeddings(txt, lv_t))
     for key, value in retrieval_metrics(sim).items():
         assert metrics[f"val/i2t/{key}"] == pytest.approx(value)
     for key, value in retrieval_metrics(sim.T).items():
@@ -115,15 +120,16 @@ def test_training_checkpoints_resume_and_reload(tiny_dataset: Path, tmp_path: Pa
     resumed = torch.load(run2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["global_step"] == steps_after_two * 3 // 2
 
-    module = load_module(str(last)).eval()
-    module_again = load_module(str(last)).eval()
+    module, payload = load_module(str(last))
+    module_again, _ = load_module(str(last))
+    assert payload.kind == "contrastive" and payload.data["name"] == "csv"
     images = torch.randn(3, 1, 64, 64)
     tokens = module.tokenizer(["small left pleural effusion.", "no pneumothorax.", "heart size normal."],
                               padding=True, return_tensors="pt")
     with torch.no_grad():
-        a = module.encoder.encode_image(images)
-        b = module_again.encoder.encode_image(images)
-        t = module.encoder.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        a = module.encoder.encode_image(images).embedding
+        b = module_again.encoder.encode_image(images).embedding
+        t = module.encoder.encode_text(tokens["input_ids"], tokens["attention_mask"]).embedding
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(t.norm(dim=-1), torch.ones(3))
@@ -152,7 +158,7 @@ def test_model_learns_on_a_fixed_batch(tiny_dataset: Path, tmp_path: Path) -> No
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
-        image_views, text_views = module._views(batch)
+        image_views, text_views = module._loss_views(batch)
         loss = module.loss_head(image_views, text_views).loss
         optimizer.zero_grad()
         loss.backward()

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from cxr_vlp.concepts.bank import load_concept_bank
 from cxr_vlp.concepts.embeddings import hashing_embeddings
 from cxr_vlp.data.table import read_generic_csv
-from cxr_vlp.lit.module import ContrastiveModule, load_module
+from cxr_vlp.checkpoint import load_module
+from cxr_vlp.lit.module import ContrastiveModule
 from cxr_vlp.losses import clear_head as clear_mod
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, tiny_overrides
@@ -68,19 +69,22 @@ def test_checkpoint_reloads_without_embedder_and_scores_test_split(clear_run, ti
         raise AssertionError("evaluation must take E from the checkpoint, not call the embedder")
 
     monkeypatch.setattr(clear_mod, "compute_llm_embeddings", boom)
-    module = load_module(str(last)).eval()
+    module, payload = load_module(str(last))
+    assert payload.concepts == bank
     head = module.loss_head
     assert head.concept_names == bank and head.llm_ready
     torch.testing.assert_close(head.concept_llm_emb, hashing_embeddings(bank, dim=512))
-    assert module.concept_input_ids.shape[0] == len(bank)
+    assert head.concept_input_ids.shape[0] == len(bank)
 
-    scores = module.concept_scores_for(torch.randn(3, 1, 64, 64))
+    with torch.no_grad():
+        image = module.encoder.encode_image(torch.randn(3, 1, 64, 64)).embeddings
+        scores = head.eval_scores(image, head.loss_inputs(module.encode_text_embedding))
     assert scores.shape == (3, len(bank)) and bool(((scores >= -1 - 1e-5) & (scores <= 1 + 1e-5)).all())
 
     # the evaluation suite's path: test the reloaded module, read the image concept scores of the split
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
-    datamodule.tokenizer = module.tokenizer
+    datamodule.use_tokenizer(module.tokenizer)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule)
@@ -96,5 +100,6 @@ def test_non_concept_heads_are_untouched(tiny_dataset: Path, tmp_path: Path) -> 
     cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset)])
     c = OmegaConf.to_container(cfg, resolve=True)
     module = ContrastiveModule(model=c["model"], loss=c["loss"], optim=c["optim"], scheduler=c["scheduler"])
-    assert not module.needs_concepts and not hasattr(module, "concept_input_ids")
+    assert not module.loss_head.spec.concepts and not hasattr(module.loss_head, "concept_input_ids")
+    assert module.loss_head.concept_names == () and module.loss_head.loss_inputs(module.encode_text_embedding) == {}
     assert module.eval_concept_scores == {}

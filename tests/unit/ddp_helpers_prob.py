@@ -70,7 +70,7 @@ def pseudo_masks(variant: str = "diag_clip") -> tuple[Tensor, Tensor]:
     z_ii and text columns against z_jj (true pairs excluded)."""
     model = TinyProbHead(variant)
     imgs, txts = model.views(*make_batch())
-    z = model.head.similarity(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar)
+    z = model.head.match_logit(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar)
     off = ~torch.eye(GLOBAL_BATCH, dtype=torch.bool)
     return (z >= z.diagonal().unsqueeze(1)) & off, (z >= z.diagonal().unsqueeze(0)) & off
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr_vlp.lit.module import load_module
+from cxr_vlp.checkpoint import load_module
 from cxr_vlp.data.tokenizer import cached_wordpiece
 from cxr_vlp.utils.checkpoint import is_remote, load_checkpoint
 from cxr_vlp.utils.files import current_umask

@@ -13,7 +13,7 @@ from cxr_vlp.concepts.bank import ConceptBankError, load_concept_bank
 from cxr_vlp.losses import clear_head as clear_mod
 from cxr_vlp.losses.clear_head import ClearHead, clear_loss, validate_embedder
 from cxr_vlp.losses.functional import multi_view_clip_loss
-from cxr_vlp.losses.heads import ClipHead
+from cxr_vlp.losses.heads import ClipHead, HeadSpec
 from cxr_vlp.utils.hub import ModelNotAvailableError
 
 CONCEPTS = ["pleural effusion", "small pleural effusion", "chest tube", "clear lungs", "enlarged cardiac silhouette"]
@@ -205,7 +205,7 @@ def test_head_forward_logs_and_matches_function():
 def test_head_needs_concepts_of_the_right_shape():
     head = _head()
     imgs, txts, c = _views()
-    assert ClearHead.needs_concepts and not ClearHead.needs_uncertainty
+    assert ClearHead.spec == HeadSpec(embedding="deterministic", concepts=True)
     with pytest.raises(ValueError, match="needs concepts"):
         head(imgs, txts)
     with pytest.raises(ValueError, match=r"K=5"):

@@ -113,13 +113,13 @@ def test_a_b_and_embeddings_receive_gradients() -> None:
 def test_similarity_is_match_logit_and_scale() -> None:
     (img,), (txt,) = _views(1, 7), _views(1, 8)
     head = ProbClipHead(a_init=2.0, b_init=1.5).double()
-    sim = head.similarity(img.mu, img.logvar, txt.mu, txt.logvar)
+    sim = head.match_logit(img.mu, img.logvar, txt.mu, txt.logvar)
     torch.testing.assert_close(sim, -2.0 * csd_distance(img.mu, img.logvar, txt.mu, txt.logvar) + 1.5)
     assert head.similarity_scale().item() == pytest.approx(4.0)
     # a more uncertain gallery item ranks lower at equal means: not the μ-cosine ranking
     mu = img.mu[:1].detach()
     gallery_lv = torch.tensor([[-1.0] * D, [-5.0] * D], dtype=torch.float64)
-    s = head.similarity(mu, torch.full((1, D), -3.0, dtype=torch.float64), mu.expand(2, D), gallery_lv)
+    s = head.match_logit(mu, torch.full((1, D), -3.0, dtype=torch.float64), mu.expand(2, D), gallery_lv)
     assert s[0, 1] > s[0, 0]
 
 
@@ -149,7 +149,7 @@ def test_medprobclip_variant_matches_transcription() -> None:
     cross = sum(nce(i, t) for i in imgs for t in txts) / 4
     torch.testing.assert_close(out.loss, cross + nce(imgs[0], imgs[1]) + 1e-2 * _kl(imgs, txts))
     assert out.logs["pseudo"].item() == 0.0
-    sim = head.similarity(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar)
+    sim = head.match_logit(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar)
     expected = -0.5 * medprobclip_distance(imgs[0].mu, imgs[0].logvar, txts[0].mu, txts[0].logvar) + 2.0
     torch.testing.assert_close(sim, expected)
     out.loss.backward()
@@ -174,13 +174,14 @@ def test_gaussian_dual_encoder_logvar_heads_get_gradients(logvar_dim) -> None:
     enc = DualEncoder(_Tower(5, 8), _Tower(3, 7), embed_dim=D, probabilistic=True, logvar_dim=logvar_dim,
                       logvar_init=-4.0)
     images, texts = torch.randn(B, 5), torch.randn(B, 3)
-    mu_i, lv_i = enc.encode_image_gaussian(images)
-    mu_t, lv_t = enc.encode_text_gaussian(texts, None)
+    img_out, txt_out = enc.encode_image(images), enc.encode_text(texts, None)
+    mu_i, lv_i, mu_t, lv_t = img_out.embedding, img_out.logvar, txt_out.embedding, txt_out.logvar
     width = D if logvar_dim == "embed" else 1
     assert lv_i.shape == (B, width) and lv_t.shape == (B, width)
     torch.testing.assert_close(lv_i, torch.full((B, width), -4.0))  # zero weight, bias = logvar_init
-    torch.testing.assert_close(mu_i, enc.encode_image(images))  # μ is the deterministic embedding
-    torch.testing.assert_close(mu_t, enc.encode_text(texts, None))
+    # μ is the unit embedding of the deterministic dual encoder
+    torch.testing.assert_close(mu_i, F.normalize(enc.image_proj(enc.image_encoder(images)), dim=-1))
+    torch.testing.assert_close(mu_t, F.normalize(enc.text_proj(enc.text_encoder(texts, None)), dim=-1))
     loss = ProbClipHead(kl_weight=1e-2)([GaussianEmbedding(mu_i, lv_i)], [GaussianEmbedding(mu_t, lv_t)]).loss
     loss.backward()
     for name in ("image_logvar.weight", "image_logvar.bias", "text_logvar.weight", "text_logvar.bias"):
@@ -192,7 +193,9 @@ def test_deterministic_dual_encoder_is_unchanged() -> None:
     enc = DualEncoder(_Tower(5, 8), _Tower(3, 7), embed_dim=D)
     assert not enc.probabilistic
     assert not any("logvar" in k for k in enc.state_dict())
-    with pytest.raises(RuntimeError, match="model.probabilistic=true"):
-        enc.encode_image_gaussian(torch.randn(2, 5))
+    out = enc.encode_image(torch.randn(2, 5))
+    assert out.logvar is None and enc.embedding_kind == "deterministic"
+    with pytest.raises(TypeError, match="model.probabilistic=true"):  # a Gaussian head refuses these embeddings
+        ProbClipHead().loss_view(out.embeddings)
     with pytest.raises(ValueError, match="logvar_dim"):
         DualEncoder(_Tower(5, 8), _Tower(3, 7), embed_dim=D, probabilistic=True, logvar_dim="full")

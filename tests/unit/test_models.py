@@ -153,8 +153,11 @@ def test_dual_encoder_outputs_unit_vectors() -> None:
                         TextEncoder(vocab_size=50, local_config={"hidden_size": 16, "num_hidden_layers": 1,
                                                                  "num_attention_heads": 2, "intermediate_size": 32}),
                         embed_dim=24, projection="mlp")
-    img = model.encode_image(torch.randn(3, 1, 32, 32))
-    txt = model.encode_text(torch.randint(5, 50, (3, 7)), torch.ones(3, 7, dtype=torch.long))
+    img_out = model.encode_image(torch.randn(3, 1, 32, 32))
+    txt_out = model.encode_text(torch.randint(5, 50, (3, 7)), torch.ones(3, 7, dtype=torch.long))
+    assert img_out.logvar is None and txt_out.logvar is None
+    assert img_out.features.shape == (3, model.image_encoder.num_features)
+    img, txt = img_out.embedding, txt_out.embedding
     assert img.shape == txt.shape == (3, 24)
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(3))

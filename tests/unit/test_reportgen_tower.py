@@ -25,7 +25,7 @@ def test_global_slot_is_the_contrastive_embedding_and_grid_is_spatial(name: str,
     dual, tower = _pair(name, **kwargs)
     images = torch.randn(3, 1, 64, 64)
     memory, global_emb = tower(images)
-    torch.testing.assert_close(global_emb, dual.encode_image(images), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_emb, dual.encode_image(images).embedding, atol=1e-5, rtol=1e-5)
     assert memory.shape == (3, 1 + positions, 24)
     torch.testing.assert_close(memory[:, 0], global_emb)
     torch.testing.assert_close(memory.norm(dim=-1), torch.ones(3, 1 + positions), atol=1e-5, rtol=1e-5)

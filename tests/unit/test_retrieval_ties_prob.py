@@ -3,16 +3,15 @@ uncertainty analysis that consumes the rank counts."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
 from cxr_vlp.metrics.retrieval import RankCounts, evaluate_retrieval, retrieval_metrics
 from cxr_vlp.eval.uncertainty import recall_by_uncertainty_bins, risk_coverage
-from cxr_vlp.lit.module import ContrastiveModule
+from cxr_vlp.lit.module import head_retrieval
 from cxr_vlp.losses.prob_head import ProbClipHead
+from cxr_vlp.models.outputs import Embeddings
 
 N, D = 10, 8
 
@@ -35,7 +34,7 @@ def test_collapsed_probabilistic_model_gives_chance_in_the_evaluation_suite() ->
 
     def score(d: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return head.similarity(mu[q_rows], lv[q_rows], mu[g_rows], lv[g_rows])
+            return head.match_logit(mu[q_rows], lv[q_rows], mu[g_rows], lv[g_rows])
 
     m, scans = evaluate_retrieval(mu, mu.clone(), texts=["same"] * 2 + [f"r{i}" for i in range(N - 2)],
                                   score_fn=score, chunk_size=3)
@@ -49,9 +48,7 @@ def test_collapsed_probabilistic_model_gives_chance_in_the_evaluation_suite() ->
 def test_collapsed_probabilistic_model_gives_chance_in_validation() -> None:
     head = ProbClipHead()
     mu, lv = _collapsed()
-    fake = SimpleNamespace(loss_head=head, eval_uncertainty={},
-                           gathered_eval_outputs=lambda stage: (torch.arange(N), mu, mu.clone(), lv, lv.clone()))
-    m = ContrastiveModule._probabilistic_retrieval(fake, "val", chunk_size=3)
+    m = head_retrieval(head, Embeddings(mu, lv), Embeddings(mu.clone(), lv.clone()), prefix="val/", chunk_size=3)
     for d in ("i2t", "t2i"):
         _chance(m, f"val/{d}/", N)
 
@@ -61,11 +58,9 @@ def test_validation_ranks_by_match_logit_with_the_tie_rule() -> None:
     g = torch.Generator().manual_seed(0)
     mu = torch.randint(0, 2, (N, D), generator=g).float()  # binary μ: many exactly tied match logits
     lv = torch.full((N, D), -1.0)
-    fake = SimpleNamespace(loss_head=head, eval_uncertainty={},
-                           gathered_eval_outputs=lambda stage: (torch.arange(N), mu, mu.flip(0), lv, lv))
-    m = ContrastiveModule._probabilistic_retrieval(fake, "val", chunk_size=4)
+    m = head_retrieval(head, Embeddings(mu, lv), Embeddings(mu.flip(0), lv), prefix="val/", chunk_size=4)
     with torch.no_grad():
-        sim = head.similarity(mu, lv, mu.flip(0), lv)
+        sim = head.match_logit(mu, lv, mu.flip(0), lv)
     want = retrieval_metrics(sim)
     assert want["tied_match_share"] > 0
     for key, value in want.items():
