@@ -23,3 +23,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("data") / "synthetic"
     return Path(generate_dataset(out, num_patients=TINY_PATIENTS, seed=3, image_size=64))
+
+
+@pytest.fixture
+def labeler_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records how many report texts each call of the rule-based labeler receives (the labeler still runs)."""
+    from cxr_vlp.data import labeler
+
+    calls: list[int] = []
+    real = labeler.label_reports
+
+    def spy(texts, **kw):
+        texts = list(texts)
+        calls.append(len(texts))
+        return real(texts, **kw)
+
+    monkeypatch.setattr(labeler, "label_reports", spy)
+    return calls

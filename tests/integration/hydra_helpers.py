@@ -64,3 +64,20 @@ def run_cli(args: list[str], cwd: Path, module: str = "cxr_vlp.train", timeout: 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+TINY_STEPS = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
+
+
+def train_tiny_checkpoint(tiny_dataset: Path, out: Path, experiment: str, extra: list[str] = ()) -> Path:
+    """``last.ckpt`` of two training steps of ``+experiment=<experiment>`` on the tiny set through the real configs
+    (a real file with the saved data config). ``extra`` overrides replace ``test=false`` and may set
+    ``evaluation.tasks``."""
+    from cxr_vlp.train import train
+
+    overrides = [o for o in tiny_overrides(tiny_dataset) if not (extra and o.startswith("evaluation.tasks="))]
+    cfg = compose_train(out, [f"+experiment={experiment}", *overrides, *TINY_STEPS, *(extra or ["test=false"])])
+    train(cfg)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt

@@ -33,20 +33,6 @@ def unlabelled_csv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-@pytest.fixture
-def labeler_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = labeler.label_reports
-
-    def spy(texts, **kw):
-        texts = list(texts)
-        calls.append(len(texts))
-        return real(texts, **kw)
-
-    monkeypatch.setattr(labeler, "label_reports", spy)
-    return calls
-
-
 def test_mcsl_trains_on_text_labels_cached_by_report(unlabelled_csv: Path, tmp_path: Path, labeler_calls: list[int],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from cxr_vlp.losses.mcsl import McslHead

@@ -28,33 +28,21 @@ from cxr_vlp.eval.embed import embed_split
 from cxr_vlp.inference import Gallery, UnsupportedByModel
 from cxr_vlp.inference.hub_io import FolderRefused
 from cxr_vlp.inference.payload import split_fingerprint
-from cxr_vlp.train import train
 from cxr_vlp.utils.hub import ModelNotAvailableError
 from tests.conftest import REPO_ROOT
-from tests.integration.hydra_helpers import compose_train, tiny_overrides
+from tests.integration.hydra_helpers import train_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
-STEPS = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
 # a test split and the zero-shot task of the evaluation suite: metrics.json then holds validation-fitted thresholds
 WITH_ZEROSHOT = ["test=true", "trainer.limit_test_batches=1", "evaluation.tasks=[zeroshot]",
                  "evaluation.bootstrap.n_resamples=10", "evaluation.figures=false", "evaluation.device=cpu"]
 README_CKPT = "logs/demo/runs/<time>/checkpoints/last.ckpt"
 
 
-def train_tiny(tiny_dataset: Path, out: Path, experiment: str, extra: list[str] = ()) -> Path:
-    """``last.ckpt`` of two training steps of ``+experiment=<experiment>`` on the tiny set (real configs)."""
-    overrides = [o for o in tiny_overrides(tiny_dataset) if not (extra and o.startswith("evaluation.tasks="))]
-    cfg = compose_train(out, [f"+experiment={experiment}", *overrides, *STEPS, *(extra or ["test=false"])])
-    train(cfg)
-    ckpt = out / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return ckpt
-
-
 @pytest.fixture(scope="module")
 def clip_ckpt(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("clip_run"), "demo", WITH_ZEROSHOT)
+    return train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("clip_run"), "demo", WITH_ZEROSHOT)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +274,7 @@ def test_methods_a_clip_head_lacks_name_the_head(clip_model: CXRModel, tiny_data
 
 @pytest.mark.parametrize("experiment", ["probclip_vib_demo", "clear_demo"])
 def test_head_specific_methods_and_their_round_trip(experiment: str, tiny_dataset: Path, tmp_path: Path) -> None:
-    model = CXRModel.from_checkpoint(train_tiny(tiny_dataset, tmp_path / "run", experiment))
+    model = CXRModel.from_checkpoint(train_tiny_checkpoint(tiny_dataset, tmp_path / "run", experiment))
     loaded = CXRModel.from_pretrained(model.save_pretrained(tmp_path / "export"))
     images = _images(tiny_dataset, 3)
     assert torch.equal(model.similarity(images, ["cardiomegaly"]), loaded.similarity(images, ["cardiomegaly"]))
@@ -313,7 +301,7 @@ def test_report_generation_checkpoint(clip_ckpt: Path, tiny_dataset: Path, tmp_p
     rg = ["test=false", f"pretrained_ckpt={clip_ckpt}", "reportgen.generation.max_new_tokens=8",
           "reportgen.generation.num_beams=1", "reportgen.decoder.local_config.hidden_size=32",
           "reportgen.decoder.local_config.intermediate_size=64", "reportgen.decoder.local_config.num_hidden_layers=1"]
-    model = CXRModel.from_checkpoint(train_tiny(tiny_dataset, tmp_path / "run", "reportgen_demo", rg))
+    model = CXRModel.from_checkpoint(train_tiny_checkpoint(tiny_dataset, tmp_path / "run", "reportgen_demo", rg))
     images = _images(tiny_dataset, 2)
     reports = model.generate_report(images)
     assert len(reports) == 2 and all(isinstance(r.report, str) for r in reports)

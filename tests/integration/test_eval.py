@@ -15,26 +15,15 @@ import pytest
 
 from cxr_vlp.eval.__main__ import evaluate
 from cxr_vlp.eval.figures import is_valid_png
-from cxr_vlp.train import train
-from tests.integration.hydra_helpers import compose_train, tiny_overrides
+from tests.integration.hydra_helpers import compose_train, train_tiny_checkpoint
 
 FAST_EVAL = ["evaluation.bootstrap.n_resamples=50", "evaluation.probe.max_epochs=5", "evaluation.probe.patience=2",
              "evaluation.figure_examples=2", "evaluation.device=cpu"]
 
 
-def _checkpoint(tiny_dataset: Path, out: Path, experiment: str) -> Path:
-    """A checkpoint after two training steps (a real file with the saved data config)."""
-    cfg = compose_train(out, [f"+experiment={experiment}", *tiny_overrides(tiny_dataset), "trainer.max_steps=2",
-                              "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "test=false"])
-    train(cfg)
-    ckpt = out / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return ckpt
-
-
 @pytest.fixture(scope="module")
 def clip_ckpt(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tiny_dataset, tmp_path_factory.mktemp("clip_run"), "demo")
+    return train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("clip_run"), "demo")
 
 
 def _eval(ckpt: Path, out: Path, *extra: str) -> dict[str, float]:
@@ -86,7 +75,7 @@ def test_eval_all_tasks_report_and_figures(clip_ckpt: Path, tmp_path: Path, monk
 
 @pytest.mark.parametrize("experiment", ["probclip_vib_demo", "clear_demo"])
 def test_eval_head_specific_tasks(tiny_dataset: Path, tmp_path: Path, experiment: str) -> None:
-    ckpt = _checkpoint(tiny_dataset, tmp_path / "run", experiment)
+    ckpt = train_tiny_checkpoint(tiny_dataset, tmp_path / "run", experiment)
     out = tmp_path / "eval"
     metrics = _eval(ckpt, out, "evaluation.tasks=[retrieval,uncertainty,concepts]")
     report = (out / "report.md").read_text()

@@ -9,15 +9,14 @@ import pytest
 
 from cxr_vlp.export import main
 from cxr_vlp.inference import CXRModel
-from tests.integration.hydra_helpers import run_cli
-from tests.integration.test_cxrmodel import train_tiny
+from tests.integration.hydra_helpers import run_cli, train_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ckpt(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tiny_dataset, tmp_path_factory.mktemp("export_run"), "demo")
+    return train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("export_run"), "demo")
 
 
 def test_export_writes_a_checked_folder(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -25,21 +25,6 @@ REPORTS = [
 ]
 
 
-@pytest.fixture
-def count_labeler(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Number of texts handed to the labeler, per call."""
-    calls: list[int] = []
-    real = labeler.label_reports
-
-    def spy(texts, **kw):
-        texts = list(texts)
-        calls.append(len(texts))
-        return real(texts, **kw)
-
-    monkeypatch.setattr(labeler, "label_reports", spy)
-    return calls
-
-
 def _expected(findings, impression) -> np.ndarray:
     """Slow direct transcription: the labeler on each joined report, one at a time."""
     rows = []
@@ -50,36 +35,36 @@ def _expected(findings, impression) -> np.ndarray:
 
 
 def test_cached_labels_equal_the_labeler_and_the_second_lookup_labels_nothing(tmp_path: Path,
-                                                                           count_labeler: list[int]) -> None:
+                                                                           labeler_calls: list[int]) -> None:
     findings, impression = zip(*REPORTS)
     texts = label_cache.report_texts(findings, impression)
     raw, stats = label_cache.derive_raw_labels(texts, tmp_path / "cache")
     np.testing.assert_array_equal(raw, _expected(findings, impression))
     assert raw[0, EFFUSION] == 1.0
-    assert count_labeler == [4] and (stats.reports, stats.distinct, stats.hits, stats.labelled) == (5, 4, 0, 4)
+    assert labeler_calls == [4] and (stats.reports, stats.distinct, stats.hits, stats.labelled) == (5, 4, 0, 4)
     path = label_cache.cache_file(tmp_path / "cache")
     assert path.is_file() and labeler.LABELER_VERSION in path.name
     stamp = path.stat().st_mtime_ns
 
     again, stats = label_cache.derive_raw_labels(texts, tmp_path / "cache")
     np.testing.assert_array_equal(again, raw)
-    assert count_labeler == [4] and (stats.hits, stats.labelled) == (4, 0)
+    assert labeler_calls == [4] and (stats.hits, stats.labelled) == (4, 0)
     assert path.stat().st_mtime_ns == stamp  # nothing new: the file is not rewritten
 
     # one new report: only it is labelled, and the file keeps the earlier ones
     more, stats = label_cache.derive_raw_labels([*texts, "Small left pneumothorax."], tmp_path / "cache")
-    assert count_labeler == [4, 1] and stats.labelled == 1
+    assert labeler_calls == [4, 1] and stats.labelled == 1
     assert more[-1, CHEXPERT_LABELS.index("Pneumothorax")] == 1.0
     _, stats = label_cache.derive_raw_labels(texts, tmp_path / "cache")
     assert stats.labelled == 0
 
 
-def test_a_new_labeler_version_labels_again(tmp_path: Path, count_labeler: list[int],
+def test_a_new_labeler_version_labels_again(tmp_path: Path, labeler_calls: list[int],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     label_cache.derive_raw_labels(["Large right pleural effusion."], tmp_path)
     monkeypatch.setattr(labeler, "LABELER_VERSION", "other-rules")
     _, stats = label_cache.derive_raw_labels(["Large right pleural effusion."], tmp_path)
-    assert stats.labelled == 1 and count_labeler == [1, 1]
+    assert stats.labelled == 1 and labeler_calls == [1, 1]
     assert len(list(tmp_path.glob("labels-*.npz"))) == 2
 
 
@@ -159,11 +144,11 @@ def test_given_without_the_columns_names_the_file_and_the_columns(tmp_path: Path
         read_generic_csv(csv, labels="text")
 
 
-def test_none_gives_no_labels_even_with_columns(tmp_path: Path, count_labeler: list[int]) -> None:
+def test_none_gives_no_labels_even_with_columns(tmp_path: Path, labeler_calls: list[int]) -> None:
     for csv in (_write_csv(tmp_path / "a"), _write_csv(tmp_path / "b", with_labels=list(CHEXPERT_LABELS))):
         table = read_generic_csv(csv, labels="none")
         assert not table.has_labels and table.label_sources == {} and np.isnan(table.labels).all()
-    assert count_labeler == []
+    assert labeler_calls == []
 
 
 def test_summary_says_which_labels_came_from_text(tmp_path: Path) -> None:
