@@ -348,7 +348,6 @@ def evaluation_schema() -> dict[str, Spec]:
         e + "gradcam_label": Choice(options=_choices("cxr_vlp.data.labels", "CHEXPERT_LABELS")),
         e + "device": Str(pattern=r"auto|cpu|mps|cuda(:\d+)?", what="'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'"),
         e + "precision": Choice(options=("32-true", "bf16-mixed")),
-        e + "retrieval.dedup": Bool(),
         e + "retrieval.chunk_size": Int(min=1),
         e + "retrieval.precision_ks": ListOf(item=Int(min=1)),
         e + "probe.kinds": ListOf(item=Choice(options=("linear", "mlp"))),
