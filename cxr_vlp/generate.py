@@ -1,8 +1,8 @@
 """Report for one chest X-ray: ``python -m cxr_vlp.generate ckpt_path=<reportgen .ckpt> image=<file>``.
 
-Loads a report-generation checkpoint (``+experiment=reportgen_*``), preprocesses the image with the evaluation
-pipeline of the run's data config (grayscale, shorter side resized, centre crop, normalised), and prints the
-concept prompt the classifier wrote and the generated report. ``image=[a.jpg,b.jpg]`` reports on several.
+Loads a report-generation checkpoint (``+experiment=reportgen_*``) as a :class:`~cxr_vlp.inference.CXRModel` (the
+image is preprocessed by the evaluation pipeline of the run's data config: grayscale, shorter side resized, centre
+crop, normalised) and prints the concept prompt the classifier wrote and the generated report. ``image=[a.jpg,b.jpg]`` reports on several.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ import os
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig
 
-from cxr_vlp.checkpoint import load_module
-from cxr_vlp.data.transforms import TransformConfig, build_transforms, load_grayscale
 from cxr_vlp.utils.config import config_dir
 
 log = logging.getLogger(__name__)
@@ -24,25 +21,20 @@ log = logging.getLogger(__name__)
 
 def generate_reports(ckpt_path: str, images: list[str], num_beams: int | None = None,
                      max_new_tokens: int | None = None, device: str = "auto") -> list[tuple[str | None, str]]:
-    """``(prompt, report)`` per image file (prompt None when the model was trained without concept prompts)."""
+    """``(prompt, report)`` per image file (prompt None when the model was trained without concept prompts), through
+    :meth:`CXRModel.generate_report <cxr_vlp.inference.CXRModel.generate_report>`."""
+    from cxr_vlp.inference import CXRModel
+
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    module, payload = load_module(ckpt_path)
-    if payload.kind != "reportgen":
+    model = CXRModel.from_checkpoint(ckpt_path, device=device)
+    if model.kind != "reportgen":
         raise ValueError(f"{ckpt_path} is not a report-generation checkpoint (train one with "
                          "`python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`)")
-    module = module.to(device)
-    if max_new_tokens is not None:
-        module.gen_cfg["max_new_tokens"] = int(max_new_tokens)
-    transforms_cfg = dict((module.data_config or {}).get("transforms") or {})
-    transform = build_transforms(TransformConfig(**transforms_cfg), train=False)  # as the data module builds it
-    batch = torch.stack([transform(image=load_grayscale(p))["image"] for p in images]).to(device)
-    prompts, texts = module.generate(batch, num_beams=num_beams)
-    return [(prompts[i] if prompts else None, texts[i]) for i in range(len(images))]
+    return [(r.prompt, r.report) for r in model.generate_report(images, num_beams, max_new_tokens)]
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="generate")
