@@ -81,13 +81,20 @@ def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
 
 def check_complete(path: str) -> str | None:
     """Why a JPEG / PNG file is incomplete (``None`` if it looks whole): cv2 decodes a truncated JPEG
-    partially with only a warning, so the end-of-image marker is checked (trailing zero padding allowed)."""
+    partially with only a warning, so the end-of-image marker is checked (trailing zero padding allowed).
+    Reads only the first bytes and the last KiB."""
     with open(path, "rb") as f:
         head = f.read(8)
         f.seek(0, os.SEEK_END)
         length = f.tell()
         f.seek(max(0, length - 1024))
-        tail = f.read().rstrip(b"\x00")
+        tail = f.read()
+    return incomplete_reason(head, tail, length)
+
+
+def incomplete_reason(head: bytes, tail: bytes, length: int) -> str | None:
+    """:func:`check_complete` on a file's first bytes, its last bytes (≥ 64 after zero padding) and its length."""
+    tail = tail.rstrip(b"\x00")
     if length == 0:
         return "empty file"
     if head.startswith(_JPEG_SOI) and _JPEG_EOI not in tail[-64:]:

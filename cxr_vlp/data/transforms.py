@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from cxr_vlp.data.cache import check_complete
+from cxr_vlp.data.cache import incomplete_reason
 
 
 @dataclass
@@ -66,11 +66,16 @@ def build_transforms(cfg: TransformConfig, train: bool) -> A.Compose:
 def load_grayscale(path: str) -> np.ndarray:
     """Decode an image file to ``uint8 [H, W]``; raises ``OSError`` naming the file if it is missing, unreadable or
     truncated (OpenCV decodes a truncated JPEG partly, grey below the cut, with only a warning on stderr, so the
-    end-of-image marker is checked first: :func:`cxr_vlp.data.cache.check_complete`)."""
-    problem = check_complete(path)
+    end-of-image marker is checked first, on the bytes the decoder gets: :func:`cxr_vlp.data.cache.check_complete`)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()  # one read: the completeness check and the decoder share the bytes
+    except OSError as err:
+        raise OSError(f"unreadable or missing image: {path} ({err.strerror or err})") from err
+    problem = incomplete_reason(data[:8], data[-1024:], len(data))
     if problem is not None:
         raise OSError(f"{problem}: {path}")
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise OSError(f"unreadable or missing image: {path}")
     return image
