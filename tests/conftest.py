@@ -28,7 +28,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def labeler_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records how many report texts each call of the rule-based labeler receives (the labeler still runs)."""
-    from cxr_vlp.data import labeler
+    from cxr_vlp.text import labeler
 
     calls: list[int] = []
     real = labeler.label_reports

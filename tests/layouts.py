@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 IMAGE_SIZE = 64
 # MIMIC's CheXpert CSV lists the labels alphabetically, not in CHEXPERT_LABELS order

@@ -8,12 +8,12 @@ CLI::
 How candidates are found
 ------------------------
 1. The text columns of each row are split into sentences (blocks of
-   :func:`~cxr_vlp.data.sections.text_blocks`, then :func:`~cxr_vlp.data.text_views.split_sentences`).
+   :func:`~cxr_vlp.text.sections.text_blocks`, then :func:`~cxr_vlp.text.text_views.split_sentences`).
 2. Each sentence is normalised: lower case, numbers and measurements removed, anything but letters,
    hyphens and spaces becomes a break (so an n-gram never spans a comma or a clause).
 3. Every 1–4 word n-gram inside a run is a candidate if it contains a *finding term*: a word of
    :data:`FINDING_STEMS` (prefix match) or a word inside a mention the rule-based labeler
-   (:func:`~cxr_vlp.data.labeler.explain`) found in that sentence. N-grams that start or end with a
+   (:func:`~cxr_vlp.text.labeler.explain`) found in that sentence. N-grams that start or end with a
    function word (:data:`STOPWORDS`; "no" may start one, "no pleural effusion" is a concept) are dropped.
 4. Counts are per report (document frequency). Candidates seen in fewer than ``min_count`` reports are
    dropped, as is a shorter n-gram that only ever occurs inside one longer kept n-gram with the same count.
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr_vlp.concepts.bank import load_concept_bank, normalize_concept, save_concept_bank
-from cxr_vlp.data.sections import text_blocks
-from cxr_vlp.data.text_views import is_missing, split_sentences
+from cxr_vlp.text.sections import text_blocks
+from cxr_vlp.text.text_views import is_missing, split_sentences
 from cxr_vlp.utils.cli import parse_key_values
 
 __all__ = ["FINDING_STEMS", "STOPWORDS", "count_candidates", "main", "mine_concepts", "sentence_ngrams"]
@@ -82,7 +82,7 @@ def _is_finding(word: str, extra: set[str]) -> bool:
 
 def _mention_words(sentence: str) -> set[str]:
     try:
-        from cxr_vlp.data.labeler import explain
+        from cxr_vlp.text.labeler import explain
     except ImportError:  # pragma: no cover - labeler is part of the package
         return set()
     words: set[str] = set()

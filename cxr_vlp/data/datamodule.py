@@ -37,7 +37,7 @@ from cxr_vlp.data.dataset import StudyDataset
 from cxr_vlp.data.sampling import EpochSampler, ResumableLoader, TrainPosition, loader_generator
 from cxr_vlp.data.splits import DEFAULT_SPLIT_NAMES, PatientSplit, patient_split, split_from_column
 from cxr_vlp.data.table import StudyTable
-from cxr_vlp.data.text_views import TextViewSampler
+from cxr_vlp.text.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
 from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
 

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from cxr_vlp.data.sampling import TrainIndex
 from cxr_vlp.data.table import StudyTable, view_group
-from cxr_vlp.data.text_views import TextViewSampler
+from cxr_vlp.text.text_views import TextViewSampler
 from cxr_vlp.data.transforms import load_grayscale
 
 log = logging.getLogger(__name__)

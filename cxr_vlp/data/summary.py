@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cxr_vlp.data.datamodule import SPLITS, CXRDataModule
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.table import StudyTable
 from cxr_vlp.utils.config import config_dir
 

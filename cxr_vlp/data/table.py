@@ -7,13 +7,13 @@ a :class:`StudyTable`. The generic CSV layout (MedProbCLIP's) is::
 
 with ``;`` between multiple paths and views. Relative image paths are resolved against ``image_root``
 (default: the CSV's directory). Label cells follow CheXpert (1 / 0 / -1 / blank) and go through the one
-label policy in :mod:`cxr_vlp.data.labels`.
+label policy in :mod:`cxr_vlp.text.labels`.
 
 Where the labels come from (``labels``, i.e. ``data.reader.labels``):
 
 * ``auto`` (default): a CSV with CheXpert label columns is read as given (a column it lacks is unknown, with a
   warning naming it); a CSV without any label column is labelled from findings + impression by the rule-based
-  labeler (:mod:`cxr_vlp.data.label_cache`, cached by report hash in ``label_cache``).
+  labeler (:mod:`cxr_vlp.text.label_cache`, cached by report hash in ``label_cache``).
 * ``given``: the 14 columns are required (``ValueError`` naming the file and the missing columns).
 * ``none``: no labels (all unknown, ``has_labels`` false), whatever columns the CSV has.
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.label_cache import derive_raw_labels, log_stats, report_texts
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NUM_LABELS, UncertainPolicy, apply_policy
+from cxr_vlp.text.label_cache import derive_raw_labels, log_stats, report_texts
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NUM_LABELS, UncertainPolicy, apply_policy
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ Reading the bottleneck
 * :func:`top_concepts`: for one image and label, contribution ``κ_k = W[c, k] · z_k``; the logit is
   ``b_c + Σ_k κ_k``. Returns the ``k`` largest contributions.
 * :func:`concept_relevance`: concept ``k`` is a *finding* of label ``c`` when the project's rule-based labeler
-  (:func:`cxr_vlp.data.labeler.label_report`, the one label policy) reads the concept text as positive (1.0)
+  (:func:`cxr_vlp.text.labeler.label_report`, the one label policy) reads the concept text as positive (1.0)
   for ``c``. "No Finding" is relevant to *normal-sounding* concepts: the labeler gives No Finding = 1, no
   observation (Support Devices included) is positive or uncertain, and the text either negates an observation
   ("no pleural effusion") or carries a normal cue (:data:`NORMAL_CUES`: "normal", "clear", "unremarkable",
@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from cxr_vlp.data.labeler import label_report
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NO_FINDING
+from cxr_vlp.text.labeler import label_report
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING
 from cxr_vlp.metrics.classification import auroc_per_label
 
 __all__ = [

@@ -64,7 +64,7 @@ def no_labels_line(tasks: Sequence[str], splits: Sequence[str]) -> str:
 def text_labels_line(from_text: Sequence[str], n_labels: int) -> str:
     """One line saying which labels were derived from the report text (not annotated)."""
     which = f"all {n_labels} labels" if len(from_text) == n_labels else ", ".join(from_text)
-    return f"Labels: {which} derived from the report text by the rule-based labeler (`cxr_vlp.data.labeler`)."
+    return f"Labels: {which} derived from the report text by the rule-based labeler (`cxr_vlp.text.labeler`)."
 
 
 def uncertainty_section(bins, rc) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.eval import report as md
 from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings, fingerprint
 from cxr_vlp.metrics.retrieval import evaluate_retrieval

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
 from cxr_vlp.inference.gallery import Gallery
 from cxr_vlp.inference.images import ImageInput, as_image_list, image_name, to_uint8_gray

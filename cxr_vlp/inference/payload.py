@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from cxr_vlp.checkpoint import CheckpointFormatError, CXRPayload, read_checkpoint
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.utils.checkpoint import is_remote
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ All of them run offline (nothing is downloaded at run time). Each hypothesis is 
 * **ROUGE-L** (:func:`rouge_l`): mean over samples of rouge-score's LCS F-measure, without stemming (no
   NLTK data needed). rouge-score's tokeniser lowercases and keeps only ``[a-z0-9]`` runs.
 * **Clinical efficacy** (:func:`clinical_metrics`): both sides labelled with the rule-based labeler
-  (:func:`cxr_vlp.data.labeler.label_reports`); micro / macro / per-label precision, recall and F1.
+  (:func:`cxr_vlp.text.labeler.label_reports`); micro / macro / per-label precision, recall and F1.
 
 Not provided: METEOR (NLTK's implementation needs the WordNet corpus downloaded) and CIDEr (pycocoevalcap is
 unmaintained since 2020 and ships a ~100 MB wheel with Java jars).
@@ -34,8 +34,8 @@ import numpy as np
 from sacrebleu.metrics import BLEU
 from sklearn.metrics import precision_recall_fscore_support
 
-from cxr_vlp.data.labeler import label_reports
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labeler import label_reports
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 __all__ = [
     "bleu_scores",

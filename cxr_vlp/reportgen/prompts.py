@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NUM_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NUM_LABELS
 
 PROMPT_PREFIX = "Findings:"
 NO_FINDINGS_PROMPT = f"{PROMPT_PREFIX} none."

@@ -345,7 +345,7 @@ def evaluation_schema() -> dict[str, Spec]:
         e + "tasks": ListOf(item=Choice(options=_choices("cxr_vlp.eval.run", "TASKS")), nullable=True),
         e + "figures": Bool(),
         e + "figure_examples": Int(min=0),
-        e + "gradcam_label": Choice(options=_choices("cxr_vlp.data.labels", "CHEXPERT_LABELS")),
+        e + "gradcam_label": Choice(options=_choices("cxr_vlp.text.labels", "CHEXPERT_LABELS")),
         e + "device": Str(pattern=r"auto|cpu|mps|cuda(:\d+)?", what="'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'"),
         e + "precision": Choice(options=("32-true", "bf16-mixed")),
         e + "retrieval.chunk_size": Int(min=1),

@@ -13,8 +13,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cxr_vlp.data import labeler
-from cxr_vlp.data.labels import CHEXPERT_LABELS, apply_policy
+from cxr_vlp.text import labeler
+from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, tiny_overrides
 

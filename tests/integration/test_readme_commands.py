@@ -137,7 +137,7 @@ CHECKS: dict[str, Check] = {
     "python -m cxr_vlp.data.summary data=mimic_cxr data.root=...": RUN,
     "python -m cxr_vlp.experiments.collect <multirun dir> x=loss.lam hue=loss.concept_temperature "
     "metrics=test/i2t/R@10,eval/i2t/P@5": RUN,
-    "python -m cxr_vlp.data.label_reports in_csv=reports.csv out_csv=labelled.csv [text_columns=findings,impression]":
+    "python -m cxr_vlp.text.label_reports in_csv=reports.csv out_csv=labelled.csv [text_columns=findings,impression]":
         RUN,
     "python -m cxr_vlp.concepts.mine in_csv=train.csv out_txt=concepts.txt [min_count=20]": RUN,
     "python -m cxr_vlp.export ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt out_dir=cxr_model "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.summary import leaked_subjects, table_summary
 from cxr_vlp.data.table import StudyTable, read_generic_csv
 

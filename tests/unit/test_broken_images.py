@@ -18,7 +18,7 @@ from cxr_vlp.data.cache import FAILED, apply_cache, build_cache, read_failed, si
 from cxr_vlp.data.datamodule import CXRDataModule
 from cxr_vlp.data.dataset import StudyDataset
 from cxr_vlp.data.table import read_generic_csv
-from cxr_vlp.data.text_views import TextViewSampler
+from cxr_vlp.text.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms, load_grayscale
 
 

@@ -21,7 +21,7 @@ from cxr_vlp.data.cache import (
     resize_shorter,
     size_dir,
 )
-from cxr_vlp.data.labels import NUM_LABELS
+from cxr_vlp.text.labels import NUM_LABELS
 from cxr_vlp.data.table import StudyTable
 
 

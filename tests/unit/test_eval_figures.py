@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 from torch import nn
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.metrics.classification import RocCurve
 from cxr_vlp.eval.figures import (
     dominant_labels,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.eval.zeroshot import (
     DEFAULT_PROMPTS,

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.data import label_cache, labeler
-from cxr_vlp.data.labels import CHEXPERT_LABELS, apply_policy
+from cxr_vlp.text import label_cache, labeler
+from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 from cxr_vlp.data.table import read_generic_csv
 
 EFFUSION = CHEXPERT_LABELS.index("Pleural Effusion")

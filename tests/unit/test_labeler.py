@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.data.label_reports import label_csv, main, parse_args
-from cxr_vlp.data.labeler import Mention, explain, label_report, label_reports, report_sentences
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NUM_LABELS
+from cxr_vlp.text.label_reports import label_csv, main, parse_args
+from cxr_vlp.text.labeler import Mention, explain, label_report, label_reports, report_sentences
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NUM_LABELS
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "labeler_sentences.tsv"
 # Measured strict accuracy (see test_fixture_accuracy): 0.981 over the whole fixture. Block 2 scored 0.80 when

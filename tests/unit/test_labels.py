@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_vlp.data.labels import (
+from cxr_vlp.text.labels import (
     CHEXPERT_LABELS,
     NO_FINDING,
     NUM_LABELS,

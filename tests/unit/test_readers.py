@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS, apply_policy
+from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 from cxr_vlp.data.readers import read_chexpert, read_iu_xray, read_mimic_cxr, report_from_labels
 from cxr_vlp.data.readers.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
 from tests.layouts import build_chexpert, build_iu_openi, build_iu_r2gen, build_mimic

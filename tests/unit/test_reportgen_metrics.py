@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_vlp.data.labeler import label_reports
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labeler import label_reports
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.reportgen.metrics import (
     bleu_scores,
     clinical_metrics,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.tokenizer import tokenizer_from_json, tokenizer_to_json, train_wordpiece
 from cxr_vlp.reportgen.prompts import (
     FINDING_NAMES,

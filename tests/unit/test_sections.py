@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxr_vlp.data.sections import (
+from cxr_vlp.text.sections import (
     CANONICAL,
     PREAMBLE,
     collapse_whitespace,

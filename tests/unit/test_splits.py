@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.data.labels import NUM_LABELS
+from cxr_vlp.text.labels import NUM_LABELS
 from cxr_vlp.data.splits import (
     PatientSplit,
     SplitLeakageError,

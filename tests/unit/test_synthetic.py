@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.synthetic import CSV_COLUMNS, SyntheticConfig, generate_dataset
 from cxr_vlp.data.synthetic import __main__ as cli
 from cxr_vlp.data.synthetic.attributes import EFFUSION, Study, sample_cohort

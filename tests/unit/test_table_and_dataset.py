@@ -13,9 +13,9 @@ import torch
 
 from cxr_vlp.data.batch import Collator
 from cxr_vlp.data.dataset import StudyDataset, choose_image_indices
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.table import read_generic_csv, view_group
-from cxr_vlp.data.text_views import TextViewSampler
+from cxr_vlp.text.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
 from cxr_vlp.data.tokenizer import train_wordpiece
 

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cxr_vlp.data.text_views import (
+from cxr_vlp.text.text_views import (
     NEGATION_WORDS,
     TextViewSampler,
     is_missing,

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS, UncertainPolicy, apply_policy
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS, UncertainPolicy, apply_policy
 from cxr_vlp.data.readers.common import (
     check_root,
     existing_mask,

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.label_cache import derive_labels  # the readers' one path to text-derived labels
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NUM_LABELS
+from cxr_vlp.text.label_cache import derive_labels  # the readers' one path to text-derived labels
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NUM_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def raw_labels(path: str | os.PathLike[str], df: pd.DataFrame, required: bool = 
     """The 14 CheXpert label columns of ``df`` as raw float values ``[n, 14]`` (1 / 0 / -1 / NaN).
 
     Only parses and validates (the policy is applied by the caller with
-    :func:`~cxr_vlp.data.labels.apply_policy`). A missing label column raises when ``required``, else
+    :func:`~cxr_vlp.text.labels.apply_policy`). A missing label column raises when ``required``, else
     it is unknown (NaN). A cell that is not 1, 0, -1 or blank raises naming the file, row and column.
     """
     if required:

@@ -24,7 +24,7 @@ Choices: IU X-Ray has **no patient ids**; each report is one patient, so ``subje
 splitting is then study-level; nothing better is possible). The per-image **view names are not published**
 (OpenI's caption describes the whole study; the R2Gen file order is not reliably frontal-first), so every view
 is ``"UNKNOWN"`` and the multi-view sampler treats the images of a study alike. There are **no CheXpert
-labels**: they are derived with the rule-based labeler (:func:`cxr_vlp.data.labeler.label_reports`) on
+labels**: they are derived with the rule-based labeler (:func:`cxr_vlp.text.labeler.label_reports`) on
 findings + impression and go through the one label policy.
 
 Bad input: a malformed XML file is skipped, counted and logged with its name; images missing on disk are
@@ -43,9 +43,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS, UncertainPolicy
+from cxr_vlp.text.labels import CHEXPERT_LABELS, UncertainPolicy
 from cxr_vlp.data.readers.common import check_root, derive_labels, existing_mask, log_dropped
-from cxr_vlp.data.sections import PREAMBLE, collapse_whitespace, parse_sections
+from cxr_vlp.text.sections import PREAMBLE, collapse_whitespace, parse_sections
 from cxr_vlp.data.table import StudyTable
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def read_iu_xray(
 
     ``layout``: ``auto`` / ``openi`` / ``r2gen``. ``uncertain``: the policy for uncertain labeler outputs.
     ``check_files``: stat each image, skipping missing ones (off: trust the listing). ``label_cache``: folder
-    of the text-derived label cache (:mod:`cxr_vlp.data.label_cache`; None: label without caching).
+    of the text-derived label cache (:mod:`cxr_vlp.text.label_cache`; None: label without caching).
     """
     if layout not in ("auto", "openi", "r2gen"):
         raise ValueError(f"layout must be 'auto', 'openi' or 'r2gen', got {layout!r}")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.labels import NUM_LABELS, UncertainPolicy, apply_policy
+from cxr_vlp.text.labels import NUM_LABELS, UncertainPolicy, apply_policy
 from cxr_vlp.data.readers.common import (
     check_root,
     existing_mask,
@@ -47,8 +47,8 @@ from cxr_vlp.data.readers.common import (
     require_columns,
     strip_id_prefix,
 )
-from cxr_vlp.data.sections import collapse_whitespace, findings_and_impression
-from cxr_vlp.data.text_views import is_missing
+from cxr_vlp.text.sections import collapse_whitespace, findings_and_impression
+from cxr_vlp.text.text_views import is_missing
 from cxr_vlp.data.table import StudyTable
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,8 @@ def read_mimic_cxr(
     """Read MIMIC-CXR-JPG under ``root`` into one row per study (see the module docstring).
 
     ``reports``: ``"txt"`` (the MIMIC-CXR report files under ``files/``, sectioned with
-    :mod:`cxr_vlp.data.sections`) or ``"sectioned_csv"`` (``sectioned_csv``, default
-    ``root/mimic_cxr_sectioned.csv``). ``uncertain``: the -1 policy (:func:`~cxr_vlp.data.labels.apply_policy`).
+    :mod:`cxr_vlp.text.sections`) or ``"sectioned_csv"`` (``sectioned_csv``, default
+    ``root/mimic_cxr_sectioned.csv``). ``uncertain``: the -1 policy (:func:`~cxr_vlp.text.labels.apply_policy`).
     ``check_files``: stat each image and skip the missing ones (off: trust the metadata). ``views``: keep
     only images with these ``ViewPosition`` values (e.g. ``[PA, AP, LATERAL]``; missing ones are
     ``UNKNOWN``). The three CSV paths default to the published names under ``root``.

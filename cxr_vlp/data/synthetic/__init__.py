@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from cxr_vlp import __version__
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.synthetic.attributes import Study, sample_cohort
 from cxr_vlp.data.synthetic.render import image_rng, render_view
 from cxr_vlp.data.synthetic.report import write_report

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 ECM, CARDIO, OPACITY, LESION, EDEMA, CONSOL, PNEUMONIA, ATELEC, PTX, EFFUSION, PLEURAL_OTHER, FRACTURE, DEVICES = (
     CHEXPERT_LABELS[1:]

@@ -2,7 +2,7 @@
 
 Every dataset without annotated labels (IU X-Ray, a generic CSV without the 14 CheXpert columns under
 ``data.reader.labels=auto``) goes through :func:`derive_raw_labels` / :func:`derive_labels`: findings and
-impression are joined (blank sections skipped) and read by :func:`cxr_vlp.data.labeler.label_reports`.
+impression are joined (blank sections skipped) and read by :func:`cxr_vlp.text.labeler.label_reports`.
 
 Cache: ``<cache_dir>/labels-<LABELER_VERSION>.npz`` holds ``keys`` (BLAKE2b-128 digests of labeler version,
 options and report text, ``[n, 16]`` uint8) and ``labels`` (``[n, 14]`` float32 raw 1 / 0 / -1 / NaN). A lookup
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_vlp.data import labeler
-from cxr_vlp.data.labels import NUM_LABELS, UncertainPolicy, apply_policy
+from cxr_vlp.text import labeler
+from cxr_vlp.text.labels import NUM_LABELS, UncertainPolicy, apply_policy
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def derive_raw_labels(texts: Sequence[str | None], cache_dir: str | os.PathLike[
     """Raw labeler output ``[n, 14]`` (1 / 0 / -1 / NaN) for ``texts``, each distinct text labelled once.
 
     With ``cache_dir`` the labels are looked up in and added to the cache file (module docstring). ``options`` go
-    to :func:`~cxr_vlp.data.labeler.label_reports` (``use_sections``, ``no_finding_blank``) and into the keys.
+    to :func:`~cxr_vlp.text.labeler.label_reports` (``use_sections``, ``no_finding_blank``) and into the keys.
     A missing text (None / blank) is all NaN without a lookup.
     """
     out = np.full((len(texts), NUM_LABELS), np.nan, dtype=np.float32)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cxr_vlp.data.text_views import is_missing
+from cxr_vlp.text.text_views import is_missing
 
 __all__ = [
     "CANONICAL",
@@ -146,7 +146,7 @@ def text_blocks(text: str) -> list[str]:
     """Cut ``text`` at blank lines and at line starts of list items, collapsing the hard wraps inside.
 
     Hard-wrapped lines ("No pleural effusion or\\npneumothorax.") are rejoined, while paragraphs and
-    enumerated items stay apart, so :func:`~cxr_vlp.data.text_views.split_sentences` run on
+    enumerated items stay apart, so :func:`~cxr_vlp.text.text_views.split_sentences` run on
     ``"\\n".join(text_blocks(text))`` neither cuts a wrapped sentence nor merges two list items.
     """
     if is_missing(text):

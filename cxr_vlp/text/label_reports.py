@@ -1,9 +1,9 @@
 """CLI: label report text with CheXpert values.
 
-``python -m cxr_vlp.data.label_reports in_csv=IN out_csv=OUT [text_columns=findings,impression] [overwrite=false]``
+``python -m cxr_vlp.text.label_reports in_csv=IN out_csv=OUT [text_columns=findings,impression] [overwrite=false]``
 
 Reads ``in_csv``, labels the text of ``text_columns`` (joined per row, blank cells skipped) with the
-rule-based labeler (:mod:`cxr_vlp.data.labeler`) and writes a copy to ``out_csv`` with the 14 CheXpert
+rule-based labeler (:mod:`cxr_vlp.text.labeler`) and writes a copy to ``out_csv`` with the 14 CheXpert
 columns set to 1 / 0 / -1 / blank. Every other column is copied unchanged (read as text, so ids keep
 their leading zeros); label columns already present are replaced, with a warning.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.data.labeler import label_reports
-from cxr_vlp.data.labels import CHEXPERT_LABELS
+from cxr_vlp.text.labeler import label_reports
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.utils.cli import parse_key_values
 
 log = logging.getLogger(__name__)

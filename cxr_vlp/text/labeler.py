@@ -1,15 +1,15 @@
 """A rule-based, CheXpert-style labeler for chest X-ray report text.
 
-Output follows the one label policy (:mod:`cxr_vlp.data.labels`): for each of the 14 observations
+Output follows the one label policy (:mod:`cxr_vlp.text.labels`): for each of the 14 observations
 ``1`` positive, ``0`` negative, ``-1`` uncertain, ``NaN`` not mentioned.
 
 How a report is read
 --------------------
-1. **Text.** When the text has FINDINGS / IMPRESSION headers (:func:`~cxr_vlp.data.sections.parse_sections`)
+1. **Text.** When the text has FINDINGS / IMPRESSION headers (:func:`~cxr_vlp.text.sections.parse_sections`)
    only those two sections are read, so an INDICATION such as "r/o pneumonia" does not become a label;
    otherwise the whole text. Hard-wrapped lines are rejoined, paragraphs and list items kept apart
-   (:func:`~cxr_vlp.data.sections.text_blocks`), then sentences come from
-   :func:`~cxr_vlp.data.text_views.split_sentences`.
+   (:func:`~cxr_vlp.text.sections.text_blocks`), then sentences come from
+   :func:`~cxr_vlp.text.text_views.split_sentences`.
 2. **Mentions.** Each observation has a list of phrases (:data:`MENTIONS`, word-bounded, plural and
    variant forms) and phrases that exclude a match (:data:`EXCLUSIONS`: "pericardial effusion" is not a
    pleural effusion, "mass effect" not a lesion, "Kerley B lines" not a device). Cardiomegaly and
@@ -63,11 +63,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from cxr_vlp.data import sections as _sections
-from cxr_vlp.data import text_views as _text_views
-from cxr_vlp.data.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS
-from cxr_vlp.data.sections import parse_sections, text_blocks
-from cxr_vlp.data.text_views import is_missing, split_sentences
+from cxr_vlp.text import sections as _sections
+from cxr_vlp.text import text_views as _text_views
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS
+from cxr_vlp.text.sections import parse_sections, text_blocks
+from cxr_vlp.text.text_views import is_missing, split_sentences
 
 __all__ = [
     "ATTRIBUTE_MENTIONS",
@@ -93,7 +93,7 @@ def _source_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-# identifies the rules that produced a label: keys the on-disk label cache (cxr_vlp.data.label_cache), so cached
+# identifies the rules that produced a label: keys the on-disk label cache (cxr_vlp.text.label_cache), so cached
 # labels never outlive the labeler that made them
 LABELER_VERSION: str = _source_fingerprint()
 _PRIORITY = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
