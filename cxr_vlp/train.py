@@ -160,11 +160,14 @@ def evaluate_trained(module: ContrastiveModule, datamodule, cfg: DictConfig, out
     from cxr_vlp.eval.report import print_report
     from cxr_vlp.eval.run import Evaluator
 
+    from cxr_vlp.inference.model import CXRModel
+
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    result = Evaluator(module, datamodule, evaluation, out, ckpt_path=ckpt_path, data_cfg=data_cfg,
-                       credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers,
-                       tokenizer=datamodule.tokenizer).run()
+    model = CXRModel.from_module(module, data_cfg, device=evaluation.get("device", "auto"),
+                                 dtype=evaluation.get("precision"))
+    result = Evaluator(model, datamodule, evaluation, out, ckpt_path=ckpt_path, data_cfg=data_cfg,
+                       credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers).run()
     print_report(out / "report.md")
     return {f"eval/{k.removeprefix('test/')}": v for k, v in result.metrics.items()}
 

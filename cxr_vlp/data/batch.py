@@ -60,20 +60,24 @@ class Batch:
 class Collator:
     """Stacks samples and tokenises all text views in one call (padding to the longest, truncating)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase | None, max_length: int = 128) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
     def __call__(self, samples: list[StudySample]) -> Batch:
         num_text_views = len(samples[0].texts)
         flat = [t for s in samples for t in s.texts]
-        tokens = self.tokenizer(flat, padding="longest", truncation=True, max_length=self.max_length,
-                                return_tensors="pt", return_token_type_ids=False)
         shape = (len(samples), num_text_views, -1)
+        if self.tokenizer is None:  # a model that tokenises Batch.texts itself: empty token tensors
+            ids = mask = torch.zeros((len(samples), num_text_views, 0), dtype=torch.long)
+        else:
+            tokens = self.tokenizer(flat, padding="longest", truncation=True, max_length=self.max_length,
+                                    return_tensors="pt", return_token_type_ids=False)
+            ids, mask = tokens["input_ids"].reshape(shape), tokens["attention_mask"].reshape(shape)
         return Batch(
             images=torch.stack([s.images for s in samples]),
-            input_ids=tokens["input_ids"].reshape(shape),
-            attention_mask=tokens["attention_mask"].reshape(shape),
+            input_ids=ids,
+            attention_mask=mask,
             labels=torch.stack([s.labels for s in samples]),
             index=torch.tensor([s.index for s in samples], dtype=torch.long),
             study_ids=[s.study_id for s in samples],

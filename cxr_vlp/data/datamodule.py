@@ -13,6 +13,11 @@ other rows as unassigned (CLIP-XRad: official MIMIC test set, validation carved 
 Image cache: when ``image_cache`` names a folder written by ``python -m cxr_vlp.prepare``, images are read
 from there (the smallest cached size that covers ``transforms.image_size``); raw images otherwise.
 
+Streaming shards: with ``stream`` (``data.stream=<dir or s3://...>``, written by ``python -m cxr_vlp.prepare
+format=litdata out=...``) the study table, images and texts come from the shards (:mod:`cxr_vlp.data.stream`):
+the split is recomputed with this run's settings and must be the shards' (their manifest's fingerprint); training
+streams through litdata, evaluation reads the shards in order.
+
 Training order: :class:`~cxr_vlp.data.sampling.EpochSampler` (a permutation of ``seed + epoch``, this rank's share)
 in a :class:`~cxr_vlp.data.sampling.ResumableLoader`; the position in it is part of every checkpoint, so a resumed
 fit starts at the first batch the interrupted one had not trained on. Every loader draws its workers' base seed
@@ -94,6 +99,8 @@ class CXRDataModule(L.LightningDataModule):
         max_studies: dict[str, int] | None = None,
         tokenizer: dict | None = None,
         tokenizer_cache: str | None = None,
+        stream: str | None = None,
+        stream_options: dict | None = None,
     ) -> None:
         super().__init__()
         self.reader = reader
@@ -127,10 +134,13 @@ class CXRDataModule(L.LightningDataModule):
         self.tables: dict[str, StudyTable] = {}
         self.datasets: dict[str, StudyDataset] = {}
         self._resume_position: TrainPosition | None = None  # from a checkpoint, for the next train loader
+        self.stream = str(stream) if stream else None
+        self.stream_options = dict(stream_options or {})
+        self._shards = None  # the opened ShardSet of `stream`
 
     # ------------------------------------------------------------------ preparation and splitting
     def prepare_data(self) -> None:
-        if self.prepare is not None:
+        if self.prepare is not None and not self.stream:  # the shards replace the raw dataset
             self.prepare()
 
     def setup(self, stage: str | None = None) -> None:
@@ -146,11 +156,16 @@ class CXRDataModule(L.LightningDataModule):
                 rows = rows[: int(limit)]
             self.tables[name] = table.subset(rows)
         self._check_disjoint()
+        if self.stream:
+            self.shards().check_split(self.split)
         log.info("studies per split: %s", {k: len(v) for k, v in self.tables.items()})
         if self.tokenizer is None and self.tokenizer_cfg:
             self.tokenizer = self._build_tokenizer()
         transforms = {True: build_transforms(self.transform_cfg, train=True),
                       False: build_transforms(self.transform_cfg, train=False)}
+        if self.stream:
+            self._stream_datasets(transforms)
+            return
         for name, table_ in self.tables.items():
             if len(table_) == 0:
                 continue
@@ -161,7 +176,13 @@ class CXRDataModule(L.LightningDataModule):
             )
 
     def read_table(self) -> StudyTable:
-        """The reader's table, with image paths pointing into the image cache when one is present."""
+        """The reader's table, with image paths pointing into the image cache when one is present (the shards'
+        table with ``stream``)."""
+        if self.stream:
+            if self.max_studies:
+                raise ValueError(f"data.max_studies={self.max_studies} cannot be combined with data.stream: the "
+                                 "shards hold every study of each split (write smaller shards instead)")
+            return self.shards().table
         table = self.reader()
         if self.image_cache:
             from cxr_vlp.data.cache import apply_cache
@@ -194,6 +215,56 @@ class CXRDataModule(L.LightningDataModule):
             log.info("%s: %d subjects without an official split assigned to train / val (%d / %d)",
                      self.name, len(extra.train) + len(extra.val), len(extra.train), len(extra.val))
         return PatientSplit(**groups)
+
+    def shards(self):
+        """The :class:`~cxr_vlp.data.stream.ShardSet` of ``stream`` (opened once)."""
+        if self._shards is None:
+            from cxr_vlp.data.stream import ShardSet
+
+            self._shards = ShardSet(self.stream, self.stream_options)
+            self._shards.check_dataset(self.name)
+            if self._shards.image_size < self.transform_cfg.image_size:
+                log.warning("%s holds images at %d px (shorter side), less than data.transforms.image_size=%d: they "
+                            "are upscaled", self.stream, self._shards.image_size, self.transform_cfg.image_size)
+        return self._shards
+
+    def _sample_spec(self, name: str, transforms: dict):
+        from cxr_vlp.data.stream import SampleSpec
+
+        train = name == "train"
+        return SampleSpec(transforms[train], self.train_text if train else self.eval_text,
+                          self.num_image_views if train else 1, train, self.seed)
+
+    def _stream_datasets(self, transforms: dict) -> None:
+        """Map-style datasets over each split's shards (evaluation, the evaluation suite); training streams."""
+        from cxr_vlp.data.stream import ShardStudyDataset
+
+        self._transforms = transforms
+        for name in SPLITS:
+            if self.shards().count(name) == 0:
+                continue
+            self.datasets[name] = ShardStudyDataset(self.shards().split_dir(name), self._sample_spec(name, transforms),
+                                                    self.stream_options)
+
+    def _stream_train_loader(self, **kwargs: Any):
+        """The litdata training loader: this rank's disjoint share of the training shards, shuffled per epoch,
+        pointed at the restored position when a fit resumes (else at the fit loop's epoch)."""
+        from cxr_vlp.data.stream import StudyStream, StudyStreamLoader
+
+        trainer = getattr(self, "trainer", None)
+        world, rank, nodes = ((int(trainer.world_size), int(trainer.global_rank), int(trainer.num_nodes))
+                              if trainer is not None else (1, 0, 1))
+        dataset = StudyStream(self.shards().split_dir("train"), self._sample_spec("train", self._transforms),
+                              shuffle=True, seed=self.seed, drop_last=True, storage_options=self.stream_options)
+        dataset.set_topology(world, rank, nodes)
+        kwargs.pop("persistent_workers", None)  # litdata's epoch and resume state live in the iterator's workers
+        loader = StudyStreamLoader(dataset, batch_size=self.batch_size, position=self._train_position, **kwargs)
+        if self._resume_position is not None:
+            loader.apply_position(self._resume_position)
+            self._resume_position = None
+        elif trainer is not None:
+            loader.set_epoch(int(trainer.fit_loop.epoch_progress.current.processed))
+        return loader
 
     def _check_disjoint(self) -> None:
         """Re-check on the final tables that no subject appears in two splits (belt and braces)."""
@@ -259,8 +330,25 @@ class CXRDataModule(L.LightningDataModule):
         )
         if not train:
             return DataLoader(self.datasets[name], batch_size=self.eval_batch_size, shuffle=False, **kwargs)
+        if self.stream:
+            return self._stream_train_loader(**kwargs)
         return ResumableLoader(self.datasets[name], batch_size=self.batch_size, sampler=self._train_sampler(),
                                drop_last=True, position=self._train_position, **kwargs)
+
+    def eval_dataset(self, name: str, transform) -> StudyDataset:
+        """The ``name`` split for evaluation with another image pipeline ``transform`` (a model's own
+        preprocessing, albumentations-style): one frontal view, the evaluation text view, as :meth:`val_dataloader`."""
+        table = self.tables.get(name)
+        if table is None or len(table) == 0:
+            raise ValueError(f"the {name!r} split is empty or the data module was not set up")
+        return StudyDataset(table, transform, self.eval_text, num_image_views=1, train=False, seed=self.seed)
+
+    def eval_loader(self, dataset: StudyDataset) -> DataLoader:
+        """Batches of an :meth:`eval_dataset` in table order (texts tokenised when the data module has a
+        tokenizer; models with their own tokenizer read ``Batch.texts``)."""
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=Collator(self.tokenizer, self.max_length), pin_memory=self.pin_memory,
+                          persistent_workers=False, generator=loader_generator(self.seed))
 
     def _train_sampler(self) -> EpochSampler:
         """This rank's share of the training split, shuffled per epoch, pointed at the restored position when a fit

@@ -16,9 +16,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cxr_vlp.checkpoint import load_module
 from cxr_vlp.eval.report import print_report
 from cxr_vlp.eval.run import Evaluator
+from cxr_vlp.inference.model import CXRModel
+from cxr_vlp.inference.payload import payload_from_checkpoint
 from cxr_vlp.utils.checkpoint import is_remote
 from cxr_vlp.utils.config import config_dir
 from cxr_vlp.utils.validate import EVAL_SCHEMA, validate_config
@@ -31,26 +32,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = cfg.ckpt_path if is_remote(cfg.ckpt_path) else Path(cfg.ckpt_path)
     if isinstance(ckpt, Path) and not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    module, payload = load_module(str(ckpt))
+    evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    payload = payload_from_checkpoint(str(ckpt))
     if payload.kind != "contrastive":
         raise ValueError(f"{ckpt} is a {payload.kind} checkpoint: the evaluation suite scores contrastive models "
                          "(report generation is scored by its own test: `python -m cxr_vlp.train "
                          "+experiment=reportgen_demo ...`; single reports: `python -m cxr_vlp.generate`)")
+    model = CXRModel(payload, device=evaluation.get("device", "auto"), dtype=evaluation.get("precision"))
     if cfg.get("data") is not None:
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     else:
-        data_cfg = payload.data
-        if data_cfg is None:
-            raise ValueError(f"{ckpt} carries no data config (trained before it was stored): pass data=<name> "
-                             "data.root=... as at training time")
+        data_cfg = payload.record.data or payload.hparams.get("data")
     datamodule = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
-    datamodule.use_tokenizer(module.tokenizer)
+    datamodule.use_tokenizer(model.tokenizer)
     datamodule.prepare_data()
     datamodule.setup("test")
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None and "_target_" in v]
     output_dir = Path(cfg.paths.output_dir)
-    evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
-    evaluator = Evaluator(module, datamodule, evaluation, output_dir, ckpt_path=str(ckpt), data_cfg=data_cfg,
+    evaluator = Evaluator(model, datamodule, evaluation, output_dir, ckpt_path=str(ckpt), data_cfg=data_cfg,
                           credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers)
     result = evaluator.run()
     print_report(output_dir / "report.md")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cxr_vlp.inference.base import ImageTextModel
 from cxr_vlp.losses.probabilistic import uncertainty
 from cxr_vlp.models.outputs import Embeddings
 
@@ -87,52 +88,37 @@ class SplitEmbeddings:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-def fingerprint(ckpt_path: str | Path | None, data_cfg: dict[str, Any], split: str, limit: int | None) -> str:
-    """A key for the embedding cache: the checkpoint file (path, size, mtime), the data config and the split."""
-    stat = {}
-    if ckpt_path is not None and Path(ckpt_path).is_file():
-        s = Path(ckpt_path).stat()
-        stat = {"path": str(Path(ckpt_path).resolve()), "size": s.st_size, "mtime": s.st_mtime_ns}
-    blob = json.dumps({"ckpt": stat, "data": data_cfg, "split": split, "limit": limit}, sort_keys=True, default=str)
+def fingerprint(model_key: str, data_cfg: dict[str, Any], split: str, limit: int | None) -> str:
+    """A key for the embedding cache: the model's :attr:`~cxr_vlp.inference.base.ImageTextModel.fingerprint`, the
+    data config and the split."""
+    blob = json.dumps({"model": model_key, "data": data_cfg, "split": split, "limit": limit}, sort_keys=True,
+                      default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
-def embed_split(module, datamodule, split: str, device: str | torch.device = "cpu", limit: int | None = None,
-                precision: str = "32-true") -> SplitEmbeddings:
-    """Run the module's towers over ``split`` (evaluation transforms: one frontal image, the eval section).
+def embed_split(model: ImageTextModel, datamodule, split: str, limit: int | None = None) -> SplitEmbeddings:
+    """Embed ``split`` with ``model`` (any :class:`~cxr_vlp.inference.base.ImageTextModel`): its own image
+    preprocessing on one frontal image per study, its own tokenizer on the evaluation text view.
 
-    ``limit`` keeps the first ``limit`` studies (e.g. a cap on the training split for probes). The per-study
-    ``concept_scores`` are the loss head's :meth:`~cxr_vlp.losses.heads.LossHead.eval_scores` (concept heads).
-    """
-    device = torch.device(device)
-    module = module.to(device).eval()
-    enc, head = module.encoder, module.loss_head
-    dataset = datamodule.datasets.get(split)
-    if dataset is None:
-        raise ValueError(f"the {split!r} split is empty or the data module was not set up")
-    loader = datamodule._loader(split, train=False)
-    head_inputs = {k: v.float() for k, v in head.loss_inputs(module.encode_text_embedding).items()}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    ``limit`` keeps the first ``limit`` studies (e.g. a cap on the training split for probes). ``concept_scores``
+    are the model's per-study concept scores (concept heads)."""
+    loader = datamodule.eval_loader(datamodule.eval_dataset(split, model.image_transform))
     out: dict[str, list] = {k: [] for k in ("image", "text", "features", "labels", "image_logvar", "text_logvar",
                                             "concept_scores", "study_ids", "texts")}
     seen = 0
     for batch in loader:
         if limit is not None and seen >= limit:
             break
-        batch = batch.to(device)
-        images = batch.images[:, 0]
-        ids, mask = batch.input_ids[:, 0], batch.attention_mask[:, 0]
-        with autocast:
-            image_out, text_out = enc.encode_image(images), enc.encode_text(ids, mask)
-        for key, value in (("image", image_out.embedding), ("text", text_out.embedding),
-                           ("features", image_out.features), ("labels", batch.labels),
-                           ("image_logvar", image_out.logvar), ("text_logvar", text_out.logvar),
-                           ("concept_scores", head.eval_scores(image_out.embeddings, head_inputs))):
+        image = model.encode_pixels(batch.images[:, 0])
+        texts = [t[0] for t in batch.texts]
+        text = model.encode_text_embeddings(texts)
+        for key, value in (("image", image.embeddings.mean), ("text", text.mean), ("features", image.features),
+                           ("labels", batch.labels), ("image_logvar", image.embeddings.logvar),
+                           ("text_logvar", text.logvar), ("concept_scores", image.concept_scores)):
             if value is not None:
                 out[key].append(value.float().cpu())
         out["study_ids"].extend(batch.study_ids)
-        out["texts"].extend(t[0] for t in batch.texts)
+        out["texts"].extend(texts)
         seen += len(batch)
     n = min(seen, limit) if limit is not None else seen
 
@@ -145,14 +131,17 @@ def embed_split(module, datamodule, split: str, device: str | torch.device = "cp
                            concept_scores=cat("concept_scores"))
 
 
-def cached_embeddings(module, datamodule, split: str, cache_dir: str | Path, key: str, **kwargs) -> SplitEmbeddings:
-    """:func:`embed_split` through a file cache ``cache_dir/<split>.pt`` keyed by ``key`` (see :func:`fingerprint`)."""
+def cached_embeddings(model: ImageTextModel, datamodule, split: str, cache_dir: str | Path,
+                      data_cfg: dict[str, Any] | None = None, limit: int | None = None) -> SplitEmbeddings:
+    """:func:`embed_split` through a file cache ``cache_dir/<split>.pt`` keyed by :func:`fingerprint` of the model,
+    ``data_cfg`` (the data config the split came from), the split and ``limit``."""
+    key = fingerprint(model.fingerprint, data_cfg or {}, split, limit)
     path = Path(cache_dir) / f"{split}.pt"
     cached = SplitEmbeddings.load(path, key)
     if cached is not None:
         log.info("embeddings of %s read from %s", split, path)
         return cached
-    emb = embed_split(module, datamodule, split, **kwargs)
+    emb = embed_split(model, datamodule, split, limit=limit)
     emb.save(path, key)
     log.info("embedded %d %s studies -> %s", len(emb), split, path)
     return emb

@@ -19,7 +19,8 @@ import torch
 
 from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.eval import report as md
-from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings, fingerprint
+from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings
+from cxr_vlp.inference.base import ImageTextModel
 from cxr_vlp.metrics.retrieval import evaluate_retrieval
 from cxr_vlp.utils.reporting import write_metrics
 
@@ -37,50 +38,26 @@ class EvalResult:
     figures: dict[str, Path] = field(default_factory=dict)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().double().numpy()
 
 
-def encode_texts_fn(module, device: torch.device, max_length: int = 64, tokenizer=None):
-    """``list[str] -> [n, D]`` normalised text embeddings with ``tokenizer`` (default: the module's) and the
-    module's text tower."""
-    tokenizer = tokenizer if tokenizer is not None else module.tokenizer
-
-    @torch.no_grad()
-    def encode(texts: list[str]) -> torch.Tensor:
-        tok = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
-                        return_tensors="pt", return_token_type_ids=False)
-        return module.encoder.encode_text(tok["input_ids"].to(device),
-                                          tok["attention_mask"].to(device)).embedding.float().cpu()
-
-    return encode
-
-
 class Evaluator:
-    """Embeds the splits it needs once and runs the requested tasks (see the module docstring).
-
-    What depends on the loss head (the retrieval score, zero-shot scale, whether uncertainty or concept tasks
-    apply, the concept names) is asked of ``module.loss_head`` (its ``spec`` and methods). ``tokenizer``: the one
-    the prompts are tokenised with (default: ``module.tokenizer``).
+    """Embeds the splits it needs once and runs the requested tasks (see the module docstring) on ``model``, any
+    :class:`~cxr_vlp.inference.base.ImageTextModel` (our checkpoints as :class:`~cxr_vlp.inference.CXRModel`,
+    other people's models through their adapters): what depends on the model (the retrieval order, the zero-shot
+    scale, whether uncertainty or concept tasks apply, the concept names) is asked of it.
+    ``ckpt_path``: the source named in ``report.md``.
     """
 
-    def __init__(self, module, datamodule, cfg: dict[str, Any], output_dir: str | Path,
+    def __init__(self, model: ImageTextModel, datamodule, cfg: dict[str, Any], output_dir: str | Path,
                  ckpt_path: str | None = None, data_cfg: dict[str, Any] | None = None,
-                 credentialed: bool = False, loggers: list | None = None, tokenizer=None) -> None:
-        self.module = module
-        self.head = module.loss_head
-        self.tokenizer = tokenizer if tokenizer is not None else module.tokenizer
+                 credentialed: bool = False, loggers: list | None = None) -> None:
+        self.model = model
         self.datamodule = datamodule
         self.cfg = cfg
         self.out = Path(output_dir)
         self.fig_dir = self.out / "figures"
-        self.device = _device(cfg.get("device", "auto"))
         self.ckpt_path = ckpt_path
         self.data_cfg = data_cfg or {}
         self.credentialed = credentialed
@@ -89,16 +66,21 @@ class Evaluator:
         self.result = EvalResult()
         self.label_names = list(CHEXPERT_LABELS)
         self._unlabelled: dict[str, list[str]] = {}  # label task -> its splits without any known label
+        self._datasets: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ embeddings
     def embeddings(self, split: str) -> SplitEmbeddings:
         if split not in self._emb:
             limit = self.cfg.get("probe", {}).get("max_train_studies") if split == "train" else None
-            key = fingerprint(self.ckpt_path, self.data_cfg, split, limit)
-            self._emb[split] = cached_embeddings(self.module, self.datamodule, split, self.out / "embeddings", key,
-                                                 device=self.device, limit=limit,
-                                                 precision=self.cfg.get("precision", "32-true"))
+            self._emb[split] = cached_embeddings(self.model, self.datamodule, split, self.out / "embeddings",
+                                                 data_cfg=self.data_cfg, limit=limit)
         return self._emb[split]
+
+    def dataset(self, split: str):
+        """The split as the model sees it (its own image preprocessing), for figures and Grad-CAM."""
+        if split not in self._datasets:
+            self._datasets[split] = self.datamodule.eval_dataset(split, self.model.image_transform)
+        return self._datasets[split]
 
     # ------------------------------------------------------------------ tasks
     def run(self, tasks: list[str] | None = None) -> EvalResult:
@@ -106,7 +88,6 @@ class Evaluator:
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown evaluation task(s) {unknown}; known: {list(TASKS)}")
-        self.module.eval().to(self.device)
         for task in TASKS:
             if task in tasks:
                 getattr(self, f"_{task}")()
@@ -117,16 +98,15 @@ class Evaluator:
     def _retrieval(self) -> None:
         cfg = self.cfg.get("retrieval", {})
         test = self.embeddings("test")
-        image, text = test.image_embeddings.to(self.device), test.text_embeddings.to(self.device)
-        side = {"i2t": (image, text), "t2i": (text, image)}
+        side = {"i2t": (test.image_embeddings, test.text_embeddings),
+                "t2i": (test.text_embeddings, test.image_embeddings)}
 
         def score_fn(direction: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
             q, g = side[direction]
-            with torch.no_grad():
-                return self.head.ranking_scores(q.rows(q_rows.to(self.device)), g.rows(g_rows.to(self.device))).cpu()
+            return self.model.ranking_scores(q.rows(q_rows.cpu()), g.rows(g_rows.cpu()))
 
         metrics, scans = evaluate_retrieval(
-            test.image.to(self.device), test.text.to(self.device), labels=test.labels, texts=test.texts,
+            test.image, test.text, labels=test.labels, texts=test.texts,
             prefix="test/", chunk_size=int(cfg.get("chunk_size", 1024)),
             precision_ks=tuple(cfg.get("precision_ks", (1, 5, 10))), score_fn=score_fn)
         self.result.metrics.update(metrics)
@@ -142,9 +122,9 @@ class Evaluator:
         if self._without_labels("zero-shot", ("val", "test")):
             return
         prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
-        scale = float(self.head.similarity_scale().detach())
-        encode = encode_texts_fn(self.module, self.device, tokenizer=self.tokenizer)
-        probs = {s: zeroshot_classify(encode, self.embeddings(s).image, self.label_names, prompts, scale)
+        scale = self.model.zero_shot_scale
+        probs = {s: zeroshot_classify(self.model.encode_texts, self.embeddings(s).image, self.label_names, prompts,
+                                      scale)
                  for s in ("val", "test")}
         report = evaluate_binary(_np(probs["val"]), _np(self.embeddings("val").labels), _np(probs["test"]),
                                  _np(self.embeddings("test").labels), self.label_names, **self._bootstrap())
@@ -181,8 +161,8 @@ class Evaluator:
                     self._roc_figure(f"roc_probe_{kind}", report)
 
     def _uncertainty(self) -> None:
-        if self.head.spec.embedding != "gaussian":
-            log.info("uncertainty: skipped (the checkpoint's loss head is not probabilistic)")
+        if not self.model.probabilistic:
+            log.info("uncertainty: skipped (the model is not probabilistic)")
             return
         from cxr_vlp.eval.uncertainty import recall_by_uncertainty_bins, risk_coverage
 
@@ -202,8 +182,8 @@ class Evaluator:
                          rc.coverage, rc.risk, rc.aurc)
 
     def _concepts(self) -> None:
-        if not self.head.spec.concepts:
-            log.info("concepts: skipped (the checkpoint's loss head has no concept bank)")
+        if not self.model.concept_names:
+            log.info("concepts: skipped (the model has no concept bank)")
             return
         from cxr_vlp.metrics.classification import auroc_per_label
         from cxr_vlp.eval.concept_audit import (
@@ -216,7 +196,7 @@ class Evaluator:
 
         if self._without_labels("concept audit", ("train", "val", "test")):
             return
-        names = list(self.head.concept_names)
+        names = list(self.model.concept_names)
         tr, va, te = self.embeddings("train"), self.embeddings("val"), self.embeddings("test")
         cbm = fit_concept_bottleneck(_np(tr.concept_scores), _np(tr.labels), _np(va.concept_scores), _np(va.labels),
                                      self.label_names, names)
@@ -287,7 +267,7 @@ class Evaluator:
         self._figure(name, roc_figure, curves)
 
     def _images(self, split: str, rows: list[int]) -> torch.Tensor:
-        dataset = self.datamodule.datasets[split]
+        dataset = self.dataset(split)
         return torch.stack([dataset[int(r)].images[0] for r in rows])
 
     def _retrieval_figures(self, test: SplitEmbeddings, scans) -> None:
@@ -309,19 +289,17 @@ class Evaluator:
 
     def _gradcam(self, test: SplitEmbeddings, rows: list[int]) -> None:
         from cxr_vlp.eval.figures import gradcam_figure
-        from cxr_vlp.eval.gradcam import gradcam_maps
         from cxr_vlp.eval.zeroshot import PromptSet, class_text_embeddings
 
         prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
         label = str(self.cfg.get("gradcam_label", "Cardiomegaly"))
         if label not in prompts.positive:
             raise ValueError(f"evaluation.gradcam_label={label!r} is not a label with prompts")
-        emb = class_text_embeddings(encode_texts_fn(self.module, self.device, tokenizer=self.tokenizer),
-                                    prompts.positive[label])
+        emb = class_text_embeddings(self.model.encode_texts, prompts.positive[label])
         images = self._images("test", rows)
 
         def draw(path: Path) -> Path:
-            maps = gradcam_maps(self.module.encoder, images.to(self.device), emb.to(self.device))
+            maps = self.model.gradcam_maps(images, emb)
             return gradcam_figure(path, images, maps, [f"{test.study_ids[r]}: {label}" for r in rows])
 
         self._figure("gradcam", draw)

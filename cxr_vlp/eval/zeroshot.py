@@ -1,4 +1,4 @@
-"""CLIP-style zero-shot classification with positive / negative prompt pairs (DESIGN.md §4).
+"""CLIP-style zero-shot classification with positive / negative prompt pairs (docs/design.md §4).
 
 For label c with positive prompts P_c and negative prompts N_c, an ensemble text embedding is
 
@@ -183,6 +183,27 @@ class PromptSet:
                     raise ValueError(f"zeroshot prompts[{label!r}]: unknown key {side!r}; expected {list(_SIDES)}")
                 getattr(prompts, side)[label] = _prompt_list(value, f"zeroshot prompts[{label!r}][{side!r}]")
         return prompts
+
+    @classmethod
+    def with_overrides(cls, labels: Sequence[str], prompts: Mapping | None = None) -> PromptSet:
+        """:meth:`from_config` for the labels with default prompts, plus new labels given as
+        ``{label: {"positive": [...], "negative": [...]}}`` (both sides required); ``ValueError`` naming any of
+        ``labels`` left without prompts."""
+        prompts = dict(prompts or {})
+        prompt_set = cls.from_config({k: v for k, v in prompts.items() if k in DEFAULT_PROMPTS})
+        for label, sides in prompts.items():
+            if label in DEFAULT_PROMPTS:
+                continue
+            if not isinstance(sides, Mapping) or not sides.get("positive") or not sides.get("negative"):
+                raise ValueError(f"prompts[{label!r}]: a label without default prompts needs "
+                                 "{'positive': [...], 'negative': [...]}")
+            prompt_set.positive[label] = _prompt_list(sides["positive"], f"prompts[{label!r}]['positive']")
+            prompt_set.negative[label] = _prompt_list(sides["negative"], f"prompts[{label!r}]['negative']")
+        missing = [name for name in labels if name not in prompt_set.positive]
+        if missing:
+            raise ValueError(f"no prompts for label(s) {missing}: pass prompts={{label: {{'positive': [...], "
+                             f"'negative': [...]}}}}; labels with default prompts: {list(DEFAULT_PROMPTS)}")
+        return prompt_set
 
     def check(self, label_names: Sequence[str]) -> None:
         """Raise ``ValueError`` naming the first label without positive or negative prompts."""

@@ -6,36 +6,36 @@ through the checkpoint's tokenizer at the run's ``data.max_length``. Every metho
 (Grad-CAM aside), in batches, on ``device``; ``dtype=torch.bfloat16`` runs the towers under a bf16 autocast, as
 ``python -m cxr_vlp.eval`` does at ``precision=bf16-mixed``. Outputs are float32 CPU tensors / DataFrames.
 
-What each checkpoint supports: contrastive heads (CLIP, MCSL, ProbCLIP, CLEAR) embed, score, classify zero-shot,
-retrieve and explain; ProbCLIP adds :meth:`CXRModel.uncertainty`, CLEAR :meth:`CXRModel.concepts`; report
-generation checkpoints :meth:`CXRModel.generate_report`. Other calls raise :class:`UnsupportedByModel` naming the head.
+The generic calls (embed, score, zero-shot, gallery, retrieve) come from
+:class:`~cxr_vlp.inference.base.ImageTextModel`, the interface the evaluation suite scores; contrastive heads
+(CLIP, MCSL, ProbCLIP, CLEAR) provide them and Grad-CAM (:meth:`CXRModel.explain`); ProbCLIP adds
+:meth:`CXRModel.uncertainty`, CLEAR :meth:`CXRModel.concepts`; report generation checkpoints
+:meth:`CXRModel.generate_report`. Other calls raise :class:`UnsupportedByModel` naming the head.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.transforms import TransformConfig, build_transforms
-from cxr_vlp.inference.gallery import Gallery
-from cxr_vlp.inference.images import ImageInput, as_image_list, image_name, to_uint8_gray
-from cxr_vlp.inference.payload import Payload, build_module, payload_from_checkpoint
+from cxr_vlp.inference.base import ImageEncoding, ImageTextModel, UnsupportedByModel, are_texts, as_texts
+from cxr_vlp.inference.images import ImageInput, as_image_list
+from cxr_vlp.inference.payload import Payload, build_module, payload_from_checkpoint, payload_from_module
 from cxr_vlp.models.outputs import Embeddings
 
 __all__ = ["CXRModel", "Explanation", "GeneratedReport", "UnsupportedByModel"]
-
-
-class UnsupportedByModel(NotImplementedError):
-    """A method the checkpoint's loss head / kind does not provide (e.g. ``concepts`` on a CLIP head)."""
 
 
 @dataclass
@@ -59,45 +59,22 @@ class GeneratedReport:
     report: str
 
 
-def _are_texts(items: object) -> bool:
-    """Whether ``items`` are texts: a sequence of strings none of which names an existing file (those are images)."""
-    if not isinstance(items, Sequence) or isinstance(items, str) or not items:
-        return False
-    return all(isinstance(x, str) and not (len(x) < 4096 and Path(x).is_file()) for x in items)
+def _cpu(emb: Embeddings) -> Embeddings:
+    return Embeddings(emb.mean.float().cpu(), None if emb.logvar is None else emb.logvar.float().cpu())
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    names = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16}
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
-        return dtype
-    if dtype not in names:
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-    return names[dtype]
-
-
-class CXRModel:
-    """A trained model for inference (see the module docstring). Build it with :meth:`from_checkpoint` or
-    :meth:`from_pretrained`."""
+class CXRModel(ImageTextModel):
+    """A trained model for inference (see the module docstring). Build it with :meth:`from_checkpoint`,
+    :meth:`from_pretrained` or, for a module in memory (the weights a training run just tested),
+    :meth:`from_module`."""
 
     def __init__(self, payload: Payload, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, module: torch.nn.Module | None = None) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         self.payload = payload
-        self.device = _resolve_device(device)
-        self.dtype = _resolve_dtype(dtype)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.module = build_module(payload).to(self.device).eval()
-        self.tokenizer = self.module.tokenizer
+        self.module = (module if module is not None else build_module(payload)).to(self.device).eval()
+        run_tokenizer = getattr(self.module, "run_tokenizer", None)
+        self.tokenizer = run_tokenizer() if callable(run_tokenizer) else self.module.tokenizer
         self.transform_config = TransformConfig(**dict(payload.preprocessing.get("transforms") or {}))
         self.transform = build_transforms(self.transform_config, train=False)
         self.max_length = int(payload.preprocessing.get("max_length", 128))
@@ -119,6 +96,11 @@ class CXRModel:
         path = Path(name_or_path).expanduser()
         folder = path if path.is_dir() else Path(resolve_hf_model(str(name_or_path)))
         return cls(load_folder(folder), **kwargs)
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, data: dict[str, Any], **kwargs: Any) -> CXRModel:
+        """Around a LightningModule in memory (no copy of its weights), with the run's data config ``data``."""
+        return cls(payload_from_module(module, data), module=module, **kwargs)
 
     def save_pretrained(self, out_dir: str | Path, repo_id: str | None = None) -> Path:
         """Write the exported folder (``config.json``, ``model.safetensors``, tokenizer, ``README.md`` card)."""
@@ -151,10 +133,30 @@ class CXRModel:
         return type(head).__name__ if head is not None else type(self.module).__name__
 
     @property
+    def name(self) -> str:
+        return f"{self.payload.training_data.get('name', 'model')}/{self.head_name}"
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """blake2b of the weights (bytes of every tensor, in key order) and the preprocessing: a ``.ckpt`` and its
+        exported folder share it."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(json.dumps(self.payload.preprocessing, sort_keys=True, default=str).encode())
+        for key, value in sorted(self.module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    @property
     def probabilistic(self) -> bool:
         """Whether the loss head scores Gaussian embeddings (μ, log σ²), e.g. ProbCLIP-VIB."""
         head = getattr(self.module, "loss_head", None)
         return head is not None and head.spec.embedding == "gaussian"
+
+    @property
+    def concept_names(self) -> list[str]:
+        head = getattr(self.module, "loss_head", None)
+        return list(head.concept_names) if head is not None and head.spec.concepts else []
 
     @property
     def thresholds(self) -> pd.Series:
@@ -169,176 +171,67 @@ class CXRModel:
     def _require_contrastive(self, method: str) -> None:
         self._require(method, self.kind == "contrastive", "a contrastive checkpoint (dual encoder)")
 
-    # ------------------------------------------------------------------ inputs
-    def _autocast(self):
-        if self.dtype == torch.bfloat16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+    # ------------------------------------------------------------------ the primitives
+    @property
+    def image_transform(self):
+        return self.transform
 
-    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
-        """Model inputs ``[B, 1, S, S]`` (CPU): decoded as in training, the run's evaluation transforms applied."""
-        items = as_image_list(images)
-        return torch.stack([self.transform(image=to_uint8_gray(img, f"images[{i}]"))["image"]
-                            for i, img in enumerate(items)])
+    @cached_property
+    def _head_inputs(self) -> dict[str, Tensor]:
+        head = self.module.loss_head
+        with torch.no_grad():
+            return {k: v.float() for k, v in head.loss_inputs(self.module.encode_text_embedding).items()}
 
-    def _image_batches(self, images: list[ImageInput]) -> Iterator[torch.Tensor]:
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            yield torch.stack([self.transform(image=to_uint8_gray(img, f"images[{start + i}]"))["image"]
-                               for i, img in enumerate(chunk)]).to(self.device)
+    @torch.no_grad()
+    def encode_pixels(self, pixels: Tensor) -> ImageEncoding:
+        self._require_contrastive("encode_pixels")
+        head = self.module.loss_head
+        inputs = self._head_inputs if head.spec.concepts else {}
+        with self.autocast():
+            out = self.module.encoder.encode_image(pixels.to(self.device))
+            scores = head.eval_scores(out.embeddings, inputs)
+        return ImageEncoding(embeddings=_cpu(out.embeddings), features=out.features.float().cpu(),
+                             concept_scores=None if scores is None else scores.float().cpu())
 
-    def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tokens(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         tok = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="pt", return_token_type_ids=False)
         return tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
 
-    @staticmethod
-    def _texts(texts: str | Sequence[str]) -> list[str]:
-        items = [texts] if isinstance(texts, str) else list(texts)
-        if not items:
-            raise ValueError("no texts given")
-        bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts[{bad[0]}] is a {type(items[bad[0]]).__name__}, not a string")
-        return items
-
-    # ------------------------------------------------------------------ embeddings
     @torch.no_grad()
-    def _image_gaussians(self, images: list[ImageInput]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        parts = []
-        for batch in self._image_batches(images):
-            with self._autocast():
-                parts.append(self.module.encoder.encode_image(batch).embeddings)
-        return self._cpu(parts)
+    def encode_text_embeddings(self, texts: Sequence[str]) -> Embeddings:
+        self._require_contrastive("encode_text_embeddings")
+        ids, mask = self._tokens(as_texts(texts))
+        with self.autocast():
+            return _cpu(self.module.encoder.encode_text(ids, mask).embeddings)
 
-    @torch.no_grad()
-    def _text_gaussians(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        parts = []
-        for start in range(0, len(texts), self.batch_size):
-            ids, mask = self._tokens(texts[start:start + self.batch_size])
-            with self._autocast():
-                parts.append(self.module.encoder.encode_text(ids, mask).embeddings)
-        return self._cpu(parts)
-
-    @staticmethod
-    def _cpu(parts: list[Embeddings]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        emb = Embeddings.cat(parts)
-        return emb.mean.float().cpu(), None if emb.logvar is None else emb.logvar.float().cpu()
-
-    def encode_images(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
-        """L2-normalised image embeddings ``[N, D]`` (μ for probabilistic heads)."""
-        self._require_contrastive("encode_images")
-        return self._image_gaussians(as_image_list(images))[0]
-
-    def encode_texts(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings ``[N, D]`` (μ for probabilistic heads)."""
-        self._require_contrastive("encode_texts")
-        return self._text_gaussians(self._texts(texts))[0]
-
-    @torch.no_grad()
-    def _scores(self, query: torch.Tensor, query_logvar: torch.Tensor | None, gallery: torch.Tensor,
-                gallery_logvar: torch.Tensor | None) -> torch.Tensor:
-        """The loss head's similarity ``[Nq, Ng]`` (e.g. scale · cosine, or the match logit of Gaussian heads)."""
-        if self.probabilistic and (query_logvar is None or gallery_logvar is None):
+    def _pair(self, query: Embeddings, gallery: Embeddings) -> tuple[Embeddings, Embeddings]:
+        self._require_contrastive("similarity")
+        if self.probabilistic and (query.logvar is None or gallery.logvar is None):
             raise ValueError(f"{self.head_name} scores Gaussian embeddings: the gallery needs its logvar (embed it "
                              "with this model's CXRModel.gallery)")
-        q, g = Embeddings(query, query_logvar).to(self.device), Embeddings(gallery, gallery_logvar).to(self.device)
-        return self.module.loss_head.similarity(q, g).float().cpu()
+        return query.to(self.device), gallery.to(self.device)
 
-    def similarity(self, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str]) -> torch.Tensor:
-        """``[N_images, N_texts]`` scores by the loss head's similarity (the ranking retrieval uses)."""
-        self._require_contrastive("similarity")
-        img, img_lv = self._image_gaussians(as_image_list(images))
-        txt, txt_lv = self._text_gaussians(self._texts(texts))
-        return self._scores(img, img_lv, txt, txt_lv)
+    @torch.no_grad()
+    def similarity_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """The loss head's similarity ``[Nq, Ng]`` (e.g. scale · cosine, or the match logit of Gaussian heads)."""
+        return self.module.loss_head.similarity(*self._pair(query, gallery)).float().cpu()
 
-    # ------------------------------------------------------------------ zero-shot
-    def _prompt_set(self, labels: Sequence[str], prompts: Mapping[str, Mapping[str, Sequence[str]]] | None):
-        from cxr_vlp.eval.zeroshot import DEFAULT_PROMPTS, PromptSet
+    @torch.no_grad()
+    def ranking_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """The loss head's ranking scores (e.g. the unscaled cosine of CLIP heads: no rounding-made ties)."""
+        return self.module.loss_head.ranking_scores(*self._pair(query, gallery)).float().cpu()
 
-        prompts = dict(prompts or {})
-        known = {k: v for k, v in prompts.items() if k in DEFAULT_PROMPTS}
-        prompt_set = PromptSet.from_config(known)
-        for label, sides in prompts.items():
-            if label in DEFAULT_PROMPTS:
-                continue
-            if not isinstance(sides, Mapping) or not sides.get("positive") or not sides.get("negative"):
-                raise ValueError(f"prompts[{label!r}]: a label without default prompts needs "
-                                 "{'positive': [...], 'negative': [...]}")
-            extra = PromptSet.from_config(None)
-            extra.positive, extra.negative = {label: list(sides["positive"])}, {label: list(sides["negative"])}
-            prompt_set.positive[label], prompt_set.negative[label] = extra.positive[label], extra.negative[label]
-        missing = [name for name in labels if name not in prompt_set.positive]
-        if missing:
-            raise ValueError(f"no prompts for label(s) {missing}: pass prompts={{label: {{'positive': [...], "
-                             f"'negative': [...]}}}}; labels with default prompts: {list(DEFAULT_PROMPTS)}")
-        return prompt_set
-
-    def zero_shot(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str] | None = None,
-                  prompts: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> pd.DataFrame:
-        """Per-label probabilities ``[N images, labels]`` from positive / negative prompt pairs (the evaluation
-        suite's :func:`~cxr_vlp.eval.zeroshot.zeroshot_classify`; default prompts, per-label overrides or new
-        labels via ``prompts={label: {"positive": [...], "negative": [...]}}``).
-
-        ``df.attrs["thresholds"]`` holds the run's validation-fitted thresholds of these labels when present
-        (``df >= pd.Series(df.attrs["thresholds"])`` gives the decisions)."""
-        from cxr_vlp.eval.zeroshot import zeroshot_classify
-
+    @property
+    def zero_shot_scale(self) -> float:
         self._require_contrastive("zero_shot")
-        names = list(CHEXPERT_LABELS if labels is None else ([labels] if isinstance(labels, str) else labels))
-        prompt_set = self._prompt_set(names, prompts)
-        items = as_image_list(images)
-        emb = self._image_gaussians(items)[0]
-        scale = float(self.module.loss_head.similarity_scale().detach())
-        probs = zeroshot_classify(self.encode_texts, emb, names, prompt_set, scale)
-        frame = pd.DataFrame(probs.numpy().astype(np.float64), columns=names,
-                             index=[image_name(img, i) for i, img in enumerate(items)])
-        frame.attrs["thresholds"] = {n: self.payload.thresholds[n] for n in names if n in self.payload.thresholds}
-        return frame
+        return float(self.module.loss_head.similarity_scale().detach())
 
-    # ------------------------------------------------------------------ retrieval
-    def gallery(self, items: Sequence[ImageInput] | Sequence[str], ids: Sequence[str] | None = None) -> Gallery:
-        """Embed a gallery once (texts if every item is a string, else images); save it with ``Gallery.save``."""
-        self._require_contrastive("gallery")
-        if isinstance(items, str):
-            items = [items]
-        items = list(items)
-        if not items:
-            raise ValueError("an empty gallery")
-        if _are_texts(items):
-            emb, logvar = self._text_gaussians(items)
-            modality, names = "text", list(items)
-        else:
-            emb, logvar = self._image_gaussians(items)
-            modality = "image"
-            names = [str(x) if isinstance(x, (str, Path)) else image_name(x, i) for i, x in enumerate(items)]
-        if ids is not None:
-            names = [str(i) for i in ids]
-        return Gallery(modality=modality, ids=names, embeddings=emb, logvar=logvar)
+    def gradcam_maps(self, pixels: Tensor, text_embedding: Tensor) -> np.ndarray:
+        from cxr_vlp.eval.gradcam import gradcam_maps
 
-    def retrieve(self, queries: str | Sequence[str] | ImageInput | Sequence[ImageInput],
-                 gallery: Gallery | Sequence[ImageInput] | Sequence[str], k: int = 5) -> pd.DataFrame:
-        """The top ``k`` gallery items per query: text queries against an image gallery, image queries against a
-        text gallery. Rows ``query, rank (1 = best), item, score`` (the head's similarity)."""
-        self._require_contrastive("retrieve")
-        if not isinstance(gallery, Gallery):
-            gallery = self.gallery(gallery)
-        if gallery.modality == "image":
-            texts = self._texts(queries)
-            q, q_lv = self._text_gaussians(texts)
-            names = texts
-        else:
-            items = as_image_list(queries)
-            q, q_lv = self._image_gaussians(items)
-            names = [image_name(x, i) for i, x in enumerate(items)]
-        scores = self._scores(q, q_lv, gallery.embeddings, gallery.logvar)
-        k = min(int(k), len(gallery))
-        if k < 1:
-            raise ValueError(f"k must be a positive integer, got {k}")
-        top = torch.topk(scores, k, dim=1)
-        rows = [{"query": names[i], "rank": r + 1, "item": gallery.ids[int(top.indices[i, r])],
-                 "score": float(top.values[i, r])} for i in range(len(names)) for r in range(k)]
-        return pd.DataFrame(rows, columns=["query", "rank", "item", "score"])
+        self._require_contrastive("explain")
+        return gradcam_maps(self.module.encoder, pixels.to(self.device), text_embedding.to(self.device))
 
     # ------------------------------------------------------------------ explanations and head extras
     def explain(self, image: ImageInput, label_or_prompt: str) -> Explanation:
@@ -347,7 +240,6 @@ class CXRModel:
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from PIL import Image
 
-        from cxr_vlp.eval.gradcam import gradcam_maps
         from cxr_vlp.eval.zeroshot import DEFAULT_PROMPTS, class_text_embeddings
 
         self._require_contrastive("explain")
@@ -356,7 +248,7 @@ class CXRModel:
         else:
             text_emb = self.encode_texts([label_or_prompt])[0]
         x = self.preprocess([image])
-        heatmap = gradcam_maps(self.module.encoder, x.to(self.device), text_emb.to(self.device))[0]
+        heatmap = self.gradcam_maps(x, text_emb)[0]
         cfg = self.transform_config
         gray = np.clip(x[0, 0].numpy() * cfg.std + cfg.mean, 0.0, 1.0).astype(np.float32)
         overlay = show_cam_on_image(np.repeat(gray[:, :, None], 3, axis=2), heatmap, use_rgb=True)
@@ -365,26 +257,22 @@ class CXRModel:
     def concepts(self, image: ImageInput, top: int = 10) -> pd.DataFrame:
         """The ``top`` concepts of one image by concept score f·cᵀ (concept heads such as CLEAR)."""
         self._require_contrastive("concepts")
-        head = self.module.loss_head
-        self._require("concepts", bool(head.spec.concepts), "a concept head (e.g. loss=clear)")
-        x = self.preprocess([image]).to(self.device)
-        with torch.no_grad(), self._autocast():
-            inputs = head.loss_inputs(self.module.encode_text_embedding)
-            scores = head.eval_scores(self.module.encoder.encode_image(x).embeddings, inputs)[0].float().cpu()
-        names = list(head.concept_names)
+        self._require("concepts", bool(self.concept_names), "a concept head (e.g. loss=clear)")
+        scores = self.encode_pixels(self.preprocess([image])).concept_scores[0]
+        names = self.concept_names
         order = torch.argsort(scores, descending=True)[: max(1, int(top))]
         return pd.DataFrame({"concept": [names[int(i)] for i in order], "score": scores[order].double().numpy()})
 
-    def uncertainty(self, inputs: ImageInput | Sequence[ImageInput] | str | Sequence[str]) -> torch.Tensor:
+    def uncertainty(self, inputs: ImageInput | Sequence[ImageInput] | str | Sequence[str]) -> Tensor:
         """Per-sample uncertainty Σσ² ``[N]`` of images or texts (probabilistic heads such as ProbCLIP-VIB)."""
         from cxr_vlp.losses.probabilistic import uncertainty
 
         self._require_contrastive("uncertainty")
         self._require("uncertainty", self.probabilistic, "a probabilistic head (e.g. loss=probclip_vib)")
-        if _are_texts([inputs] if isinstance(inputs, str) else inputs):
-            logvar = self._text_gaussians(self._texts(inputs))[1]
+        if are_texts([inputs] if isinstance(inputs, str) else inputs):
+            logvar = self.text_embeddings(as_texts(inputs)).logvar
         else:
-            logvar = self._image_gaussians(as_image_list(inputs))[1]
+            logvar = self.image_embeddings(as_image_list(inputs)).logvar
         return uncertainty(logvar).float()
 
     @torch.no_grad()
@@ -396,7 +284,7 @@ class CXRModel:
         if max_new_tokens is not None:
             self.module.gen_cfg["max_new_tokens"] = int(max_new_tokens)
         out: list[GeneratedReport] = []
-        for batch in self._image_batches(as_image_list(images)):
+        for batch in self.image_batches(as_image_list(images)):
             prompts, texts = self.module.generate(batch, num_beams=num_beams)
             out += [GeneratedReport(prompts[i] if prompts else None, texts[i]) for i in range(len(texts))]
         return out

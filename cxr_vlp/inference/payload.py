@@ -23,7 +23,7 @@ from cxr_vlp.utils.checkpoint import is_remote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Payload", "build_module", "payload_from_checkpoint", "split_fingerprint"]
+__all__ = ["Payload", "build_module", "payload_from_checkpoint", "payload_from_module", "split_fingerprint"]
 
 
 @dataclass
@@ -121,12 +121,28 @@ def payload_from_checkpoint(ckpt_path: str | Path) -> Payload:
     metrics, fingerprint = _run_files(path)
     thresholds = dict(record.thresholds or {}) if record.kind == "contrastive" else {}
     return Payload(
-        record=record, state_dict=dict(checkpoint["state_dict"]),
-        preprocessing={"transforms": dict(data.get("transforms") or {}),
-                       "max_length": int(data.get("max_length", 128))},
-        training_data={"name": str(data.get("name", "dataset")), "credentialed": bool(data.get("credentialed", False))},
-        thresholds=thresholds or zeroshot_thresholds(metrics), metrics=held_out_metrics(metrics),
-        split_fingerprint=fingerprint)
+        record=record, state_dict=dict(checkpoint["state_dict"]), preprocessing=preprocessing(data),
+        training_data=training_data(data), thresholds=thresholds or zeroshot_thresholds(metrics),
+        metrics=held_out_metrics(metrics), split_fingerprint=fingerprint)
+
+
+def preprocessing(data: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation preprocessing of a run's data config: ``transforms`` and ``max_length``."""
+    return {"transforms": dict(data.get("transforms") or {}), "max_length": int(data.get("max_length", 128))}
+
+
+def training_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Name and access class of a run's dataset (never its paths)."""
+    return {"name": str(data.get("name", "dataset")), "credentialed": bool(data.get("credentialed", False))}
+
+
+def payload_from_module(module: torch.nn.Module, data: dict[str, Any]) -> Payload:
+    """A :class:`Payload` of a LightningModule in memory (its ``payload()`` record, its current weights) with the
+    run's data config ``data``."""
+    if not data:
+        raise ValueError("payload_from_module needs the run's data config (transforms, max_length)")
+    return Payload(record=module.payload(), state_dict=module.state_dict(), preprocessing=preprocessing(data),
+                   training_data=training_data(data))
 
 
 def build_module(payload: Payload) -> torch.nn.Module:

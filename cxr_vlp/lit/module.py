@@ -177,15 +177,19 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
         """The tokenizer of the current run: the data module's during fit / test, else :attr:`tokenizer`."""
         return getattr(self._datamodule(), "tokenizer", None) or self.tokenizer
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def payload(self) -> CXRPayload:
+        """What a checkpoint of this module carries besides its weights (see :mod:`cxr_vlp.checkpoint`)."""
         from cxr_vlp.data.tokenizer import tokenizer_to_json
 
         tokenizer = self.run_tokenizer()
         local = self.hparams["model"]["text_encoder"].get("tokenizer", {}).get("kind") == "wordpiece"
-        write_payload(checkpoint, CXRPayload(
+        return CXRPayload(
             kind="contrastive", hparams=dict(self.hparams),
             tokenizer_json=tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
-            data=self.data_config, concepts=list(self.loss_head.concept_names) or None))
+            data=self.data_config, concepts=list(self.loss_head.concept_names) or None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        write_payload(checkpoint, self.payload())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resuming or testing a checkpoint: the data module tokenises with the checkpoint's tokenizer."""

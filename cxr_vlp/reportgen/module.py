@@ -151,9 +151,13 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
         add_report_token(module.tokenizer)
         return module
 
+    def payload(self) -> CXRPayload:
+        """What a checkpoint of this module carries besides its weights (see :mod:`cxr_vlp.checkpoint`)."""
+        return CXRPayload(kind="reportgen", hparams=dict(self.hparams), data=self.data_config,
+                          tokenizer_json=tokenizer_to_json(self.tokenizer))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        write_payload(checkpoint, CXRPayload(kind="reportgen", hparams=dict(self.hparams), data=self.data_config,
-                                             tokenizer_json=tokenizer_to_json(self.tokenizer)))
+        write_payload(checkpoint, self.payload())
 
     # ------------------------------------------------------------------ shared pieces
     def _reports(self, batch: Batch) -> list[str]:

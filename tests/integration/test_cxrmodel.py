@@ -76,7 +76,11 @@ def test_encode_images_equals_the_eval_suite_embedding_of_the_test_split(clip_ck
     datamodule = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
     datamodule.use_tokenizer(clip_model.tokenizer)
     datamodule.setup("test")
-    suite = embed_split(clip_model.module, datamodule, "test")
+    suite = embed_split(clip_model, datamodule, "test")
+    with torch.no_grad():  # the validation path of training: the data module's loader, the module's image tower
+        validation = torch.cat([clip_model.module.encoder.encode_image(batch.images[:, 0]).embedding
+                                for batch in datamodule.test_dataloader()])
+    torch.testing.assert_close(suite.image, validation, atol=1e-6, rtol=0)
     table = datamodule.tables["test"]
     rng = np.random.default_rng(0)
     paths = [table.image_paths[i][choose_image_indices(table.view_names[i], 1, False, rng)[0]]

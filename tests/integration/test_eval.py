@@ -99,19 +99,18 @@ class _RecordingLogger:
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_credentialed_data_never_uploads_patient_content(clip_ckpt: Path, tmp_path: Path, allow: bool) -> None:
-    from cxr_vlp.checkpoint import load_module
     from cxr_vlp.eval.run import PATIENT_CONTENT, Evaluator
+    from cxr_vlp.inference import CXRModel
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    module, payload = load_module(str(clip_ckpt))
-    data_cfg = payload.data
-    dm = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
-    dm.use_tokenizer(module.tokenizer)
+    model = CXRModel.from_checkpoint(clip_ckpt)
+    dm = instantiate(OmegaConf.create(model.payload.record.data), tokenizer=None)
+    dm.use_tokenizer(model.tokenizer)
     dm.setup("test")
     logger = _RecordingLogger()
     cfg = {"tasks": ["retrieval"], "figure_examples": 2, "device": "cpu", "allow_patient_content_upload": allow}
-    result = Evaluator(module, dm, cfg, tmp_path, credentialed=True, loggers=[logger]).run()
+    result = Evaluator(model, dm, cfg, tmp_path, credentialed=True, loggers=[logger]).run()
     assert {"retrieval_i2t", "retrieval_t2i", "gradcam", "tsne"} <= set(result.figures)
     uploaded = {k.removeprefix("eval/") for k in logger.keys}
     if allow:
