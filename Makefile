@@ -9,6 +9,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test test-fast bench gpu-checks clean-logs
+.PHONY: lint docs
 
 $(STAMP): requirements/pins.txt requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,15 @@ test-fast: install
 
 clean-logs:
 	rm -rf logs/debug logs/train
+
+# ruff's checks and its formatting (checked only; settings in pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check cxr_vlp tests bench
+	$(VENV)/bin/ruff format --check cxr_vlp tests bench
+
+# the documentation site (MkDocs, mkdocs.yml) into site/; a warning such as a broken link fails the build
+docs: install
+	$(PY) -m mkdocs build --strict --site-dir site
 
 # performance figures (prints, never asserts)
 bench: install

@@ -1,5 +1,5 @@
-"""Every ``python -m cxr_vlp...`` command in README.md (fenced code blocks and inline code), and ``make demo``'s recipe,
-is checked as written, with two fixed substitutions only:
+"""Every ``python -m cxr_vlp...`` command shown in README.md or a page of docs/ (fenced code blocks and inline code),
+and ``make demo``'s recipe, is checked as written, with two fixed substitutions only:
 
 * paths (:func:`substitute`): the value of every path-valued key (``data.root``, ``ckpt_path``, ``pretrained_ckpt``,
   ``image``, ``in_csv`` / ``out_csv`` / ``out_txt`` / ``out_dir``, a ``<placeholder>``) becomes a tiny test file or
@@ -15,8 +15,9 @@ is checked as written, with two fixed substitutions only:
 checked: ``run`` executes it (in-process through the entry point's own function, or ``cli`` as a subprocess for
 sweeps), ``compose`` composes it with Hydra's compose API, resolves every interpolation and instantiates what can be
 built on this machine (the data module on a tiny tree, trainer / logger / launcher nodes, every job of a sweep) for
-commands that need a GPU, a cluster, hub weights or too long a run. A README command without an entry fails
-:func:`test_every_readme_command_has_a_check`, naming it.
+commands that need a GPU, a cluster, hub weights or too long a run, and ``elsewhere`` names the test file that runs
+it (a tool with its own integration test). A shown command without an entry fails
+:func:`test_every_readme_command_has_a_check`, naming it and the page that shows it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tests.integration.hydra_helpers import compose_train, run_cli, tiny_model_o
 pytestmark = pytest.mark.slow
 
 README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
 MAKEFILE = REPO_ROOT / "Makefile"
 
 # ---------------------------------------------------------------------------------------------------- extraction
@@ -58,6 +60,20 @@ def readme_commands(text: str | None = None) -> list[str]:
     found += [m for m in re.findall(r"`(python -m cxr_vlp[^`]*)`", prose.replace("\n", " "))]
     normalised = [" ".join(c.split()) for c in found]
     return list(dict.fromkeys(normalised))
+
+
+def documents() -> list[Path]:
+    """README.md and every Markdown page under docs/, in a fixed order."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def shown_commands() -> dict[str, str]:
+    """Every command of :func:`documents` -> the first page that shows it (relative to the repository)."""
+    shown: dict[str, str] = {}
+    for path in documents():
+        for command in readme_commands(path.read_text()):
+            shown.setdefault(command, str(path.relative_to(REPO_ROOT)))
+    return shown
 
 
 def make_demo_command() -> str:
@@ -83,7 +99,8 @@ def split_command(command: str) -> tuple[str, list[str]]:
 
 @dataclass(frozen=True)
 class Check:
-    """``run`` (in-process through the entry point's function), ``cli`` (a subprocess) or ``compose``."""
+    """``run`` (in-process through the entry point's function), ``cli`` (a subprocess), ``compose``, or
+    ``elsewhere`` with ``why`` the repository path of the test file that runs the command."""
 
     how: str
     why: str = ""
@@ -413,9 +430,20 @@ def test_readme_has_commands_and_make_demo_runs_one() -> None:
 
 
 def test_every_readme_command_has_a_check() -> None:
-    unknown = [c for c in readme_commands() if c not in CHECKS]
-    assert not unknown, "README commands without a check in tests/integration/test_readme_commands.py CHECKS:\n" \
+    unknown = [f"{page}: {c}" for c, page in shown_commands().items() if c not in CHECKS]
+    assert not unknown, "commands shown without a check in tests/integration/test_readme_commands.py CHECKS:\n" \
         + "\n".join(unknown)
+    for command in [c for c in shown_commands() if CHECKS[c].how == "elsewhere"]:
+        test_file, (module, _) = REPO_ROOT / CHECKS[command].why, split_command(command)
+        assert test_file.is_file() and test_file.name.startswith("test_"), f"{command}: no test file {test_file}"
+        assert module in test_file.read_text(), f"{command}: {test_file} does not mention {module}"
+
+
+def test_the_docs_pages_are_read_too() -> None:
+    shown = shown_commands()
+    assert shown["python -m cxr_vlp.train +experiment=demo"] == "README.md"
+    assert any(page.startswith("docs/") for page in shown.values())
+    assert {str(p.relative_to(REPO_ROOT)) for p in documents()} >= {"README.md", "docs/index.md", "docs/results.md"}
 
 
 def test_the_extraction_reads_blocks_continuations_and_inline_code() -> None:
@@ -423,12 +451,12 @@ def test_the_extraction_reads_blocks_continuations_and_inline_code() -> None:
     assert readme_commands(text) == ["python -m cxr_vlp.train a=1 b=2", "python -m cxr_vlp.x k=v"]
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if CHECKS.get(c, Check("")).how == "compose"])
+@pytest.mark.parametrize("command", [c for c in shown_commands() if CHECKS.get(c, Check("")).how == "compose"])
 def test_readme_command_composes(command: str, ws: Workspace, tmp_path: Path) -> None:
     _compose_check(ws, command, tmp_path)
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if CHECKS.get(c, Check("")).how in ("run", "cli")])
+@pytest.mark.parametrize("command", [c for c in shown_commands() if CHECKS.get(c, Check("")).how in ("run", "cli")])
 def test_readme_command_runs(command: str, ws: Workspace) -> None:
     _run_check(ws, command)
 
