@@ -99,7 +99,7 @@ def derive_raw_labels(texts: Sequence[str | None], cache_dir: str | os.PathLike[
     """Raw labeler output ``[n, 14]`` (1 / 0 / -1 / NaN) for ``texts``, each distinct text labelled once.
 
     With ``cache_dir`` the labels are looked up in and added to the cache file (module docstring). ``options`` go
-    to :func:`~cxr_vlp.text.labeler.label_reports` (``use_sections``, ``no_finding_blank``) and into the keys.
+    to :func:`~cxr_vlp.text.labeler.label_reports` (``use_sections``, ``no_finding_negative``) and into the keys.
     A missing text (None / blank) is all NaN without a lookup.
     """
     out = np.full((len(texts), NUM_LABELS), np.nan, dtype=np.float32)
@@ -126,9 +126,15 @@ def derive_raw_labels(texts: Sequence[str | None], cache_dir: str | os.PathLike[
 
 def derive_labels(findings: Sequence[str | None], impression: Sequence[str | None],
                   uncertain: UncertainPolicy | str = UncertainPolicy.UNKNOWN,
-                  cache_dir: str | os.PathLike[str] | None = None, source: str = "reports") -> np.ndarray:
-    """Labels for reports without annotations: the labeler on findings + impression, then the one label policy."""
-    raw, stats = derive_raw_labels(report_texts(findings, impression), cache_dir)
+                  cache_dir: str | os.PathLike[str] | None = None, source: str = "reports",
+                  no_finding_negative: bool = True) -> np.ndarray:
+    """Labels for reports without annotations: the labeler on findings + impression, then the one label policy.
+
+    ``no_finding_negative=False``: CheXpert's No Finding convention (1 or blank, never 0); it is part of the cache
+    key, the default adds no option (keys stay those of a call without options).
+    """
+    options = {} if no_finding_negative else {"no_finding_negative": False}
+    raw, stats = derive_raw_labels(report_texts(findings, impression), cache_dir, **options)
     log_stats(source, stats)
     return apply_policy(raw, uncertain)
 

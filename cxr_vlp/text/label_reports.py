@@ -1,11 +1,13 @@
 """CLI: label report text with CheXpert values.
 
-``python -m cxr_vlp.text.label_reports in_csv=IN out_csv=OUT [text_columns=findings,impression] [overwrite=false]``
+``python -m cxr_vlp.text.label_reports in_csv=IN out_csv=OUT [text_columns=findings,impression] [overwrite=false]
+[no_finding_negative=true]``
 
 Reads ``in_csv``, labels the text of ``text_columns`` (joined per row, blank cells skipped) with the
 rule-based labeler (:mod:`cxr_vlp.text.labeler`) and writes a copy to ``out_csv`` with the 14 CheXpert
 columns set to 1 / 0 / -1 / blank. Every other column is copied unchanged (read as text, so ids keep
-their leading zeros); label columns already present are replaced, with a warning.
+their leading zeros); label columns already present are replaced, with a warning. ``no_finding_negative=false``
+writes CheXpert's No Finding convention (1 or blank, never 0), for comparisons with CheXpert-labelled data.
 
 Nothing the user made is lost: ``out_csv`` must differ from ``in_csv``, and an existing ``out_csv`` is
 only replaced with ``overwrite=true``. The file is written to a temporary sibling and renamed into place.
@@ -29,12 +31,13 @@ from cxr_vlp.utils.cli import parse_key_values
 
 log = logging.getLogger(__name__)
 
-_KEYS = {"in_csv": str, "out_csv": str, "text_columns": list, "overwrite": bool}
-_DEFAULTS = {"text_columns": ["findings", "impression"], "overwrite": False}
+_KEYS = {"in_csv": str, "out_csv": str, "text_columns": list, "overwrite": bool, "no_finding_negative": bool}
+_DEFAULTS = {"text_columns": ["findings", "impression"], "overwrite": False, "no_finding_negative": True}
 
 
 def parse_args(argv: list[str]) -> dict[str, object]:
-    """``key=value`` arguments -> ``{in_csv, out_csv, text_columns: list[str], overwrite: bool}``."""
+    """``key=value`` arguments -> ``{in_csv, out_csv, text_columns: list[str], overwrite: bool,
+    no_finding_negative: bool}``."""
     return parse_key_values(argv, _KEYS, _DEFAULTS, required=("in_csv", "out_csv"), doc=__doc__)
 
 
@@ -49,7 +52,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def label_csv(in_csv: str | os.PathLike[str], out_csv: str | os.PathLike[str],
               text_columns: list[str] | tuple[str, ...] = ("findings", "impression"),
-              overwrite: bool = False) -> pd.DataFrame:
+              overwrite: bool = False, no_finding_negative: bool = True) -> pd.DataFrame:
     """Label ``in_csv`` and write the copy to ``out_csv`` (see the module docstring); returns the written table.
 
     Raises ``FileNotFoundError`` (no input), ``FileExistsError`` (output exists, ``overwrite`` false),
@@ -73,7 +76,7 @@ def label_csv(in_csv: str | os.PathLike[str], out_csv: str | os.PathLike[str],
         log.warning("%s: replacing existing label column(s) %s in the copy", src, present)
     texts = ["\n\n".join(cell.strip() for cell in row if cell and cell.strip()) for row in
              df[list(text_columns)].itertuples(index=False, name=None)]
-    labels = label_reports(texts)
+    labels = label_reports(texts, no_finding_negative=no_finding_negative)
     for j, name in enumerate(CHEXPERT_LABELS):
         column = labels[:, j]
         df[name] = pd.array([None if np.isnan(v) else int(v) for v in column], dtype="Int64")
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     try:
-        df = label_csv(args["in_csv"], args["out_csv"], args["text_columns"], bool(args["overwrite"]))
+        df = label_csv(args["in_csv"], args["out_csv"], args["text_columns"], bool(args["overwrite"]),
+                       no_finding_negative=bool(args["no_finding_negative"]))
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

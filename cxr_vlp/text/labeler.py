@@ -10,14 +10,19 @@ How a report is read
    otherwise the whole text. Hard-wrapped lines are rejoined, paragraphs and list items kept apart
    (:func:`~cxr_vlp.text.sections.text_blocks`), then sentences come from
    :func:`~cxr_vlp.text.text_views.split_sentences`.
-2. **Mentions.** Each observation has a list of phrases (:data:`MENTIONS`, word-bounded, plural and
-   variant forms) and phrases that exclude a match (:data:`EXCLUSIONS`: "pericardial effusion" is not a
-   pleural effusion, "mass effect" not a lesion, "Kerley B lines" not a device). Cardiomegaly and
+2. **Mentions.** The phrases live in :mod:`cxr_vlp.text.lexicon`. Each observation has a list of phrases
+   (:data:`MENTIONS`, word-bounded, plural and variant forms) and phrases that exclude a match
+   (:data:`EXCLUSIONS`: "pericardial effusion" is not a pleural effusion, "mass effect" or a rib lesion not a
+   lung lesion, "Kerley B lines" not a device). Abnormalities outside the 14 labels (emphysema, hiatal hernia,
+   granuloma, degenerative spine, calcified or tortuous aorta, vascular congestion: :data:`OTHER_FINDINGS`) are
+   found and classified the same way; they only decide No Finding (step 5). Cardiomegaly and
    Enlarged Cardiomediastinum also have *attribute* mentions ("heart size", "cardiac silhouette",
-   "mediastinal contours") that count only with a qualifier right before them or in their predicate:
-   "enlarged" / "widened" make a mention that is then classified like any other, "normal" / "within
-   normal limits" / "not enlarged" a negative one, "borderline" an uncertain one; "heart size is stable"
-   mentions nothing.
+   "mediastinal contours") that count only with a qualifier right before them or in their predicate, also
+   across a list of structures ("the heart, pulmonary XXXX and mediastinum are within normal limits"):
+   "enlarged" / "widened" / "prominent" make a mention that is then classified like any other, "normal" /
+   "within normal limits" / "not enlarged" a negative one, "borderline" an uncertain one; "heart size is
+   stable" mentions nothing. A normal cardiomediastinal silhouette is also a normal heart; an enlarged one
+   mentions Enlarged Cardiomediastinum only.
 3. **Status of a mention**, in this order of precedence:
 
    * negative when a negation cue (:data:`PRE_NEGATION`: "no", "without", "negative for", "free of",
@@ -29,7 +34,8 @@ How a report is read
      "differential includes", ...) precedes it in scope, or "cannot be excluded", "is likely",
      "versus ...", "?" follows it (:data:`POST_UNCERTAINTY`);
    * positive otherwise; but two positive findings offered as alternatives ("consistent with atelectasis
-     or consolidation", "atelectasis and/or pneumonia") are both uncertain.
+     or consolidation", "atelectasis and/or pneumonia", "atelectasis/scarring") are both uncertain, except a
+     parent label offered against its own child ("atelectasis/airspace disease" is an opacity either way).
 
    "Unlikely" counts as a hedge (uncertain), not as a negation.
 
@@ -45,11 +51,15 @@ How a report is read
    effusion" is positive), and hedges such as "cannot be excluded" / "not ruled out" (uncertain, not
    negative). A negation that scopes over a hedge wins ("no findings to suggest pneumonia" is negative).
 4. **Aggregation per report**, as CheXpert does: positive beats uncertain beats negative across all
-   mentions of a label; no mention leaves it blank (NaN).
-5. **No Finding** is ``1`` when no observation other than Support Devices is positive or uncertain
-   (CheXpert's rule; an empty-of-findings report such as "The lungs are clear." gets ``1``); otherwise it is
-   ``0`` by default — a finding being present is known information — or blank with
-   ``no_finding_blank=True`` (CheXpert's own output). Missing text gives all blanks.
+   mentions of a label; no mention leaves it blank (NaN). Then CheXpert's hierarchy
+   (:data:`~cxr_vlp.text.lexicon.HIERARCHY`): a positive or uncertain Edema, Consolidation, Pneumonia, Lung Lesion
+   or Atelectasis makes Lung Opacity at least as positive, a Cardiomegaly likewise Enlarged Cardiomediastinum.
+5. **No Finding** is ``1`` when no observation other than Support Devices, and no other finding (step 2), is
+   positive or uncertain (an empty-of-findings report such as "The lungs are clear." gets ``1``); otherwise it
+   is ``0`` by default — a finding being present is known information — or blank with
+   ``no_finding_negative=False`` (CheXpert's convention: 1 or blank, never 0). Missing text gives all blanks.
+
+Accuracy on 305 hand-labelled OpenI reports and the conventions behind it: docs/labeler.md.
 """
 
 from __future__ import annotations
@@ -63,9 +73,30 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from cxr_vlp.text import lexicon as _lexicon
 from cxr_vlp.text import sections as _sections
 from cxr_vlp.text import text_views as _text_views
 from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS
+from cxr_vlp.text.lexicon import (
+    ATTRIBUTE_EXCLUSIONS,
+    ATTRIBUTE_MENTIONS,
+    CARDIOMEDIASTINAL_PHRASES,
+    CLAUSE_STARTERS,
+    EXCLUSIONS,
+    HIERARCHY,
+    LIST_ITEMS,
+    MENTIONS,
+    NORMAL_ONLY_MENTIONS,
+    NORMAL_QUALIFIER,
+    OTHER_FINDINGS,
+    OTHER_FINDINGS_EXCLUSIONS,
+    POST_NEGATION,
+    POST_UNCERTAINTY,
+    PRE_NEGATION,
+    PRE_UNCERTAINTY,
+    PSEUDO_NEGATION,
+    SOFT_STARTERS,
+)
 from cxr_vlp.text.sections import parse_sections, text_blocks
 from cxr_vlp.text.text_views import is_missing, split_sentences
 
@@ -75,6 +106,7 @@ __all__ = [
     "LABELER_VERSION",
     "MENTIONS",
     "Mention",
+    "OTHER_FINDING",
     "explain",
     "label_report",
     "label_reports",
@@ -85,10 +117,10 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 
 
 def _source_fingerprint() -> str:
-    """SHA-256 (16 hex digits) of the source of this module and of the sectioning / sentence splitting it reads
-    reports with: any edit to the rules gives a new value."""
+    """SHA-256 (16 hex digits) of the source of this module, its lexicon and the sectioning / sentence splitting
+    it reads reports with: any edit to the rules gives a new value."""
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], _sections, _text_views):
+    for module in (sys.modules[__name__], _lexicon, _sections, _text_views):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -98,296 +130,6 @@ def _source_fingerprint() -> str:
 LABELER_VERSION: str = _source_fingerprint()
 _PRIORITY = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
 
-_SIDE = r"(?:(?:left|right|bilateral|both|posterior|lateral|l|r)\s+)*"
-
-# --------------------------------------------------------------------------- mention phrases
-# Regex fragments (matched case-insensitively, wrapped in word boundaries). Longer phrases first is not
-# needed: all fragments of a label are combined and the longest match at a position wins.
-MENTIONS: dict[str, tuple[str, ...]] = {
-    "Enlarged Cardiomediastinum": (
-        r"(?:cardio)?mediastinal\s+(?:widening|enlargement)",
-        r"enlarged\s+cardiomediastinum",
-        r"widened\s+(?:superior\s+)?mediastinum",
-    ),
-    "Cardiomegaly": (
-        r"cardiomegaly",
-        r"cardiac\s+enlargement",
-        r"enlarged\s+heart",
-        r"enlargement\s+of\s+the\s+heart",
-    ),
-    "Lung Opacity": (
-        r"opacit(?:y|ies)",
-        r"opacification",
-        r"opacified",
-        r"haziness",
-        r"hazy",
-        r"infiltrat(?:e|es|ion|ive)",
-        r"air[- ]?space\s+(?:disease|process)",
-        r"ground[- ]glass",
-    ),
-    "Lung Lesion": (
-        r"nodules?",
-        r"nodular(?:ity)?",
-        r"mass(?:es)?",
-        r"lesions?",
-        r"tumou?rs?",
-        r"neoplasms?",
-        r"carcinoma",
-        r"metastas(?:is|es)",
-        r"metastatic\s+disease",
-        r"granulomas?",
-    ),
-    "Edema": (
-        r"(?:pulmonary\s+|interstitial\s+|alveolar\s+)?edema",
-        r"(?:pulmonary\s+)?(?:vascular|venous)\s+congestion",
-        r"congestion",
-        r"(?:vascular|venous)\s+engorgement",
-        r"kerley\s+b\s+lines",
-        r"cephalization",
-        r"(?:vascular|venous)\s+redistribution",
-        r"engorged\s+(?:pulmonary\s+)?(?:vessels|vasculature)",
-        r"(?:fluid|volume)\s+overload",
-        r"(?:congestive\s+)?heart\s+failure",
-        r"chf",
-    ),
-    "Consolidation": (
-        r"consolidations?",
-        r"consolidative",
-        r"consolidated",
-    ),
-    "Pneumonia": (
-        r"pneumonias?",
-        r"bronchopneumonia",
-        r"pneumonic",
-        r"infections?",
-        r"infectious(?:\s+process)?",
-        r"aspiration(?:\s+pneumonia)?",
-    ),
-    "Atelectasis": (
-        r"atelectas[ie]s",
-        r"atelectatic",
-        r"(?:lobar|lobe|segmental|lung)\s+collapse",
-        r"collapse\s+of\s+the",
-        r"collapsed\s+(?:\w+\s+)?lobe",
-    ),
-    "Pneumothorax": (
-        r"pneumothora(?:x|ces|xes)",
-        r"hydropneumothorax",
-        r"ptx",
-    ),
-    "Pleural Effusion": (
-        r"(?:pleural\s+)?effusions?",
-        r"pleural\s+fluid",
-        r"fluid\s+in\s+the\s+(?:\w+\s+)?pleural\s+spaces?",
-        r"(?:layering|fissural)\s+fluid",
-        r"hydrothorax",
-        r"hemothorax",
-        r"hydropneumothorax",
-        rf"blunt(?:ing|ed|s)?\s+(?:of\s+)?(?:the\s+)?{_SIDE}costophrenic\s+(?:angles?|sulc(?:us|i)|recess(?:es)?)",
-        r"costophrenic\s+(?:angle\s+)?blunting",
-    ),
-    "Pleural Other": (
-        r"pleural\s+thickening",
-        r"pleural\s+plaques?",
-        r"(?:calcified\s+)?plaques?",
-        r"pleural\s+calcifications?",
-        r"pleural\s+scar(?:ring)?",
-        r"pleural[- ]parenchymal\s+scarring",
-        r"(?:apical\s+)?pleural\s+caps?",
-        r"pleural\s+fibrosis",
-        r"fibrothorax",
-    ),
-    "Fracture": (
-        r"fractures?",
-        r"fractured",
-        r"fx",
-    ),
-    "Support Devices": (
-        r"tubes?",
-        r"catheters?",
-        r"picc",
-        r"pacemakers?",
-        r"pacers?",
-        r"a?icds?",
-        r"defibrillators?",
-        r"wires?",
-        r"clips?",
-        r"stents?",
-        r"ports?",
-        r"port-a-cath",
-        r"portacath",
-        r"drains?",
-        r"devices?",
-        r"hardware",
-        r"cannulae?",
-        r"swan[- ]ganz",
-        r"lvad",
-        r"ecmo",
-        r"iabp",
-        r"impella",
-        r"intra-?aortic\s+balloon(?:\s+pump)?",
-        r"tracheostomy",
-        r"coils?",
-        r"electrodes?",
-        r"tubing",
-        r"shunts?",
-        r"(?:neuro|(?:vagal\s+)?nerve\s+|spinal\s+cord\s+)?stimulators?",
-        r"(?:ekg|ecg|(?:cardiac\s+)?monitor(?:ing)?)\s+leads?",
-        r"(?:prosthetic|mechanical|bioprosthetic|artificial|porcine)\s+(?:\w+\s+)?valves?",
-        r"valve\s+(?:replacement|prosthesis)",
-        r"(?:pacer|pacing|pacemaker|a?icd|defibrillator|transvenous|epicardial)\s+leads?",
-        r"(?:central(?:\s+venous)?|picc|arterial|venous|ij|internal\s+jugular|jugular|subclavian|femoral"
-        r"|dialysis|hickman|midline|pa|pulmonary\s+artery)\s+lines?",
-        r"lines?\s+and\s+tubes?",
-        r"lines?(?=\s+(?:tip|terminates?|ends?|courses?|projects?)\b)",
-    ),
-}
-
-# Matches that are not a mention of that observation (a mention overlapping one of these is dropped).
-EXCLUSIONS: dict[str, tuple[str, ...]] = {
-    "Pleural Effusion": (r"(?:pericardial|joint)\s+effusions?",),
-    "Lung Lesion": (
-        r"mass\s+effect",
-        r"(?:osseous|bony|bone|lytic|sclerotic|blastic|skin|cutaneous|breast|soft[- ]tissue)"
-        r"\s+(?:lesions?|mass(?:es)?)",
-        r"body\s+mass",
-    ),
-    "Edema": (r"(?:soft[- ]tissue|subcutaneous|chest\s+wall|scalp|facial|extremity)\s+edema",),
-    "Pleural Other": (r"(?:atherosclerotic|aortic|vascular)\s+(?:\w+\s+)?plaques?",),
-    "Support Devices": (r"kerley\s+b\s+lines", r"pleural\s+lines?", r"(?:bronchial|eustachian)\s+tubes?"),
-    "Pneumonia": (r"aspiration\s+(?:precautions|risk)",),
-}
-
-_HEART = (
-    r"heart(?:\s+size)?",
-    r"size\s+of\s+the\s+heart",
-    r"cardiac\s+(?:silhouette|size|contours?|shadow)",
-)
-_MEDIASTINUM = (
-    r"(?:cardio)?mediastinal\s+(?:and\s+hilar\s+)?(?:contours?|silhouettes?|width|shadow|structures)",
-    r"(?:hilar\s+and\s+)?mediastinal\s+contours?",
-    r"(?:superior\s+)?mediastinum",
-    r"cardiomediastinum",
-)
-_ABNORMAL = {
-    "Cardiomegaly": r"enlarged|enlargement|large|increased|dilated",
-    "Enlarged Cardiomediastinum": r"widened|widening|wide|enlarged|enlargement|increased",
-}
-_NORMAL = (
-    r"not\s+(?:\w+ly\s+)?(?:enlarged|widened|increased|large|wide)|no\s+longer\s+(?:enlarged|widened)"
-    r"|within\s+normal\s+limits|wnl|normal(?:[- ]sized?)?|unremarkable|small"
-)
-# Attribute mentions: label -> (phrase fragments, abnormal qualifier); see the module docstring.
-ATTRIBUTE_MENTIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "Cardiomegaly": (_HEART, _ABNORMAL["Cardiomegaly"]),
-    "Enlarged Cardiomediastinum": (_MEDIASTINUM, _ABNORMAL["Enlarged Cardiomediastinum"]),
-}
-_ATTRIBUTE_EXCLUSIONS = r"heart\s+(?:borders?|failure|disease|valves?|rate)|(?:open|congestive)\s+heart"
-
-# --------------------------------------------------------------------------- cues
-PRE_NEGATION: tuple[str, ...] = (
-    r"no",
-    r"not",
-    r"without",
-    r"negative\s+for",
-    r"free\s+of",
-    r"clear\s+of",
-    r"absence\s+of",
-    r"(?:resolution|clearing)\s+of",
-    r"resolved",
-    r"removal\s+of",
-    r"neither",
-    r"nor",
-    r"(?:does|do|did)\s+not\s+(?:(?:appear|seem)\s+to\s+(?:be|represent|have)|demonstrate|show|reveal)",
-    r"rather\s+than",
-    r"instead\s+of",
-)
-POST_NEGATION: tuple[str, ...] = (
-    r"(?:not|no\s+longer)\s+(?:\w+ly\s+|well[- ]?)?(?:be\s+)?"
-    r"(?:seen|identified|present|visuali[sz]ed|appreciated|evident"
-    r"|demonstrated|noted|detected|apparent|observed|appreciable|visible|shown|re-?demonstrated)",
-    r"(?:has|have|had)?\s*(?:completely\s+|nearly\s+)?(?:resolved|cleared)",
-    r"(?:is|are|was|were|has\s+been|have\s+been)\s+(?:\w+ly\s+)?(?:removed|absent|excluded|ruled\s+out)",
-    r"(?:removal|removed)",
-    r"(?:is|are|was|were)\s+(?:now\s+)?gone",
-)
-PRE_UNCERTAINTY: tuple[str, ...] = (
-    r"possible",
-    r"possibly",
-    r"probable",
-    r"probably",
-    r"(?:un|most\s+|more\s+|less\s+)?likely",
-    r"may",
-    r"might",
-    r"could",
-    r"can\s+be",
-    r"questionabl[ey]",
-    r"question(?:\s+of)?",
-    r"suspicious(?:\s+for)?",
-    r"suspected",
-    r"suspect",
-    r"suspicion\s+(?:of|for)",
-    r"suggest(?:s|ed|ing|ive|ion)?(?:\s+of)?",
-    r"concern(?:ing)?\s+for",
-    r"worrisome\s+for",
-    r"(?:cannot|can\s*not|can't)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:exclude[ds]?|ruled?\s+out)",
-    r"(?:not|difficult\s+to)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:excluded?|ruled\s+out)",
-    r"(?:to\s+)?rule\s+out",
-    r"r/o",
-    r"(?:evaluate|evaluation|assess|assessment)\s+for",
-    r"versus",
-    r"vs\.?",
-    r"differential(?:\s+diagnosis)?(?:\s+(?:includes?|of|would\s+include))?",
-    r"equivocal",
-    r"indeterminate",
-    r"borderline",
-    r"presum(?:ed|ably|ptive)",
-    r"potential(?:ly)?",
-    r"perhaps",
-    r"consider(?:ed|ation)?",
-    r"cannot\s+be\s+distinguished",
-    r"raising\s+the\s+possibility\s+of",
-    r"(?:clinical(?:ly)?\s+)?correlat(?:e|ion)\s+(?:clinically\s+)?(?:for|with)",
-    r"represent(?:s|ing)?",  # only counted when it follows a hedge: see _HEDGED_REPRESENT
-)
-POST_UNCERTAINTY: tuple[str, ...] = (
-    r"(?:cannot|can\s*not|can't)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:excluded|ruled\s+out)",
-    r"(?:is|are)?\s*not\s+(?:entirely\s+|completely\s+)?(?:excluded|ruled\s+out)",
-    r"(?:(?:is|are|was|were)\s+)?(?:also\s+)?(?:(?:more|less|most)\s+)?"
-    r"(?:likely|unlikely|possible|suspected|questioned|"
-    r"questionable|uncertain|equivocal|a\s+consideration|considered|not\s+certain)(?=\s*(?:[.,;:?]|$|and\b|but\b))",
-    r"(?:may|might|could)\s+(?:also\s+)?(?:be\s+present|exist|be\s+seen)",
-    r"versus",
-    r"vs\.?",
-)  # plus a question mark right after the mention ("pneumonia?")
-# Phrases with a negation word that do not negate what follows them.
-PSEUDO_NEGATION: tuple[str, ...] = (
-    r"(?:no|without)\s+(?:(?:significant|substantial|appreciable|interval|definite|major|other|much|further"
-    r"|obvious|marked)\s+)*(?:change|increase|decrease|worsening|improvement|progression|difference|enlargement"
-    r"\s+of\s+the\s+(?:known|previously))",
-    r"not\s+(?:significantly\s+)?(?:changed|increased|decreased|worsened|improved)",
-    r"not\s+only",
-    r"(?:has|have|had)?\s*(?:partially|partly|incompletely|not\s+(?:completely|fully|entirely))\s+(?:resolved|cleared)",
-    r"no\s+longer\s+(?:intubated)",
-    r"gram[- ]negative",
-)
-
-# Comma + one of these words starts a new clause (ends the scope of a pre cue).
-_CLAUSE_STARTERS = (
-    r"there|the|a|an|with|which|but|however|although|though|otherwise|status|s/p|consistent|compatible|findings"
-    r"|and\s+(?:the|there)"
-)
-# Comma + a modifier usually starts a new clause too ("no effusion, possible atelectasis", "no pneumothorax,
-# small left effusion") unless a list goes on after it: after a size or state word, any later "or" / "nor"
-# ("no consolidation, large effusion or pneumothorax"); after a hedge, another comma before the "or"
-# ("no consolidation, suspicious opacity, effusion or pneumothorax", but "no effusion, possible atelectasis or
-# pneumonia" hedges both).
-_SOFT_STARTERS = (
-    r"stable|unchanged|persistent|persisting|again|redemonstrated|re-demonstrated|interval|increased|increasing"
-    r"|decreased|decreasing|improved|improving|worsened|worsening|new|residual|small|moderate|large|mild|mildly"
-    r"|minimal|severe|trace|tiny|possible|possibly|probable|probably|likely|may|could|might|questionable"
-    r"|suspected|suspicious|concerning"
-)
 _HEDGE_STARTERS = re.compile(
     r",\s*(?:possible|possibly|probable|probably|likely|may|could|might|questionable|suspected|suspicious"
     r"|concerning)\b",
@@ -396,10 +138,10 @@ _HEDGE_STARTERS = re.compile(
 SCOPE_BREAK = re.compile(
     r"[;:]|\s-\s|\b(?:but|however|although|though|except|whereas|while|which|yet|otherwise|aside\s+from|apart\s+from"
     r"|other\s+than|and\s+(?:the|there)|with|given|following|after|since)\b"
-    rf"|,\s*(?:{_CLAUSE_STARTERS})\b",
+    rf"|,\s*(?:{CLAUSE_STARTERS})\b",
     re.IGNORECASE,
 )
-SOFT_SCOPE_BREAK = re.compile(rf",\s*(?:{_SOFT_STARTERS})\b", re.IGNORECASE)
+SOFT_SCOPE_BREAK = re.compile(rf",\s*(?:{SOFT_STARTERS})\b", re.IGNORECASE)
 _LIST_GOES_ON = re.compile(r"^,[^,]*,.*\b(?:or|nor)\b", re.IGNORECASE)
 _OR = re.compile(r"\b(?:or|nor)\b", re.IGNORECASE)
 POST_SCOPE_BREAK = re.compile(r"[;:,]|\b(?:but|however|although|though|which|and\s+(?:the|there))\b", re.IGNORECASE)
@@ -411,7 +153,8 @@ SHORT_SCOPE_WORDS: dict[str, int] = {"not": 3, "versus": 4, "vs": 4, "vs.": 4}
 _POST_LIST = re.compile(r"(?:[^;:]*,)*[^;:]*\b(?:or|and|nor)\b[^;:,]*", re.IGNORECASE)
 _COPULA = re.compile(r"\b(?:is|are|was|were|has|have|had|seen|noted|present|there)\b", re.IGNORECASE)
 # "represent" is only a hedge after may / could / might / likely ("may represent atelectasis").
-_HEDGED_REPRESENT = re.compile(r"\b(?:may|might|could|likely|possibly|probably)\s+(?:\w+\s+)?$", re.IGNORECASE)
+# XXXX is the anonymisation token of IU X-Ray, which often stands where the hedge was ("XXXX represents").
+_HEDGED_REPRESENT = re.compile(r"\b(?:may|might|could|likely|possibly|probably|xxxx)\s+(?:\w+\s+)?$", re.IGNORECASE)
 
 
 def _rx(fragments: Iterable[str]) -> re.Pattern[str]:
@@ -427,28 +170,31 @@ def _cue_rx(fragments: Iterable[str]) -> re.Pattern[str]:
 _MENTION_RX = {label: _rx(frags) for label, frags in MENTIONS.items()}
 _EXCLUSION_RX = {label: _rx(frags) for label, frags in EXCLUSIONS.items()}
 _ATTR_RX = {label: _rx(frags) for label, (frags, _) in ATTRIBUTE_MENTIONS.items()}
-_ATTR_EXCL_RX = _rx((_ATTRIBUTE_EXCLUSIONS,))
+_NORMAL_ONLY_RX = {label: _rx(frags) for label, frags in NORMAL_ONLY_MENTIONS.items()}
+_ATTR_EXCL_RX = _rx((ATTRIBUTE_EXCLUSIONS,))
+_OTHER_RX = _rx(OTHER_FINDINGS)
+_OTHER_EXCL_RX = _rx(OTHER_FINDINGS_EXCLUSIONS)
 _ANY_ATTR = "|".join(f for frags, _ in ATTRIBUTE_MENTIONS.values() for f in frags)
-_LIST_ITEM = rf"{_ANY_ATTR}|pulmonary\s+vascularity|hil(?:a|um|ar\s+contours?|ar\s+structures)|lungs?"
+_LIST_ITEM = "|".join((_ANY_ATTR, *CARDIOMEDIASTINAL_PHRASES, *LIST_ITEMS))
 _BORDERLINE = r"borderline(?:[- ](?:enlarged|large|sized?|in\s+size))?"
 _LINKING = (
     r"is|are|was|were|be|been|being|remains?|remained|appears?|appeared|seems?|looks?|again|has|have|now|still|at"
     r"|the|upper|limits?|of|in|size|top|to|also|overall|somewhat|likely|probably|possibly|may|might|could|stable"
-    r"|unchanged|within|and|\w+ly"
+    r"|unchanged|within|and|otherwise|similar|comparison|prior|exam|study|for|\w+ly"
 )
 _POST_QUALIFIER = {
     label: re.compile(
-        rf"\s*:?\s*(?:(?:,\s*|\s+)(?:and\s+)?(?:the\s+)?(?:{_LIST_ITEM})\s*){{0,3}}(?:(?:{_LINKING})\s+)*"
-        rf"(?:(?P<borderline>{_BORDERLINE})|(?P<normal>{_NORMAL})|(?P<abnormal>{abnormal}))(?![\w-])",
+        rf"\s*:?\s*(?:(?:,\s*|\s+)(?:and\s+)?(?:the\s+)?(?:{_LIST_ITEM})\s*){{0,5}}(?:(?:{_LINKING})\s+)*"
+        rf"(?:(?P<borderline>{_BORDERLINE})|(?P<normal>{NORMAL_QUALIFIER})|(?P<abnormal>{abnormal}))(?![\w-])",
         re.IGNORECASE,
     )
     for label, (_, abnormal) in ATTRIBUTE_MENTIONS.items()
 }
 _PRE_QUALIFIER = {
     label: re.compile(
-        rf"(?<![\w-])(?:(?P<borderline>{_BORDERLINE})|(?P<normal>{_NORMAL})|(?P<abnormal>{abnormal}))"
-        rf"(?:\s*-\s*sized|\s+in\s+size)?(?:\s+of)?(?:\s+the)?\s+"
-        rf"(?:(?:{_LIST_ITEM})(?:\s*,\s*and\s+|\s*,\s*|\s+and\s+)(?:the\s+)?){{0,3}}$",
+        rf"(?<![\w-])(?:(?P<borderline>{_BORDERLINE})|(?P<normal>{NORMAL_QUALIFIER})|(?P<abnormal>{abnormal}))"
+        rf"(?:\s+and\s+stable)?(?:\s*-\s*sized|\s+in\s+size|\s+size\s+and\s+configuration)?(?:\s+of)?(?:\s+the)?\s+"
+        rf"(?:(?:{_LIST_ITEM})(?:\s*,\s*and\s+|\s*,\s*|\s+and\s+|\s+)(?:the\s+)?){{0,5}}$",
         re.IGNORECASE,
     )
     for label, (_, abnormal) in ATTRIBUTE_MENTIONS.items()
@@ -459,8 +205,10 @@ _PRE_UNC_RX = _cue_rx(PRE_UNCERTAINTY)
 _POST_UNC_RX = re.compile(_cue_rx(POST_UNCERTAINTY).pattern + r"|\?", re.IGNORECASE)
 _PSEUDO_RX = _cue_rx(PSEUDO_NEGATION)
 _WORD = re.compile(r"[\w'/-]+")
-# Two findings joined by "or" (up to three words before the second one): offered as alternatives.
-_ALTERNATIVE = re.compile(r"\s*,?\s*(?:or|and/or)\s+(?:[\w-]+\s+){0,3}", re.IGNORECASE)
+# Two findings joined by "or", "and/or" or a slash (up to three words before the second one): alternatives.
+_ALTERNATIVE = re.compile(r"(?:\s*,?\s*(?:or|and/or)\s+|\s*/\s*)(?:[\w-]+\s+){0,3}", re.IGNORECASE)
+_PARENT = {child: parent for parent, children in HIERARCHY.items() for child in children}
+OTHER_FINDING = "Other finding"  # label of the mentions of OTHER_FINDINGS (not one of the 14)
 
 
 @dataclass(frozen=True)
@@ -596,13 +344,17 @@ def _attribute_mentions(label: str, sentence: str, cues: list[_Cue], taken: list
     """Mentions from attribute phrases ("heart size", "mediastinal contours") with a qualifier."""
     out = []
     excluded = [m.span() for m in _ATTR_EXCL_RX.finditer(sentence)]
-    for m in _ATTR_RX[label].finditer(sentence):
+    found = [(m, False) for m in _ATTR_RX[label].finditer(sentence)]
+    if label in _NORMAL_ONLY_RX:
+        found += [(m, True) for m in _NORMAL_ONLY_RX[label].finditer(sentence)
+                  if not any(_overlaps(m.span(), [a.span()]) for a, _ in found)]
+    for m, normal_only in found:
         if _overlaps(m.span(), excluded) or _overlaps(m.span(), taken):
             continue
         post = _POST_QUALIFIER[label].match(sentence, m.end())
         pre = _PRE_QUALIFIER[label].search(sentence[: m.start()])
         qualifier = post if post is not None else pre
-        if qualifier is None:
+        if qualifier is None or (normal_only and not qualifier.group("normal")):
             continue
         span = (min(m.start(), qualifier.start()), max(m.end(), qualifier.end()))
         if qualifier.group("borderline"):
@@ -629,17 +381,26 @@ def _sentence_mentions(sentence: str) -> list[Mention]:
             taken.append(m.span())
         if label in ATTRIBUTE_MENTIONS:
             mentions.extend(_attribute_mentions(label, sentence, cues, taken))
+    excluded = [m.span() for m in _OTHER_EXCL_RX.finditer(sentence)]
+    for m in _OTHER_RX.finditer(sentence):
+        if not _overlaps(m.span(), excluded):
+            status, cue = _classify(sentence, m.start(), m.end(), cues)
+            mentions.append(Mention(OTHER_FINDING, m.group(), sentence, status, cue, m.start(), m.end()))
     return _alternatives(sentence, mentions)
 
 
 def _alternatives(sentence: str, mentions: list[Mention]) -> list[Mention]:
-    """Positive findings offered as alternatives ("atelectasis or consolidation") are uncertain."""
+    """Positive findings offered as alternatives ("atelectasis or consolidation") are uncertain.
+
+    A parent label stays positive when its alternative is one of its children ("atelectasis/airspace disease": an
+    opacity either way); other findings (emphysema, scarring, ...) make a label uncertain but are not made so.
+    """
     out = list(mentions)
     for i, a in enumerate(mentions):
-        if a.status != POSITIVE:
+        if a.status != POSITIVE or a.label == OTHER_FINDING:
             continue
         for b in mentions:
-            if b.label == a.label:
+            if b.label == a.label or _PARENT.get(b.label) == a.label or b.status == NEGATIVE:
                 continue
             if a.end <= b.start:
                 gap = sentence[a.end : b.start]
@@ -654,43 +415,54 @@ def _alternatives(sentence: str, mentions: list[Mention]) -> list[Mention]:
 
 
 # --------------------------------------------------------------------------- public API
-def explain(text: Any, use_sections: bool = True) -> list[Mention]:
-    """Every mention found in ``text`` with its status and deciding cue, in reading order."""
+def explain(text: Any, use_sections: bool = True, other_findings: bool = False) -> list[Mention]:
+    """Every mention found in ``text`` with its status and deciding cue, in reading order.
+
+    Mentions of the 14 observations only, unless ``other_findings``: then also those of abnormalities outside
+    them (:data:`~cxr_vlp.text.lexicon.OTHER_FINDINGS`, label :data:`OTHER_FINDING`).
+    """
     out: list[Mention] = []
     for sentence in report_sentences(text, use_sections):
         out.extend(sorted(_sentence_mentions(sentence), key=lambda m: m.start))
-    return out
+    return out if other_findings else [m for m in out if m.label != OTHER_FINDING]
 
 
-def _aggregate(mentions: list[Mention], no_finding_blank: bool) -> np.ndarray:
+def _aggregate(mentions: list[Mention], no_finding_negative: bool) -> np.ndarray:
     labels = np.full(NUM_LABELS, np.nan, dtype=np.float32)
     best: dict[str, int] = {}
     for m in mentions:
         if m.label not in best or _PRIORITY[m.status] > _PRIORITY[best[m.label]]:
             best[m.label] = m.status
+    for parent, children in HIERARCHY.items():
+        for child in children:
+            status = best.get(child)
+            if status in (POSITIVE, UNCERTAIN) and (parent not in best or _PRIORITY[status] > _PRIORITY[best[parent]]):
+                best[parent] = status
     for label, status in best.items():
-        labels[CHEXPERT_LABELS.index(label)] = status
-    findings = [
-        best.get(label) in (POSITIVE, UNCERTAIN) for label in CHEXPERT_LABELS[1:] if label != "Support Devices"
-    ]
+        if label != OTHER_FINDING:
+            labels[CHEXPERT_LABELS.index(label)] = status
+    findings = [best.get(label) in (POSITIVE, UNCERTAIN) for label in (*CHEXPERT_LABELS[1:], OTHER_FINDING)
+                if label != "Support Devices"]
     if not any(findings):
         labels[NO_FINDING] = 1.0
-    elif not no_finding_blank:
+    elif no_finding_negative:
         labels[NO_FINDING] = 0.0
     return labels
 
 
-def label_report(text: Any, *, use_sections: bool = True, no_finding_blank: bool = False) -> np.ndarray:
+def label_report(text: Any, *, use_sections: bool = True, no_finding_negative: bool = True) -> np.ndarray:
     """The 14 CheXpert values of one report: float32 ``[14]`` of 1 / 0 / -1 / NaN (order of CHEXPERT_LABELS).
 
-    Missing text (``None``, NaN, blank) gives all NaN. See the module docstring for the rules.
+    ``no_finding_negative``: No Finding is 0 when a finding is present (default); ``False`` leaves it blank then
+    (CheXpert's convention: No Finding is 1 or blank, never 0). Missing text (``None``, NaN, blank) gives all NaN.
+    See the module docstring for the rules.
     """
     if is_missing(text):
         return np.full(NUM_LABELS, np.nan, dtype=np.float32)
-    return _aggregate(explain(text, use_sections), no_finding_blank)
+    return _aggregate(explain(text, use_sections, other_findings=True), no_finding_negative)
 
 
-def label_reports(texts: Iterable[Any], *, use_sections: bool = True, no_finding_blank: bool = False) -> np.ndarray:
+def label_reports(texts: Iterable[Any], *, use_sections: bool = True, no_finding_negative: bool = True) -> np.ndarray:
     """:func:`label_report` for each text: float32 ``[n, 14]``."""
-    rows = [label_report(t, use_sections=use_sections, no_finding_blank=no_finding_blank) for t in texts]
+    rows = [label_report(t, use_sections=use_sections, no_finding_negative=no_finding_negative) for t in texts]
     return np.stack(rows) if rows else np.zeros((0, NUM_LABELS), dtype=np.float32)

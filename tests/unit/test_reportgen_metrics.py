@@ -109,19 +109,22 @@ def test_rouge_l_by_hand() -> None:
 
 
 # ----------------------------------------------------------------------------- clinical metrics
-# (hypothesis, reference, labeler findings of the hypothesis, of the reference) -- checked against the labeler below
+# (hypothesis, reference, labeler findings of the hypothesis, of the reference) -- checked against the labeler below;
+# parents are set from their children (CheXpert's hierarchy: Cardiomegaly -> Enlarged Cardiomediastinum; Edema,
+# Consolidation, Pneumonia, Lung Lesion, Atelectasis -> Lung Opacity)
+EC, LO = "Enlarged Cardiomediastinum", "Lung Opacity"
 CLINICAL_CASES = [
     ("Heart size is enlarged. Small left pleural effusion.", "Mild cardiomegaly. No pleural effusion.",
-     {"Cardiomegaly": 1, "Pleural Effusion": 1}, {"Cardiomegaly": 1}),
+     {"Cardiomegaly": 1, EC: 1, "Pleural Effusion": 1}, {"Cardiomegaly": 1, EC: 1}),
     ("The lungs are clear. No pleural effusion or pneumothorax.", "No acute cardiopulmonary process.",
      {"No Finding": 1}, {"No Finding": 1}),
     ("Right lower lobe opacity, possibly pneumonia. No pneumothorax.",
      "Right lower lobe consolidation. No pneumothorax.",
-     {"Lung Opacity": 1, "Pneumonia": -1}, {"Consolidation": 1}),
+     {LO: 1, "Pneumonia": -1}, {"Consolidation": 1, LO: 1}),
     ("Large right pneumothorax. Pulmonary edema.", "Large right pneumothorax. Left basilar atelectasis.",
-     {"Pneumothorax": 1, "Edema": 1}, {"Pneumothorax": 1, "Atelectasis": 1}),
+     {"Pneumothorax": 1, "Edema": 1, LO: 1}, {"Pneumothorax": 1, "Atelectasis": 1, LO: 1}),
     ("Mild cardiomegaly. Small right pleural effusion.", "Pulmonary edema. Bilateral pleural effusions.",
-     {"Cardiomegaly": 1, "Pleural Effusion": 1}, {"Edema": 1, "Pleural Effusion": 1}),
+     {"Cardiomegaly": 1, EC: 1, "Pleural Effusion": 1}, {"Edema": 1, "Pleural Effusion": 1, LO: 1}),
 ]
 HYPS = [c[0] for c in CLINICAL_CASES]
 REFS = [c[1] for c in CLINICAL_CASES]
@@ -140,31 +143,36 @@ def test_labeler_reads_the_clinical_cases_as_expected() -> None:
 
 
 def test_clinical_metrics_by_hand() -> None:
-    # TP: No Finding (2), Cardiomegaly (1), Pneumothorax (4), Pleural Effusion (5)               = 4
-    # FP: Pleural Effusion (1), Lung Opacity (3), Edema (4), Cardiomegaly (5)                     = 4
-    # FN: Consolidation (3), Atelectasis (4), Edema (5)                                           = 3
+    # TP: Cardiomegaly, EC (1), No Finding (2), Lung Opacity (3), Pneumothorax, Lung Opacity (4),
+    #     Pleural Effusion (5)                                                                      = 7
+    # FP: Pleural Effusion (1), Edema (4), Cardiomegaly, EC (5)                                     = 4
+    # FN: Consolidation (3), Atelectasis (4), Edema, Lung Opacity (5)                               = 4
     got = clinical_metrics(HYPS, REFS)
-    assert got["clinical/micro_precision"] == pytest.approx(4 / 8)
-    assert got["clinical/micro_recall"] == pytest.approx(4 / 7)
-    assert got["clinical/micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 4 + 3))
+    assert got["clinical/micro_precision"] == pytest.approx(7 / 11)
+    assert got["clinical/micro_recall"] == pytest.approx(7 / 11)
+    assert got["clinical/micro_f1"] == pytest.approx(2 * 7 / (2 * 7 + 4 + 4))
     # Cardiomegaly: TP 1, FP 1, FN 0 -> P 1/2, R 1, F1 2/3, support 1
     assert got["clinical/Cardiomegaly/precision"] == pytest.approx(0.5)
     assert got["clinical/Cardiomegaly/recall"] == pytest.approx(1.0)
     assert got["clinical/Cardiomegaly/f1"] == pytest.approx(2 / 3)
     assert got["clinical/Cardiomegaly/support"] == 1
-    # Lung Opacity: FP only, no reference has it -> 0 everywhere, and it is left out of the macro F1
-    assert got["clinical/Lung Opacity/precision"] == 0 and got["clinical/Lung Opacity/support"] == 0
-    # macro over the 7 labels in the references: No Finding 1, Cardiomegaly 2/3, Pleural Effusion 2/3,
-    # Pneumothorax 1, Consolidation 0, Edema 0, Atelectasis 0
-    assert got["clinical/macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3 + 1) / 7)
+    # Lung Opacity: TP 2, FP 0, FN 1 -> P 1, R 2/3, F1 4/5, support 3
+    assert got["clinical/Lung Opacity/precision"] == pytest.approx(1.0)
+    assert got["clinical/Lung Opacity/recall"] == pytest.approx(2 / 3)
+    assert got["clinical/Lung Opacity/support"] == 3
+    # Pneumonia: only the uncertain mention of a hypothesis, no reference has it -> 0, left out of the macro F1
+    assert got["clinical/Pneumonia/precision"] == 0 and got["clinical/Pneumonia/support"] == 0
+    # macro over the 9 labels in the references: No Finding 1, EC 2/3, Cardiomegaly 2/3, Lung Opacity 4/5,
+    # Pleural Effusion 2/3, Pneumothorax 1, Consolidation 0, Edema 0, Atelectasis 0
+    assert got["clinical/macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3 + 4 / 5 + 2 / 3 + 1) / 9)
     assert {f"clinical/{name}/f1" for name in CHEXPERT_LABELS} <= got.keys()
 
 
 def test_clinical_metrics_uncertain_and_label_subset() -> None:
-    # the uncertain pneumonia of case 3 becomes one more FP: P = 4/9, R = 4/7
+    # the uncertain pneumonia of case 3 becomes one more FP: P = 7/12, R = 7/11
     got = clinical_metrics(HYPS, REFS, uncertain_as_positive=True)
-    assert got["clinical/micro_precision"] == pytest.approx(4 / 9)
-    assert got["clinical/micro_recall"] == pytest.approx(4 / 7)
+    assert got["clinical/micro_precision"] == pytest.approx(7 / 12)
+    assert got["clinical/micro_recall"] == pytest.approx(7 / 11)
     assert got["clinical/Pneumonia/precision"] == 0 and got["clinical/Pneumonia/support"] == 0
     # only two labels: Cardiomegaly TP 1 FP 1, Pleural Effusion TP 1 FP 1 -> P 2/4, R 2/2
     got = clinical_metrics(HYPS, REFS, labels=("Cardiomegaly", "Pleural Effusion"))
@@ -184,7 +192,7 @@ def test_report_generation_metrics_keys_and_values() -> None:
     assert list(got)[:5] == ["bleu1", "bleu2", "bleu3", "bleu4", "rougeL"]
     assert got["bleu1"] == bleu_scores(HYPS, REFS)["bleu1"]
     assert got["rougeL"] == rouge_l(HYPS, REFS)
-    assert got["clinical/micro_f1"] == pytest.approx(8 / 15)
+    assert got["clinical/micro_f1"] == pytest.approx(7 / 11)
 
 
 @pytest.mark.parametrize("fn", [bleu_scores, rouge_l, clinical_metrics, report_generation_metrics])
@@ -211,7 +219,7 @@ def test_write_generation_report(tmp_path: Path) -> None:
     assert text.startswith("# Val generations\n")
     assert f"| BLEU-1 | {metrics['bleu1']:.4f} |" in text
     assert f"| ROUGE-L | {metrics['rougeL']:.4f} |" in text
-    assert f"| Clinical micro F1 | {8 / 15:.4f} |" in text
+    assert f"| Clinical micro F1 | {7 / 11:.4f} |" in text
     assert "| Cardiomegaly | 0.5000 | 1.0000 | 0.6667 | 1 |" in text
     # main metrics come first, in order, before the per-label table
     order = [text.index(f"| {name} |") for name in ("BLEU-1", "BLEU-4", "ROUGE-L", "Clinical micro precision",
