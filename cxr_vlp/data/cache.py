@@ -126,11 +126,23 @@ def _process(task: tuple[str, str, int, int, int, int]) -> _Result:
     rel = cached_name(source)
     result = _Result(source, None, src_size, src_mtime)
     try:
-        problem = check_complete(source)
-        if problem is not None:
-            result.error = problem
-            return result
-        image = cv2.imread(source, cv2.IMREAD_GRAYSCALE)
+        from cxr_vlp.data.transforms import is_dicom, load_grayscale
+
+        with open(source, "rb") as f:
+            head = f.read(132)
+        if is_dicom(source, head):  # DICOM (e.g. RSNA Pneumonia): pydicom, through the loaders' decoder
+
+            try:
+                image = load_grayscale(source)
+            except OSError as err:
+                result.error = str(err)
+                return result
+        else:
+            problem = check_complete(source)
+            if problem is not None:
+                result.error = problem
+                return result
+            image = cv2.imread(source, cv2.IMREAD_GRAYSCALE)
         if image is None:
             result.error = "unreadable (cv2 could not decode it)"
             return result

@@ -63,15 +63,55 @@ def build_transforms(cfg: TransformConfig, train: bool) -> A.Compose:
     return A.Compose([*steps, *tail])
 
 
+def is_dicom(path: str, data: bytes) -> bool:
+    """Whether a file is DICOM: a ``.dcm`` name or the ``DICM`` marker after the 128-byte preamble."""
+    return str(path).lower().endswith(".dcm") or data[128:132] == b"DICM"
+
+
+def decode_dicom(data: bytes, path: str) -> np.ndarray:
+    """A DICOM image's pixels (through ``pydicom``) as ``uint8 [H, W]``: the first frame, colour to luma, stored
+    values scaled from ``BitsStored`` bits to 8 (``value >> (bits - 8)``, the rule 16-bit PNGs follow; signed values
+    shifted to unsigned first), MONOCHROME1 (white = 0) inverted. ``OSError`` naming the file when it is not DICOM,
+    holds no pixel data or uses a compression no installed decoder reads."""
+    import io
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=str(path).lower().endswith(".dcm"))
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as err:  # pydicom raises many types (InvalidDicomError, AttributeError, RuntimeError, ...)
+        raise OSError(f"unreadable DICOM image: {path} ({type(err).__name__}: {err})") from err
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]
+    if samples == 3 and pixels.ndim == 3:
+        pixels = cv2.cvtColor(np.ascontiguousarray(pixels.astype(np.uint8)), cv2.COLOR_RGB2GRAY)
+    if pixels.ndim != 2 or min(pixels.shape) == 0:
+        raise OSError(f"unsupported DICOM image shape {tuple(pixels.shape)}: {path}")
+    bits = int(getattr(ds, "BitsStored", 8 * pixels.dtype.itemsize) or 8)
+    values = pixels.astype(np.int64)
+    if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1:
+        values = values + (1 << (bits - 1))
+    values = np.clip(values >> max(bits - 8, 0), 0, 255).astype(np.uint8)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        values = 255 - values
+    return np.ascontiguousarray(values)
+
+
 def load_grayscale(path: str) -> np.ndarray:
     """Decode an image file to ``uint8 [H, W]``; raises ``OSError`` naming the file if it is missing, unreadable or
     truncated (OpenCV decodes a truncated JPEG partly, grey below the cut, with only a warning on stderr, so the
-    end-of-image marker is checked first, on the bytes the decoder gets: :func:`cxr_vlp.data.cache.check_complete`)."""
+    end-of-image marker is checked first, on the bytes the decoder gets: :func:`cxr_vlp.data.cache.check_complete`).
+    DICOM files (``.dcm``, e.g. RSNA Pneumonia's) go through :func:`decode_dicom`."""
     try:
         with open(path, "rb") as f:
             data = f.read()  # one read: the completeness check and the decoder share the bytes
     except OSError as err:
         raise OSError(f"unreadable or missing image: {path} ({err.strerror or err})") from err
+    if is_dicom(path, data):
+        return decode_dicom(data, path)
     problem = incomplete_reason(data[:8], data[-1024:], len(data))
     if problem is not None:
         raise OSError(f"{problem}: {path}")

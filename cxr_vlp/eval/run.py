@@ -22,6 +22,7 @@ from cxr_vlp.eval import report as md
 from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings
 from cxr_vlp.inference.base import ImageTextModel
 from cxr_vlp.metrics.retrieval import evaluate_retrieval
+from cxr_vlp.tracking import hooks as tracking
 from cxr_vlp.utils.reporting import write_metrics
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,11 @@ class Evaluator:
         self._figure(name, roc_figure, curves)
 
     def _images(self, split: str, rows: list[int]) -> torch.Tensor:
+        """Model inputs ``[n, 1, S, S]`` of ``rows`` for figures: a model fed RGB copies of the gray image gets their
+        channel mean (an affine function of the gray values, which the figures' min-max display undoes)."""
         dataset = self.dataset(split)
-        return torch.stack([dataset[int(r)].images[0] for r in rows])
+        images = torch.stack([dataset[int(r)].images[0] for r in rows])
+        return images.mean(dim=1, keepdim=True) if images.shape[1] != 1 else images
 
     def _retrieval_figures(self, test: SplitEmbeddings, scans) -> None:
         """Full-gallery retrieval grids: top 5 per example query, the true match framed."""
@@ -298,6 +302,10 @@ class Evaluator:
         emb = class_text_embeddings(self.model.encode_texts, prompts.positive[label])
         images = self._images("test", rows)
 
+        if not self.model.explainable:
+            log.info("figure gradcam skipped: %s has no Grad-CAM target layer", self.model.name)
+            return
+
         def draw(path: Path) -> Path:
             maps = self.model.gradcam_maps(images, emb)
             return gradcam_figure(path, images, maps, [f"{test.study_ids[r]}: {label}" for r in rows])
@@ -312,6 +320,7 @@ class Evaluator:
         (self.out / "report.md").write_text(text)
         self._log_metrics()
         self._log_figures()
+        tracking.after_evaluation(self)  # the W&B tables (per-label AUROC, retrieval examples)
         log.info("evaluation written to %s (metrics.json, report.md, %d figures)", self.out, len(self.result.figures))
 
     def _log_metrics(self) -> None:

@@ -160,6 +160,11 @@ class ImageTextModel(ABC):
         """Validation-fitted zero-shot thresholds per label (empty when the model has none)."""
         return pd.Series(dtype="float64")
 
+    @property
+    def explainable(self) -> bool:
+        """Whether :meth:`gradcam_maps` is available."""
+        return False
+
     def gradcam_maps(self, pixels: Tensor, text_embedding: Tensor) -> np.ndarray:
         """Grad-CAM heat maps ``[B, S, S]`` in [0, 1] of cos(image, ``text_embedding``) for preprocessed images."""
         raise UnsupportedByModel(f"{self.name}: Grad-CAM is not available for this model")

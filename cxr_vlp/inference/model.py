@@ -227,6 +227,10 @@ class CXRModel(ImageTextModel):
         self._require_contrastive("zero_shot")
         return float(self.module.loss_head.similarity_scale().detach())
 
+    @property
+    def explainable(self) -> bool:
+        return self.kind == "contrastive"
+
     def gradcam_maps(self, pixels: Tensor, text_embedding: Tensor) -> np.ndarray:
         from cxr_vlp.eval.gradcam import gradcam_maps
 

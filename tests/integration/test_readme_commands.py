@@ -159,6 +159,42 @@ CHECKS: dict[str, Check] = {
     "python -m cxr_vlp.concepts.mine in_csv=train.csv out_txt=concepts.txt [min_count=20]": RUN,
     "python -m cxr_vlp.export ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt out_dir=cxr_model "
     "[push_to_hub=<user>/<name>]": RUN,
+    # other people's models (docs/models.md): hub weights are not here; the data side composes and is read, and the
+    # same entry point evaluates tiny open_clip / transformers models in tests/integration/test_adapters_eval.py
+    "python -m cxr_vlp.eval model=hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 data=chexpert "
+    "data.root=/data/CheXpert-v1.0-small": Check("compose", "BiomedCLIP hub weights"),
+    "python -m cxr_vlp.eval model_source=biomedclip data=chexpert data.root=/data/CheXpert-v1.0-small":
+        Check("compose", "BiomedCLIP hub weights"),
+    "python -m cxr_vlp.eval model=/models/chexzero/best_64_5e-05_original_22000_0.864.pt data=chexpert "
+    "data.root=/data/CheXpert-v1.0-small": Check("compose", "CheXzero weights"),
+    "python -m cxr_vlp.eval model=/models/chexzero/best_64_5e-05_original_22000_0.864.pt model_source.arch=ViT-B-32 "
+    "data=rsna data.root=/data/rsna-pneumonia-detection-challenge":
+        Check("elsewhere", "tests/integration/test_adapters_eval.py"),
+    "python -m cxr_vlp.eval model=/models/my_open_clip_folder data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0":
+        Check("compose", "an open_clip folder of the user's"),
+    "python -m cxr_vlp.eval model=openai/clip-vit-base-patch32 data=iu_xray data.root=/data/iu_xray":
+        Check("compose", "hub weights"),
+    "python -m cxr_vlp.eval model=<spec> data=<name> data.root=...":
+        Check("elsewhere", "tests/integration/test_adapters_eval.py"),
+    # the benchmark harness (docs/benchmark.md): its entry point on tiny checkpoints and a tiny open_clip folder
+    "python -m cxr_vlp.benchmark": Check("elsewhere", "tests/integration/test_benchmark.py"),
+    "python -m cxr_vlp.benchmark models=[<a.ckpt>,<b>] benchmark=[chexpert5,retrieval]":
+        Check("elsewhere", "tests/integration/test_benchmark.py"),
+    "python -m cxr_vlp.benchmark data=synthetic models=[logs/clip_demo/runs/<time>/checkpoints/last.ckpt,"
+    "logs/mcsl_demo/runs/<time>/checkpoints/last.ckpt,<open_clip folder>] "
+    "benchmark=[chexpert5,chexpert5x200,mimic5x200,retrieval] benchmark.chexpert5x200.pool=test "
+    "benchmark.mimic5x200.pool=test": Check("elsewhere", "tests/integration/test_benchmark.py"),
+    "python -m cxr_vlp.benchmark data=chexpert data.root=/data/CheXpert-v1.0-small models=[<a.ckpt>,<b.ckpt>] "
+    "benchmark=[chexpert5,chexpert5x200]": Check("elsewhere", "tests/integration/test_benchmark.py"),
+    "python -m cxr_vlp.benchmark data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0 models=[<a.ckpt>,<b.ckpt>] "
+    "benchmark=[chexpert5,mimic5x200,retrieval]": Check("elsewhere", "tests/integration/test_benchmark.py"),
+    "python -m cxr_vlp.benchmark data=rsna data.root=/data/rsna-pneumonia models=[<a.ckpt>,<b.ckpt>] "
+    "benchmark=[rsna]": Check("elsewhere", "tests/integration/test_benchmark.py"),
+    # the labeler on real reports (docs/labeler.md): its CLI prints the table in tests/unit/test_labeler_openi.py
+    "python -m cxr_vlp.text.labeler_eval": Check("elsewhere", "tests/unit/test_labeler_openi.py"),
+    "python -m cxr_vlp.text.labeler_eval labeler_file=/tmp/labeler_before.py errors=true":
+        Check("elsewhere", "tests/unit/test_labeler_openi.py"),
+    "python -m cxr_vlp.text.label_reports": Check("elsewhere", "tests/unit/test_labeler_options.py"),
 }
 
 
@@ -379,6 +415,10 @@ def _compose_check(ws: Workspace, command: str, tmp_path: Path) -> None:
     args = substitute(ws, module, args)
     if config == "train":
         args += ["model.image_encoder.pretrained=false"]
+    else:
+        from cxr_vlp.eval.__main__ import expand_model_override
+
+        args = expand_model_override(args)
     for number, job in enumerate(_sweep_jobs(args)):
         cfg = compose_train(tmp_path / "compose", job, config_name=config)
         container = OmegaConf.to_container(cfg, resolve=True)
