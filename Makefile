@@ -10,6 +10,7 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test test-fast bench gpu-checks clean-logs
 .PHONY: lint docs
+.PHONY: explore
 
 $(STAMP): requirements/pins.txt requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,13 @@ install: $(STAMP)
 # Synthetic dataset (generated once, cached under data/), CLIP training on CPU, test-split retrieval table.
 demo: install
 	$(PY) -m cxr_vlp.train +experiment=demo
+
+# the explorer (docs/explorer.md) on the newest contrastive demo checkpoint (make demo first), on 127.0.0.1:8765;
+# EXPLORE_ARGS="port=8800 split=val" adds options
+explore: install
+	@ckpt=$$(ls -t logs/*demo*/runs/*/checkpoints/last.ckpt 2>/dev/null | grep -v '/reportgen' | head -n 1); \
+	if [ -z "$$ckpt" ]; then echo "no demo checkpoint under logs/*demo*/runs/: run make demo first" >&2; exit 1; fi; \
+	$(TEST_ENV) $(PY) -m cxr_vlp.explore ckpt_path=$$ckpt $(EXPLORE_ARGS)
 
 test: install
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests
@@ -48,6 +56,7 @@ bench: install
 	$(PY) bench/train_step.py +experiment=demo
 	$(PY) bench/framework_overhead.py +experiment=demo
 	$(PY) bench/image_cache.py
+	$(PY) bench/data_loading.py
 	$(PY) bench/retrieval_scale.py n=100000 d=512
 
 # on a machine with a CUDA device: GPU tests, fp32 vs bf16 train-step throughput, the demo on the GPU

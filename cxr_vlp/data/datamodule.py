@@ -341,6 +341,11 @@ class CXRDataModule(L.LightningDataModule):
         table = self.tables.get(name)
         if table is None or len(table) == 0:
             raise ValueError(f"the {name!r} split is empty or the data module was not set up")
+        if self.stream:
+            from cxr_vlp.data.stream import SampleSpec, ShardStudyDataset
+
+            return ShardStudyDataset(self.shards().split_dir(name), SampleSpec(transform, self.eval_text, 1, False,
+                                                                               self.seed), self.stream_options)
         return StudyDataset(table, transform, self.eval_text, num_image_views=1, train=False, seed=self.seed)
 
     def eval_loader(self, dataset: StudyDataset) -> DataLoader:

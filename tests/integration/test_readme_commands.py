@@ -190,6 +190,16 @@ CHECKS: dict[str, Check] = {
     "benchmark=[chexpert5,mimic5x200,retrieval]": Check("elsewhere", "tests/integration/test_benchmark.py"),
     "python -m cxr_vlp.benchmark data=rsna data.root=/data/rsna-pneumonia models=[<a.ckpt>,<b.ckpt>] "
     "benchmark=[rsna]": Check("elsewhere", "tests/integration/test_benchmark.py"),
+    # streaming shards (docs/streaming.md): written and trained from on the tiny set, on a directory and on a local S3
+    # server, in tests/integration/test_stream.py
+    "python -m cxr_vlp.prepare format=litdata out=/shards/synthetic":
+        Check("elsewhere", "tests/integration/test_stream.py"),
+    "python -m cxr_vlp.prepare data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0 cache.size=512 cache.workers=16 "
+    "format=litdata out=s3://my-bucket/mimic-s512": Check("elsewhere", "tests/integration/test_stream.py"),
+    "python -m cxr_vlp.train +experiment=demo data.stream=/shards/synthetic":
+        Check("elsewhere", "tests/integration/test_stream.py"),
+    "python -m cxr_vlp.train +experiment=clip_mimic data.stream=s3://my-bucket/mimic-s512 trainer=ddp "
+    "trainer.devices=8 trainer.num_nodes=4": Check("elsewhere", "tests/integration/test_stream.py"),
     # the labeler on real reports (docs/labeler.md): its CLI prints the table in tests/unit/test_labeler_openi.py
     "python -m cxr_vlp.text.labeler_eval": Check("elsewhere", "tests/unit/test_labeler_openi.py"),
     "python -m cxr_vlp.text.labeler_eval labeler_file=/tmp/labeler_before.py errors=true":
