@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxr_vlp.checkpoint import read_checkpoint
 from cxr_vlp.lit.module import ContrastiveModule, instantiate_node
+from cxr_vlp.tracking import hooks as tracking
 from cxr_vlp.utils.config import config_dir, require_accelerator
 from cxr_vlp.utils.reporting import print_retrieval, to_floats, write_metrics
 from cxr_vlp.utils.sweep import finish_wandb, job_failed
@@ -103,6 +104,7 @@ def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: L.LightningM
     if cfg.get("test") and tasks and trainer.is_global_zero:
         metrics.update(evaluate_trained(module, datamodule, cfg, output_dir / "eval", best or None, trainer.loggers))
         write_metrics(metrics, output_dir / "metrics.json")
+    tracking.after_training(cfg, trainer, output_dir, metrics)  # W&B summary, example tables, model artifacts
     return metrics
 
 

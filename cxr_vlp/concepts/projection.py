@@ -1,4 +1,4 @@
-"""CLEAR concept projection (DESIGN.md §3), as pure tensor functions.
+"""CLEAR concept projection (docs/design.md §3), as pure tensor functions.
 
 * ``s = f_img Cᵀ`` — concept scores: cosine similarities of image and concept embeddings (tower space);
 * ``z = normalise(s E)`` — the image projected into the frozen text-embedding ("LLM") space;

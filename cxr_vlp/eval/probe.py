@@ -1,4 +1,4 @@
-"""Supervised probes on frozen features (DESIGN.md §4): linear or one-hidden-layer MLP, sigmoid outputs.
+"""Supervised probes on frozen features (docs/design.md §4): linear or one-hidden-layer MLP, sigmoid outputs.
 
 Features are standardised with the statistics of the training rows actually used, x̂ = (x − μ) / σ
 (population σ; σ < 1e-6 → 1), inside the model, so :func:`predict_probs` takes raw features.

@@ -1,4 +1,4 @@
-"""Retrieval quality against predicted uncertainty (DESIGN.md §4, ProbCLIP checkpoints).
+"""Retrieval quality against predicted uncertainty (docs/design.md §4, ProbCLIP checkpoints).
 
 Inputs, one entry per query (``N`` queries):
 

@@ -1,4 +1,4 @@
-"""Binary multi-label classification metrics (DESIGN.md §4): AUROC with bootstrap CI, Youden thresholds.
+"""Binary multi-label classification metrics (docs/design.md §4): AUROC with bootstrap CI, Youden thresholds.
 
 Inputs are ``probs`` ``[N, C]`` (finite scores, higher = more likely positive) and ``labels`` ``[N, C]`` with
 1 = positive, 0 = negative, NaN = unknown. Every metric is computed per label on the *known* cells of that

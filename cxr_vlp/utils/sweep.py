@@ -24,6 +24,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cxr_vlp.tracking import hooks as tracking
+
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.txt"
@@ -132,6 +134,7 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         message, failed = report(sweep_dir)
+        tracking.after_sweep(config, sweep_dir)  # the comparison table as a run in the sweep's W&B group
         if failed:
             raise SweepFailed(message)
 

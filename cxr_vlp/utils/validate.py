@@ -316,6 +316,7 @@ def data_schema(prefix: str = "data.") -> dict[str, Spec]:
         d + "pin_memory": Bool(),
         d + "persistent_workers": Bool(),
         d + "seed": Int(nullable=True),
+        d + "stream": Str(nullable=True),
         d + "prepare.num_patients": Int(min=1),
         d + "prepare.seed": Int(),
         d + "prepare.image_size": Int(min=8),
@@ -437,11 +438,26 @@ def _train_schema() -> dict[str, Spec]:
 
 
 def _eval_schema() -> dict[str, Spec]:
-    return {"seed": Int(min=0, max=2**32 - 1), "ckpt_path": Str(required=True), **data_schema(),
-            **evaluation_schema()}
+    ms = "model_source."
+    return {"seed": Int(min=0, max=2**32 - 1), "ckpt_path": Str(nullable=True),
+            ms + "spec": Str(nullable=True), ms + "arch": Str(nullable=True), ms + "quick_gelu": Bool(nullable=True),
+            ms + "context_length": Int(min=1, nullable=True), ms + "batch_size": Int(min=1),
+            **data_schema(), **evaluation_schema()}
+
+
+def _explore_schema() -> dict[str, Spec]:
+    return {"ckpt_path": Str(required=True), "split": Choice(options=("train", "val", "test")), "host": Str(),
+            "port": Int(min=0, max=65535), "device": Str(), "k": Int(min=1, max=1000),
+            "limit": Int(min=1, nullable=True),
+            "cache_dir": Str(nullable=True), "export": Str(nullable=True), "concepts.top": Int(min=1),
+            "concepts.bottleneck_split": Choice(options=("train", "val", "test"), nullable=True),
+            "concepts.l2": positive(), "export_options.studies": Int(min=0), "export_options.cams": Int(min=0),
+            "export_options.texts": ListOf(item=Str()), **data_schema()}
 
 
 TRAIN_SCHEMA: dict[str, Spec] = _train_schema()
 """``python -m cxr_vlp.train`` (``conf/train.yaml`` and its groups)."""
 EVAL_SCHEMA: dict[str, Spec] = _eval_schema()
 """``python -m cxr_vlp.eval`` (``conf/eval.yaml``)."""
+EXPLORE_SCHEMA: dict[str, Spec] = _explore_schema()
+"""``python -m cxr_vlp.explore`` (``conf/explore.yaml``)."""

@@ -200,6 +200,16 @@ CHECKS: dict[str, Check] = {
         Check("elsewhere", "tests/integration/test_stream.py"),
     "python -m cxr_vlp.train +experiment=clip_mimic data.stream=s3://my-bucket/mimic-s512 trainer=ddp "
     "trainer.devices=8 trainer.num_nodes=4": Check("elsewhere", "tests/integration/test_stream.py"),
+    # W&B dashboards (docs/wandb.md): offline runs read back in tests/integration/test_wandb_dashboards.py, the workspace
+    # object checked in tests/unit/test_wandb_tracking.py
+    "python -m cxr_vlp.train +experiment=demo logger=wandb logger.wandb.log_model=best":
+        Check("compose", "offline W&B runs with model artifacts are read back in test_wandb_dashboards.py"),
+    "python -m cxr_vlp.wandb_workspace project=cxr_vlp": Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
+    "python -m cxr_vlp.wandb_workspace project=cxr_vlp group=mcsl_demo-<sweep folder> "
+    "sweep_dir=logs/mcsl_demo/multiruns/<sweep folder>": Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
+    "python -m cxr_vlp.wandb_workspace project=cxr_vlp swept=loss.lam,loss.concept_temperature save=false":
+        Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
+    "python -m cxr_vlp.experiments.collect": Check("elsewhere", "tests/unit/test_collect.py"),
     # the labeler on real reports (docs/labeler.md): its CLI prints the table in tests/unit/test_labeler_openi.py
     "python -m cxr_vlp.text.labeler_eval": Check("elsewhere", "tests/unit/test_labeler_openi.py"),
     "python -m cxr_vlp.text.labeler_eval labeler_file=/tmp/labeler_before.py errors=true":
