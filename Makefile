@@ -8,9 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/pins.txt requirements/lock.
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: install demo test test-fast bench gpu-checks clean-logs
-.PHONY: lint docs
-.PHONY: explore
+.PHONY: install browser demo explore test test-fast lint docs bench gpu-checks clean-logs
 
 $(STAMP): requirements/pins.txt requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +30,17 @@ explore: install
 	if [ -z "$$ckpt" ]; then echo "no demo checkpoint under logs/*demo*/runs/: run make demo first" >&2; exit 1; fi; \
 	$(TEST_ENV) $(PY) -m cxr_vlp.explore ckpt_path=$$ckpt $(EXPLORE_ARGS)
 
-test: install
+# headless Chromium for tests/browser (Debian's chromium + chromium-driver), installed when missing and apt-get can
+# run (as root); otherwise those tests are skipped with the install command
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium chromium-driver; \
+	  else echo "no chromium / chromedriver: tests/browser will be skipped (apt-get install chromium chromium-driver)"; fi; \
+	fi
+
+test: install browser
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests
 
 # unit tests only (seconds)
@@ -44,8 +52,8 @@ clean-logs:
 
 # ruff's checks and its formatting (checked only; settings in pyproject.toml)
 lint: install
-	$(VENV)/bin/ruff check cxr_vlp tests bench
-	$(VENV)/bin/ruff format --check cxr_vlp tests bench
+	$(VENV)/bin/ruff check cxr_vlp tests bench scripts
+	$(VENV)/bin/ruff format --check cxr_vlp tests bench scripts
 
 # the documentation site (MkDocs, mkdocs.yml) into site/; a warning such as a broken link fails the build
 docs: install
@@ -57,6 +65,7 @@ bench: install
 	$(PY) bench/framework_overhead.py +experiment=demo
 	$(PY) bench/image_cache.py
 	$(PY) bench/data_loading.py
+	$(PY) bench/explore_query.py
 	$(PY) bench/retrieval_scale.py n=100000 d=512
 
 # on a machine with a CUDA device: GPU tests, fp32 vs bf16 train-step throughput, the demo on the GPU

@@ -78,11 +78,19 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return names[dtype]
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file (a report longer than a file name is not: no OSError)."""
+    try:
+        return len(text) < 4096 and Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def are_texts(items: object) -> bool:
     """Whether ``items`` are texts: a sequence of strings none of which names an existing file (those are images)."""
     if not isinstance(items, Sequence) or isinstance(items, str) or not items:
         return False
-    return all(isinstance(x, str) and not (len(x) < 4096 and Path(x).is_file()) for x in items)
+    return all(isinstance(x, str) and not _names_a_file(x) for x in items)
 
 
 def as_texts(texts: str | Sequence[str]) -> list[str]:

@@ -210,6 +210,15 @@ CHECKS: dict[str, Check] = {
     "python -m cxr_vlp.wandb_workspace project=cxr_vlp swept=loss.lam,loss.concept_temperature save=false":
         Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
     "python -m cxr_vlp.experiments.collect": Check("elsewhere", "tests/unit/test_collect.py"),
+    # the explorer (docs/explorer.md): served and driven in headless Chromium, exported, in tests/browser
+    "python -m cxr_vlp.explore": Check("elsewhere", "tests/browser/test_explorer_page.py"),
+    "python -m cxr_vlp.explore ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt":
+        Check("elsewhere", "tests/browser/test_explorer_page.py"),
+    "python -m cxr_vlp.explore ckpt_path=cxr_model data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0 split=test "
+    "port=8800": Check("elsewhere", "tests/browser/test_explorer_page.py"),
+    "python -m cxr_vlp.explore ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt export=explorer_page":
+        Check("elsewhere", "tests/browser/test_explorer_page.py"),
+    "python -m cxr_vlp.export": Check("elsewhere", "tests/integration/test_export.py"),
     # the labeler on real reports (docs/labeler.md): its CLI prints the table in tests/unit/test_labeler_openi.py
     "python -m cxr_vlp.text.labeler_eval": Check("elsewhere", "tests/unit/test_labeler_openi.py"),
     "python -m cxr_vlp.text.labeler_eval labeler_file=/tmp/labeler_before.py errors=true":

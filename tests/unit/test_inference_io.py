@@ -81,3 +81,13 @@ def test_import_cxr_vlp_is_cheap_and_cxrmodel_is_lazy() -> None:
             "print(heavy, CXRModel.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["False", "cxr_vlp.inference.model"]
+
+
+def test_report_length_texts_are_texts_not_file_names(tmp_path: Path) -> None:
+    from cxr_vlp.inference.base import are_texts
+
+    long_report = "Findings: " + "the lungs are clear without focal consolidation. " * 20  # > 255 characters
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    assert are_texts([long_report, "no effusion"])
+    assert not are_texts([long_report, str(image)])
