@@ -66,7 +66,7 @@ bench: install
 	$(PY) bench/image_cache.py
 	$(PY) bench/data_loading.py
 	$(PY) bench/explore_query.py
-	$(PY) bench/retrieval_scale.py n=100000 d=512
+	$(PY) bench/retrieval_scale.py
 
 # on a machine with a CUDA device: GPU tests, fp32 vs bf16 train-step throughput, the demo on the GPU
 gpu-checks: install

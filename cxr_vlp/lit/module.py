@@ -283,6 +283,46 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
                         "data.batch_size and set optim.micro_batch_size instead (feature cache)",
                         self.trainer.accumulate_grad_batches)
 
+    # ------------------------------------------------------------------ FLOPs for Lightning's ThroughputMonitor (MFU)
+    @property
+    def flops_per_batch(self) -> int | None:
+        """Forward + backward FLOPs of one training batch on this device (``torch.utils.flop_counter``: matmuls,
+        convolutions, attention), counted during the first optimiser step of the fit; None until then."""
+        return getattr(self, "_flops_per_batch", None)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.flops_per_batch is None:
+            if getattr(self, "_flop_count", None) is None:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                self._flop_count = [FlopCounterMode(display=False), 0]
+                self._flop_count[0].__enter__()
+            self._flop_count[1] += 1  # batches accumulated into the first step
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._stop_flop_count()
+
+    def on_train_end(self) -> None:
+        self._stop_flop_count()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.automatic_optimization and self.trainer.accumulate_grad_batches == 1:
+            self._stop_flop_count()  # a step that skipped the optimiser (e.g. a None loss)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().backward(loss, *args, **kwargs)
+        except BaseException:
+            self._stop_flop_count()
+            raise
+
+    def _stop_flop_count(self) -> None:
+        counter = getattr(self, "_flop_count", None)
+        if counter is not None:
+            self._flop_count = None
+            counter[0].__exit__(None, None, None)
+            self._flops_per_batch = counter[0].get_total_flops() // max(1, counter[1])
+
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
         image, text = self.encode_views(batch)

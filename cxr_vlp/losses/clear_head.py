@@ -1,4 +1,4 @@
-"""CLEAR concept-projection loss head (DESIGN.md §3, "CLEAR concept projection"), DDP-exact.
+"""CLEAR concept-projection loss head (docs/design.md §3, "CLEAR concept projection"), DDP-exact.
 
 Notation: B studies (local rows), D the tower embedding size, K concepts, E_dim the frozen "LLM" space size.
 

@@ -1,6 +1,6 @@
 """MCSL: the Multi-view Concept Similarity Loss of CLIP-XRad (eq. 1–7), DDP-exact.
 
-Notation (DESIGN.md §3): labels l ∈ {0,1}^C per study (CheXpert's 14; unknown → 0), s the logit scale,
+Notation (docs/design.md §3): labels l ∈ {0,1}^C per study (CheXpert's 14; unknown → 0), s the logit scale,
 embeddings L2-normalised, λ the concept weight, τ_c the concept temperature.
 
     J_ij = l_i·l_j / (|l_i| + |l_j| − l_i·l_j)             (0 where the union is empty)        eq. 1

@@ -1,6 +1,6 @@
 """ProbCLIP-VIB loss head (PCME++ matching + variational information bottleneck), DDP-exact.
 
-Every view is a :class:`~cxr_vlp.losses.heads.GaussianEmbedding` ``(μ, log σ²)`` (DESIGN.md §3). With
+Every view is a :class:`~cxr_vlp.losses.heads.GaussianEmbedding` ``(μ, log σ²)`` (docs/design.md §3). With
 V_I image views and V_T text views:
 
     match-logit   z = −a·d + b,  d = CSD distance (:func:`~cxr_vlp.losses.probabilistic.csd_distance`)

@@ -1,4 +1,4 @@
-"""Cross-modal retrieval metrics (DESIGN.md §4), computed in row chunks, tie-fair.
+"""Cross-modal retrieval metrics (docs/design.md §4), computed in row chunks, tie-fair.
 
 **Rule.** Ties never help the match: every rank-based metric is its exact expected value when tied scores are
 ordered at random, i.e. the match sits uniformly on positions g+1 … g+1+t, with g the gallery items scoring
@@ -15,16 +15,23 @@ Query i's single relevant gallery item is gallery item i. Per query, with ``g_i`
     tied_match_share = (1/N) Σ_i [t_i > 0]
 
 The nDCG tie average is sklearn's ``ndcg_score(..., ignore_ties=False)`` (McSherry & Najork, ECIR 2008) for one
-relevant item. Without ties (t_i = 0) these are the strict-rank formulas (rank_i = 1 + g_i). Collapsed embeddings (all scores
-equal) give exactly chance: R@K = K/N, MeanR = MedR = (N+1)/2. Ties are exact equality of the computed scores;
-the scan scores in the embeddings' dtype (float64 stays float64), so only float16 / bfloat16 are upcast to float32.
+relevant item. Without ties (t_i = 0) these are the strict-rank formulas (rank_i = 1 + g_i). Collapsed embeddings
+(all scores equal) give exactly chance: R@K = K/N, MeanR = MedR = (N+1)/2. Ties are exact equality of the computed
+scores; the scan scores in the embeddings' dtype (float64 stays float64), so only float16 / bfloat16 are upcast to
+float32.
 
 Only ``chunk_size × N`` similarities exist at a time in the embedding-based functions.
+
+**Scan.** A block of scores is read once per pass in row slices that stay in cache (:data:`_SLICE_BYTES`): the
+comparisons with the match score write 0 / 1 into a reused float buffer that is summed in float (exact while
+N < 2²⁴), and the same pass keeps the maxima of consecutive groups of :data:`_GROUP` gallery items, which both
+detect NaN and narrow the top-k to the members of the k best groups (every top-k score lies in one of them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +52,7 @@ __all__ = [
     "precision_in_block",
     "scan_retrieval",
     "dot_score_rows",
+    "DotScoreRows",
     "positive_sets",
     "class_precision_at_k",
     "precision_summary",
@@ -76,6 +84,230 @@ def _score_dtype(x: Tensor) -> Tensor:
     if x.dtype in _LOW_PRECISION:
         return x.float()
     return x if x.is_floating_point() else x.double()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One pass over a block of scores: counts against per-row thresholds, group maxima, top-k from the best groups.
+
+_SLICE_BYTES = 8 << 20  # rows of a CPU block handled together: they stay in cache while they are compared
+_GROUP = 32  # gallery items per group; group j of a row holds the columns j, j + Ng // 32, j + 2 (Ng // 32), …
+_SPARSE_SHARE = 4  # rows where more than 1 / 4 of the groups can hold a counted score are compared densely
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Worker threads for the CPU passes, as many as torch's intra-op threads."""
+    n = torch.get_num_threads()
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="retrieval-scan")
+    return _POOLS[n]
+
+
+def _groups(n: int) -> int:
+    """Number of groups of a row of ``n`` scores (0: too short to group)."""
+    return n // _GROUP
+
+
+def _count_slice(x: np.ndarray, targets: np.ndarray, strict: Sequence[bool], gmax: np.ndarray,
+                 have_gmax: bool, counts: np.ndarray, top: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """:func:`_count_pass` on one cache-sized slice of rows (numpy, one thread), with the top-k into ``top``
+    (values, indices) when given; True if the slice holds a NaN."""
+    rows, n = x.shape
+    ng = gmax.shape[1]
+    full = ng * _GROUP
+    grouped = x[:, :full].reshape(rows, _GROUP, ng)
+    tail = x[:, full:]
+    has_nan = False
+    if not have_gmax:
+        np.max(grouped, axis=1, out=gmax)  # NaN-propagating
+        has_nan = bool(np.isnan(gmax).any() or np.isnan(tail).any())
+    for j, is_strict in enumerate(strict):
+        above = np.greater if is_strict else np.greater_equal
+        t = targets[:, j : j + 1]
+        hit = above(gmax, t)  # only groups whose maximum passes can hold a counted score
+        per_row = np.count_nonzero(hit, axis=1)
+        dense = per_row * _SPARSE_SHARE > ng
+        c = np.count_nonzero(above(tail, t), axis=1).astype(np.int64)
+        if dense.any():
+            d = np.flatnonzero(dense)
+            c[d] += np.count_nonzero(above(x[d, :full], t[d]), axis=1)
+            hit[d] = False
+        r, g = np.nonzero(hit)
+        if len(r):
+            c += np.bincount(r, weights=np.count_nonzero(above(grouped[r, :, g], t[r]), axis=1),
+                             minlength=rows).astype(np.int64)
+        counts[:, j] = c
+    if top is not None and not has_nan:
+        k = top[0].shape[1]
+        cols = np.argpartition(gmax, ng - k, axis=1)[:, ng - k :, None] + ng * np.arange(_GROUP)
+        cols = np.concatenate([cols.reshape(rows, -1), np.broadcast_to(np.arange(full, n), (rows, n - full))], axis=1)
+        values = np.take_along_axis(x, cols, axis=1)
+        pick = np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
+        values, cols = np.take_along_axis(values, pick, axis=1), np.take_along_axis(cols, pick, axis=1)
+        order = np.lexsort((cols, -values), axis=1)  # best first, equal scores by gallery index
+        top[0][:] = np.take_along_axis(values, order, axis=1)
+        top[1][:] = np.take_along_axis(cols, order, axis=1)
+    return has_nan
+
+
+@dataclass
+class _Pass:
+    """What :func:`_count_pass` found: ``counts`` ``[b, m]``, group maxima ``[b, Ng // 32]`` (None for rows under
+    32 scores), ``has_nan`` (checked only when the maxima were computed) and, when asked for, the top-k."""
+
+    counts: Tensor
+    gmax: Tensor | None
+    has_nan: bool
+    top: tuple[Tensor, Tensor] | None = None
+
+
+def _count_pass(block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Tensor | None = None,
+                k: int = 0) -> _Pass:
+    """Per row of ``block`` ``[b, Ng]``: ``counts[:, j]`` = number of scores ``> targets[:, j]`` where ``strict[j]``,
+    else ``>= targets[:, j]`` (LongTensor); the maxima of the row's groups, computed here unless given; whether the
+    block holds a NaN; and with ``k`` > 0 the top-k (see :func:`_topk_rows`) where the CPU pass can take it from
+    the groups. On the CPU, slices of rows run on a thread pool and only the groups whose maximum passes a
+    threshold are compared."""
+    b, n = block.shape
+    ng = _groups(n)
+    if block.device.type != "cpu" or block.dtype not in (torch.float32, torch.float64) or ng == 0:
+        return _Pass(*_count_pass_dense(block, targets, strict, gmax))
+    block = block.contiguous()
+    x, t = block.numpy(), targets.to(block.dtype).contiguous().numpy()
+    have = gmax is not None
+    gm = gmax.contiguous().numpy() if have else np.empty((b, ng), dtype=x.dtype)
+    counts = np.empty((b, len(strict)), dtype=np.int64)
+    with_top = 0 < k and 4 * k * _GROUP <= n
+    top = (np.empty((b, k), dtype=x.dtype), np.empty((b, k), dtype=np.int64)) if with_top else None
+    step = max(1, _SLICE_BYTES // (n * x.itemsize))
+    jobs = [_pool().submit(_count_slice, x[r : r + step], t[r : r + step], strict, gm[r : r + step], have,
+                           counts[r : r + step], None if top is None else (top[0][r : r + step], top[1][r : r + step]))
+            for r in range(0, b, step)]
+    has_nan = any([job.result() for job in jobs])
+    return _Pass(torch.from_numpy(counts), gmax if have else torch.from_numpy(gm), has_nan,
+                 None if top is None else (torch.from_numpy(top[0]), torch.from_numpy(top[1])))
+
+
+def _count_pass_dense(block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Tensor | None
+                      ) -> tuple[Tensor, Tensor | None, bool]:
+    """:func:`_count_pass` with whole-block torch comparisons (GPU, other dtypes, short rows)."""
+    ng = _groups(block.shape[1])
+    counts = torch.stack([((block > targets[:, j : j + 1]) if s else (block >= targets[:, j : j + 1])).sum(dim=1)
+                          for j, s in enumerate(strict)], dim=1)
+    if gmax is not None:
+        return counts, gmax, False
+    gmax = block[:, : ng * _GROUP].unflatten(1, (_GROUP, ng)).amax(dim=1) if ng else None
+    tail = block[:, ng * _GROUP :]
+    has_nan = (gmax is not None and bool(torch.isnan(gmax).any())) or bool(torch.isnan(tail).any())
+    return counts, gmax, has_nan
+
+
+def _rank_pass(block: Tensor, target: Tensor, k: int = 0) -> tuple[Tensor, Tensor, Tensor | None,
+                                                                     tuple[Tensor, Tensor] | None]:
+    """``(higher, at_target, group maxima, top-k or None)``: per row the scores ``> target`` and ``== target``
+    (``target`` ``[b]``), in one pass that also raises on NaN."""
+    p = _count_pass(block, target[:, None].expand(-1, 2), (True, False), k=k)
+    if p.has_nan:
+        raise ValueError("similarity contains NaN")
+    return p.counts[:, 0].to(block.device), (p.counts[:, 1] - p.counts[:, 0]).to(block.device), p.gmax, p.top
+
+
+def _topk_rows(block: Tensor, k: int, gmax: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``block.topk(k, dim=1)`` (values best first, gallery indices), read from the members of the k groups with
+    the highest maxima plus the columns after the last group. Exact: fewer than k groups have a maximum above the
+    k-th highest group maximum T, so every score above T is a candidate, and the k chosen groups hold k scores
+    ≥ T; only which of several items tied at the k-th score are listed may differ from a full ``topk``. Items of
+    equal score are listed by ascending gallery index."""
+    b, n = block.shape
+    if gmax is None or 4 * k * _GROUP > n:
+        values, idx = block.topk(k, dim=1)
+    else:
+        ng = gmax.shape[1]
+        best = gmax.to(block.device).topk(k, dim=1).indices
+        cols = (best[:, :, None] + ng * torch.arange(_GROUP, device=block.device)).flatten(1)
+        if ng * _GROUP < n:
+            cols = torch.cat([cols, torch.arange(ng * _GROUP, n, device=block.device).expand(b, -1)], dim=1)
+        values, pos = block.gather(1, cols).topk(k, dim=1)
+        idx = cols.gather(1, pos)
+    idx, by_index = idx.sort(dim=1)
+    values, by_score = values.gather(1, by_index).sort(dim=1, descending=True, stable=True)
+    return values, idx.gather(1, by_score)
+
+
+@dataclass(frozen=True)
+class _Members:
+    """The gallery items of each group: ``keys`` (sorted distinct group ids), ``start`` / ``count`` into ``order``
+    (gallery indices sorted by group)."""
+
+    keys: Tensor
+    start: Tensor
+    count: Tensor
+    order: Tensor
+
+    @classmethod
+    def of(cls, gallery_group: Tensor) -> _Members:
+        order = torch.argsort(gallery_group, stable=True)
+        keys, count = torch.unique_consecutive(gallery_group[order], return_counts=True)
+        return cls(keys, count.cumsum(0) - count, count, order)
+
+    def to(self, device: torch.device) -> _Members:
+        return _Members(self.keys.to(device), self.start.to(device), self.count.to(device), self.order.to(device))
+
+    def pairs(self, query_group: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, cols, per_row)``: every (query row, relevant gallery index) pair and each row's number of them."""
+        pos = torch.searchsorted(self.keys, query_group).clamp(max=len(self.keys) - 1)
+        found = self.keys[pos] == query_group
+        per_row = torch.where(found, self.count[pos], 0)
+        rows = torch.repeat_interleave(torch.arange(len(query_group), device=per_row.device), per_row)
+        first = torch.repeat_interleave(self.start[pos] - (per_row.cumsum(0) - per_row), per_row)
+        return rows, self.order[first + torch.arange(len(rows), device=rows.device)], per_row
+
+
+def _grouped_ranks(block: Tensor, query_group: Tensor, gallery_group: Tensor, members: _Members, k: int = 0
+                   ) -> tuple[RankCounts, Tensor | None, tuple[Tensor, Tensor] | None]:
+    """:func:`grouped_ranks_in_block` from the relevant pairs only (the best relevant score, then one counting
+    pass), and the group maxima for :func:`_topk_rows`; dense when the pairs are a large share of the block."""
+    b, n = block.shape
+    rows, cols, per_row = members.pairs(query_group)
+    if len(rows) * 4 > b * n:
+        return grouped_ranks_in_block(block, query_group, gallery_group), None, None
+    if bool((per_row == 0).any()):
+        grouped_ranks_in_block(block, query_group, gallery_group)  # raises, NaN first, as the dense rule does
+    values = block[rows, cols]
+    best = torch.full((b,), -torch.inf, dtype=block.dtype, device=block.device)
+    best = best.scatter_reduce(0, rows, values, "amax", include_self=False)
+    relevant_at_best = torch.zeros(b, dtype=torch.long, device=block.device).index_add_(
+        0, rows, (values == best[rows]).long())
+    higher, at_best, gmax, top = _rank_pass(block, best, k)  # relevant items score <= best: none is above it
+    return RankCounts(higher, at_best - relevant_at_best), gmax, top
+
+
+def _precision_from_topk(block: Tensor, values: Tensor, idx: Tensor, q_pos: Tensor, g_pos: Tensor,
+                         ks: Sequence[int], gmax: Tensor | None) -> Tensor:
+    """:func:`precision_in_block` from the top list (``values``, ``idx`` ``[b, K]``, K ≥ every k capped at Ng) and
+    one pass counting the scores at or above each k-th score; rows whose tie at a k-th score reaches past the
+    list are computed densely."""
+    n = block.shape[1]
+    cut = [min(int(k), n) for k in ks]
+    kth = values[:, [c - 1 for c in cut]]
+    at_least = _count_pass(block, kth, (False,) * len(cut), gmax).counts.to(block.device)
+    shared = (q_pos[:, None, :] & g_pos[idx]).any(dim=2)  # [b, K]: listed item shares a positive label
+    out, spill = [], torch.zeros(block.shape[0], dtype=torch.bool, device=block.device)
+    for col, kk in enumerate(cut):
+        t = kth[:, col : col + 1]
+        above, tied = values > t, values == t
+        n_above = above.sum(dim=1)
+        n_tied = at_least[:, col] - n_above
+        spill |= n_tied != tied.sum(dim=1)
+        share = (kk - n_above.double()) / n_tied.double()
+        hits = (shared & above).sum(dim=1).double() + share * (shared & tied).sum(dim=1).double()
+        out.append(hits / kk)
+    precision = torch.stack(out, dim=1)
+    if bool(spill.any()):
+        rows = spill.nonzero()[:, 0]
+        dense_shared = (q_pos[rows].float() @ g_pos.float().T) > 0
+        precision[rows] = precision_in_block(block[rows], dense_shared, kth[rows], ks)
+    return precision
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,11 +371,9 @@ def _rank_counts(ranks: RankCounts | Tensor | np.ndarray) -> RankCounts:
 
 def ranks_in_block(block: Tensor, start: int) -> RankCounts:
     """Rank counts for rows ``start .. start+len(block)-1`` of a square similarity matrix given as ``block``."""
-    if torch.isnan(block).any():
-        raise ValueError("similarity contains NaN")
     rows = torch.arange(block.shape[0], device=block.device)
-    match = block[rows, rows + start][:, None]
-    return RankCounts((block > match).sum(dim=1), (block == match).sum(dim=1) - 1)
+    higher, at_match, _, _ = _rank_pass(block, block[rows, rows + start])
+    return RankCounts(higher, at_match - 1)
 
 
 def ranks_from_similarity(similarity: Tensor | np.ndarray, chunk_size: int = 4096) -> RankCounts:
@@ -331,39 +561,63 @@ def scan_retrieval(
         pks = tuple(int(p) for p in precision_ks)
         k = max(int(k), *pks)
     kk = min(int(k), num_gallery)
+    query_group, gallery_group = torch.as_tensor(query_group).long(), torch.as_tensor(gallery_group).long()
+    members = None if identity else _Members.of(gallery_group)
+    buffer = None  # dot_score_rows writes each block into one reused buffer
     ranks, top, top_scores, precision = [], [], [], []
     for s in range(0, num_queries, step):
-        block = _score_dtype(score_rows(s, min(s + step, num_queries)))
-        if block.shape != (min(s + step, num_queries) - s, num_gallery):
-            raise ValueError(f"score_rows({s}, {min(s + step, num_queries)}) returned {tuple(block.shape)} for "
-                             f"{num_gallery} gallery items")
-        if identity:  # query i ↔ gallery i: the diagonal, no relevance mask (less memory per block)
-            ranks.append(ranks_in_block(block, s).cpu())
+        e = min(s + step, num_queries)
+        if isinstance(score_rows, DotScoreRows):
+            if buffer is None:
+                buffer = score_rows.new_buffer(min(step, num_queries))
+            block = score_rows(s, e, out=buffer[: e - s])
         else:
-            qg = query_group[s : s + step].to(block.device)
-            ranks.append(grouped_ranks_in_block(block, qg, gallery_group.to(block.device)).cpu())
-        values, idx = block.topk(kk, dim=1)
+            block = _score_dtype(score_rows(s, e))
+        if block.shape != (e - s, num_gallery):
+            raise ValueError(f"score_rows({s}, {e}) returned {tuple(block.shape)} for {num_gallery} gallery items")
+        if identity:  # query i ↔ gallery i: the diagonal, no relevance mask
+            rows = torch.arange(e - s, device=block.device)
+            higher, at_match, gmax, found = _rank_pass(block, block[rows, rows + s], kk)
+            ranks.append(RankCounts(higher.cpu(), (at_match - 1).cpu()))
+        else:
+            members = members.to(block.device)
+            counts, gmax, found = _grouped_ranks(block, query_group[s:e].to(block.device),
+                                                 gallery_group.to(block.device), members, kk)
+            ranks.append(counts.cpu())
+        values, idx = found if found is not None else _topk_rows(block, kk, gmax)
         top.append(idx.cpu())
         top_scores.append(values.cpu())
         if with_labels:
-            q_block = qpos[s : s + step].to(block.device)
-            shared = (q_block.float() @ gpos.to(block.device).float().T) > 0
-            kth = values[:, [min(p, num_gallery) - 1 for p in pks]]
-            p = precision_in_block(block, shared, kth, pks).cpu()
+            q_block = qpos[s:e].to(block.device)
+            p = _precision_from_topk(block, values, idx, q_block, gpos.to(block.device), pks, gmax).cpu()
             p[~q_block.any(dim=1).cpu()] = float("nan")
             precision.append(p)
     return RetrievalScan(RankCounts.cat(ranks), torch.cat(top), torch.cat(top_scores),
                          torch.cat(precision) if with_labels else None, pks if with_labels else ())
 
 
-def dot_score_rows(query: Tensor, gallery: Tensor) -> Callable[[int, int], Tensor]:
-    """``score_rows`` for cosine / inner-product retrieval: rows ``start:stop`` of ``query @ galleryᵀ``, in the
-    embeddings' dtype (float16 / bfloat16 embeddings are multiplied in float32)."""
-    query, gallery = _score_dtype(query), _score_dtype(gallery)
-    if query.dtype != gallery.dtype:
-        raise ValueError(f"query ({query.dtype}) and gallery ({gallery.dtype}) embeddings must share a dtype")
-    gallery_t = gallery.transpose(0, 1)
-    return lambda start, stop: query[start:stop] @ gallery_t
+class DotScoreRows:
+    """``score_rows`` for cosine / inner-product retrieval: ``rows(start, stop)`` is rows ``start:stop`` of
+    ``query @ galleryᵀ`` in the embeddings' dtype (float16 / bfloat16 embeddings are multiplied in float32), written
+    into ``out`` when given (:func:`scan_retrieval` reuses one buffer for every block)."""
+
+    def __init__(self, query: Tensor, gallery: Tensor) -> None:
+        query, gallery = _score_dtype(_as_tensor(query)), _score_dtype(_as_tensor(gallery))
+        if query.dtype != gallery.dtype:
+            raise ValueError(f"query ({query.dtype}) and gallery ({gallery.dtype}) embeddings must share a dtype")
+        self.query, self.gallery_t = query, gallery.transpose(0, 1)
+
+    def new_buffer(self, rows: int) -> Tensor:
+        """An uninitialised ``[rows, Ng]`` block for ``out``."""
+        return torch.empty(rows, self.gallery_t.shape[1], dtype=self.query.dtype, device=self.query.device)
+
+    def __call__(self, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        return torch.mm(self.query[start:stop], self.gallery_t, out=out)
+
+
+def dot_score_rows(query: Tensor, gallery: Tensor) -> DotScoreRows:
+    """The :class:`DotScoreRows` of ``query`` and ``gallery``."""
+    return DotScoreRows(query, gallery)
 
 
 def positive_sets(labels: Tensor | np.ndarray) -> Tensor:

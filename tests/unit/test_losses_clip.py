@@ -1,4 +1,4 @@
-"""CLIP / intra-modal / multi-view losses against slow loop transcriptions of DESIGN.md §3."""
+"""CLIP / intra-modal / multi-view losses against slow loop transcriptions of docs/design.md §3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MCSL (CLIP-XRad eq. 1–7) against slow float64 loop transcriptions of DESIGN.md §3."""
+"""MCSL (CLIP-XRad eq. 1–7) against slow float64 loop transcriptions of docs/design.md §3."""
 
 from __future__ import annotations
 

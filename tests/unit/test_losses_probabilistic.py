@@ -1,4 +1,4 @@
-"""ProbCLIP-VIB pure functions against slow float64 loop transcriptions of DESIGN.md §3."""
+"""ProbCLIP-VIB pure functions against slow float64 loop transcriptions of docs/design.md §3."""
 
 from __future__ import annotations
 

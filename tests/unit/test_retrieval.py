@@ -1,4 +1,4 @@
-"""Retrieval metrics against brute-force references and hand-checked examples (DESIGN.md §4): ties are broken at
+"""Retrieval metrics against brute-force references and hand-checked examples (docs/design.md §4): ties are broken at
 random, so every metric is compared with its expectation over all tie orders."""
 
 from __future__ import annotations
