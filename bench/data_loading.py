@@ -64,16 +64,32 @@ def main(argv: list[str]) -> None:
     root = Path(args.get("dir") or tempfile.mkdtemp(prefix="cxr_data_loading_"))
     cv2.setNumThreads(1)
     torch.set_num_threads(1)  # as in a DataLoader worker process
-    data = [f"data.prepare.num_patients={patients}", f"data.prepare.image_size={raw_size}",
-            f"data.prepare.out_dir={root / 'synthetic'}", f"data.transforms.image_size={image_size}"]
+    data = [
+        f"data.prepare.num_patients={patients}",
+        f"data.prepare.image_size={raw_size}",
+        f"data.prepare.out_dir={root / 'synthetic'}",
+        f"data.transforms.image_size={image_size}",
+    ]
     from cxr_vlp.prepare import prepare
 
     shards = root / "shards"
     if not (shards / "manifest.json").is_file():
         t0 = time.perf_counter()
-        prepare(compose_train(root / "prepare", [*data, f"cache.dir={root / 'cache'}", f"cache.size={cache_size}",
-                                                 "cache.workers=2", "cache.progress=false", "format=litdata",
-                                                 f"out={shards}"], config_name="prepare"))
+        prepare(
+            compose_train(
+                root / "prepare",
+                [
+                    *data,
+                    f"cache.dir={root / 'cache'}",
+                    f"cache.size={cache_size}",
+                    "cache.workers=2",
+                    "cache.progress=false",
+                    "format=litdata",
+                    f"out={shards}",
+                ],
+                config_name="prepare",
+            )
+        )
         print(f"prepare (cache + shards): {time.perf_counter() - t0:.1f} s")
 
     def datamodule(extra: list[str]):
@@ -89,21 +105,32 @@ def main(argv: list[str]) -> None:
             sampler = EpochSampler(dataset, seed=0)
             sampler.set_epoch(epoch)
             return DataLoader(dataset, batch_size=BATCH, sampler=sampler, drop_last=True, collate_fn=_as_list)
+
         return make
 
     def streamed(dm):
-        stream = StudyStream(dm.shards().split_dir("train"), dm._sample_spec("train", dm._transforms),
-                             shuffle=True, seed=0, drop_last=True)
+        stream = StudyStream(
+            dm.shards().split_dir("train"),
+            dm._sample_spec("train", dm._transforms),
+            shuffle=True,
+            seed=0,
+            drop_last=True,
+        )
         loader = StudyStreamLoader(stream, batch_size=BATCH, num_workers=0, collate_fn=_as_list)
         return lambda epoch: loader
 
-    rates = _rates({
-        "raw files": map_style(datamodule(["data.image_cache=null"])),
-        f"JPEG cache ({cache_size} px)": map_style(datamodule([f"data.image_cache={root / 'cache'}"])),
-        f"litdata shards ({cache_size} px)": streamed(datamodule([f"data.stream={shards}"])),
-    }, epochs)
-    print(f"synthetic: {patients} patients, raw {raw_size} px, training at {image_size} px, batches of {BATCH}, "
-          "one worker")
+    rates = _rates(
+        {
+            "raw files": map_style(datamodule(["data.image_cache=null"])),
+            f"JPEG cache ({cache_size} px)": map_style(datamodule([f"data.image_cache={root / 'cache'}"])),
+            f"litdata shards ({cache_size} px)": streamed(datamodule([f"data.stream={shards}"])),
+        },
+        epochs,
+    )
+    print(
+        f"synthetic: {patients} patients, raw {raw_size} px, training at {image_size} px, batches of {BATCH}, "
+        "one worker"
+    )
     base = rates[f"JPEG cache ({cache_size} px)"][0]
     for name, (rate, n) in rates.items():
         print(f"  {name:<28} {rate:8.1f} studies/s   ({n} studies/epoch, {rate / base:.2f}x the JPEG cache)")

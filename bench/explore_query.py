@@ -30,10 +30,18 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TEXTS = ["small left pleural effusion", "cardiomegaly", "no acute cardiopulmonary process",
-         "right lower lobe pneumonia", "mild pulmonary edema", "there is a large right pneumothorax",
-         "endotracheal tube in place",
-         "bibasilar atelectasis", "no pleural effusion", "the heart is mildly enlarged"]
+TEXTS = [
+    "small left pleural effusion",
+    "cardiomegaly",
+    "no acute cardiopulmonary process",
+    "right lower lobe pneumonia",
+    "mild pulmonary edema",
+    "there is a large right pneumothorax",
+    "endotracheal tube in place",
+    "bibasilar atelectasis",
+    "no pleural effusion",
+    "the heart is mildly enlarged",
+]
 
 
 def _args(argv: list[str]) -> dict[str, str]:
@@ -51,8 +59,7 @@ def _checkpoint(given: str, tmp: Path) -> Path:
         return Path(given)
     from cxr_vlp.inference.payload import payload_from_checkpoint
 
-    for ckpt in sorted(ROOT.glob("logs/*/runs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime,
-                       reverse=True):
+    for ckpt in sorted(ROOT.glob("logs/*/runs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
         if payload_from_checkpoint(ckpt).kind == "contrastive":
             return ckpt
     from cxr_vlp.data.synthetic import generate_dataset
@@ -90,10 +97,17 @@ def text_queries(model, n: int, queries: int) -> None:
     image = F.normalize(torch.randn(n, d, generator=g), dim=-1)
     logvar = torch.full((n, d), -4.0) if model.probabilistic else None
     reports = [f"synthetic report {i}: {TEXTS[i % len(TEXTS)]}" for i in range(n)]
-    emb = SplitEmbeddings(split="test", image=image, text=F.normalize(torch.randn(n, d, generator=g), dim=-1),
-                          features=torch.zeros(n, 1), labels=torch.full((n, 14), float("nan")),
-                          study_ids=[f"s{i:05d}" for i in range(n)], texts=reports, image_logvar=logvar,
-                          text_logvar=logvar)
+    emb = SplitEmbeddings(
+        split="test",
+        image=image,
+        text=F.normalize(torch.randn(n, d, generator=g), dim=-1),
+        features=torch.zeros(n, 1),
+        labels=torch.full((n, 14), float("nan")),
+        study_ids=[f"s{i:05d}" for i in range(n)],
+        texts=reports,
+        image_logvar=logvar,
+        text_logvar=logvar,
+    )
     pixels = np.zeros((64, 64), np.uint8)
     session = ExploreSession(model, emb, images=lambda i: pixels, k=10)
     server = make_server(session, "127.0.0.1", 0)
@@ -116,10 +130,12 @@ def text_queries(model, n: int, queries: int) -> None:
         server.shutdown()
         server.server_close()
     ms = sorted(1000 * t for t in times)
-    print(f"text query over {n} studies (D={d}, {model.name}), {queries} queries, torch threads "
-          f"{torch.get_num_threads()}: median {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} "
-          f"ms, max {ms[-1]:.1f} ms over HTTP; session alone median {1000 * statistics.median(inner):.1f} ms "
-          f"(target < 200 ms)")
+    print(
+        f"text query over {n} studies (D={d}, {model.name}), {queries} queries, torch threads "
+        f"{torch.get_num_threads()}: median {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} "
+        f"ms, max {ms[-1]:.1f} ms over HTTP; session alone median {1000 * statistics.median(inner):.1f} ms "
+        f"(target < 200 ms)"
+    )
 
 
 def page_load(ckpt: Path, log_dir: Path) -> None:
@@ -137,17 +153,25 @@ def page_load(ckpt: Path, log_dir: Path) -> None:
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
     try:
         start = time.perf_counter()
-        for path in ("/", "/static/app.js", "/static/app.css", "/api/info", "/api/studies?offset=0&limit=200&q=",
-                     "/api/image/0.png?size=256"):
+        for path in (
+            "/",
+            "/static/app.js",
+            "/static/app.css",
+            "/api/info",
+            "/api/studies?offset=0&limit=200&q=",
+            "/api/image/0.png?size=256",
+        ):
             _get(conn, path)
         first = time.perf_counter() - start
     finally:
         conn.close()
         server.shutdown()
         server.server_close()
-    print(f"{ckpt} ({len(session.emb)} {session.emb.split} studies): start-up {cold:.2f} s with the cache cold, "
-          f"{warm:.2f} s warm; first page load (page, script, style, info, study list, first image) "
-          f"{1000 * first:.0f} ms with the cache warm (target < 2 s)")
+    print(
+        f"{ckpt} ({len(session.emb)} {session.emb.split} studies): start-up {cold:.2f} s with the cache cold, "
+        f"{warm:.2f} s warm; first page load (page, script, style, info, study list, first image) "
+        f"{1000 * first:.0f} ms with the cache warm (target < 2 s)"
+    )
 
 
 def main() -> None:

@@ -62,8 +62,14 @@ NUM_LABELS = 14
 # distinct batches in memory; the loader cycles through them (enough to defeat caching effects, little memory)
 POOL_SIZE = 4
 BENCH_ARGS = {"steps": 30, "warmup": 5, "rounds": 2, "length": 80, "logger": "csv", "callbacks": "false"}
-PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
-              "16": "16-mixed", "16-mixed": "16-mixed"}
+PRECISIONS = {
+    "32": "32-true",
+    "32-true": "32-true",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+}
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -96,16 +102,18 @@ def make_batches(cfg: DictConfig, length: int, seed: int) -> list[Batch]:
         ids = torch.randint(5, vocab, (b, vt, length), generator=g) * mask
         labels = torch.randint(0, 2, (b, NUM_LABELS), generator=g).float()
         labels[torch.rand(b, NUM_LABELS, generator=g) < 0.2] = float("nan")
-        batches.append(Batch(
-            images=torch.randn(b, vi, 1, size, size, generator=g),
-            input_ids=ids,
-            attention_mask=mask,
-            labels=labels,
-            index=torch.arange(k * b, (k + 1) * b),
-            study_ids=[f"s{k * b + i}" for i in range(b)],
-            subject_ids=[f"p{k * b + i}" for i in range(b)],
-            texts=[["findings"] * vt for _ in range(b)],
-        ))
+        batches.append(
+            Batch(
+                images=torch.randn(b, vi, 1, size, size, generator=g),
+                input_ids=ids,
+                attention_mask=mask,
+                labels=labels,
+                index=torch.arange(k * b, (k + 1) * b),
+                study_ids=[f"s{k * b + i}" for i in range(b)],
+                subject_ids=[f"p{k * b + i}" for i in range(b)],
+                texts=[["findings"] * vt for _ in range(b)],
+            )
+        )
     return batches
 
 
@@ -119,8 +127,12 @@ def build_module(cfg: DictConfig, seed: int) -> ContrastiveModule:
     """A fresh module; the same seed gives the same weights on both sides."""
     L.seed_everything(seed, verbose=False)
     c = OmegaConf.to_container(cfg, resolve=False)
-    module = ContrastiveModule(model=OmegaConf.to_container(cfg.model, resolve=True), loss=c["loss"],
-                               optim=c["optim"], scheduler=c["scheduler"])
+    module = ContrastiveModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        loss=c["loss"],
+        optim=c["optim"],
+        scheduler=c["scheduler"],
+    )
     if module.needs_concepts:
         raise SystemExit("concept heads (CLEAR) need a trained tokenizer for their concept list: not benchmarked here")
     return module
@@ -135,9 +147,14 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     """What Lightning's ``batch_to_device`` does to the dataclass: every tensor field to the device
     (non-blocking on CUDA, as Lightning does)."""
     non_blocking = device.type == "cuda"
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=non_blocking)
-                                         for f in dataclasses.fields(batch)
-                                         if isinstance(getattr(batch, f.name), torch.Tensor)})
+    return dataclasses.replace(
+        batch,
+        **{
+            f.name: getattr(batch, f.name).to(device, non_blocking=non_blocking)
+            for f in dataclasses.fields(batch)
+            if isinstance(getattr(batch, f.name), torch.Tensor)
+        },
+    )
 
 
 @dataclasses.dataclass
@@ -150,16 +167,17 @@ class Times:
 
     def steps(self, warmup: int) -> list[float]:
         """Seconds per step (start to next start) after ``warmup`` steps."""
-        return [b - a for a, b in zip(self.starts[warmup:], self.starts[warmup + 1:])]
+        return [b - a for a, b in zip(self.starts[warmup:], self.starts[warmup + 1 :])]
 
     def windows(self, warmup: int, count: int) -> list[float]:
         """Seconds from a step's start to the end of its scheduler step (no fetch, no logging)."""
-        return [e - s for s, e in zip(self.starts[warmup:warmup + count], self.ends[warmup:warmup + count])]
+        return [e - s for s, e in zip(self.starts[warmup : warmup + count], self.ends[warmup : warmup + count])]
 
 
 # ---------------------------------------------------------------------------------------------- plain loop
-def run_plain(cfg: DictConfig, pool: list[Batch], device: torch.device, precision: str, warmup: int,
-              steps: int, seed: int) -> Times:
+def run_plain(
+    cfg: DictConfig, pool: list[Batch], device: torch.device, precision: str, warmup: int, steps: int, seed: int
+) -> Times:
     """The plain PyTorch loop; ``warmup + steps + 1`` batch starts, the last one closes the last step."""
     module = build_module(cfg, seed).to(device).train()
     total = warmup + steps + 1  # the Lightning run's max_steps, hence the same LR schedule
@@ -172,8 +190,9 @@ def run_plain(cfg: DictConfig, pool: list[Batch], device: torch.device, precisio
     params = [p for group in optimizer.param_groups for p in group["params"]]
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     # as Lightning's MixedPrecision plugin: autocast around the forward only, without the weight-cast cache
-    autocast: Callable[[], Any] = (partial(torch.autocast, device.type, dtype=dtype, cache_enabled=False)
-                                   if dtype is not None else nullcontext)
+    autocast: Callable[[], Any] = (
+        partial(torch.autocast, device.type, dtype=dtype, cache_enabled=False) if dtype is not None else nullcontext
+    )
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
     clip = cfg.trainer.gradient_clip_val
     log_every = cfg.trainer.log_every_n_steps
@@ -207,8 +226,12 @@ def run_plain(cfg: DictConfig, pool: list[Batch], device: torch.device, precisio
         sync(device)
         times.ends.append(time.perf_counter())
         if (i + 1) % log_every == 0:  # what a hand-written loop logs
-            logged.append({"train/loss": float(out.loss.detach()),
-                           **{f"train/{k}": float(v) for k, v in out.logs.items() if k != "loss"}})
+            logged.append(
+                {
+                    "train/loss": float(out.loss.detach()),
+                    **{f"train/{k}": float(v) for k, v in out.logs.items() if k != "loss"},
+                }
+            )
     return times
 
 
@@ -220,13 +243,15 @@ class StepTimer(L.Callback):
         self.device = device
         self.times = Times()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         sync(self.device)
         self.times.starts.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         sync(self.device)
         self.times.ends.append(time.perf_counter())
 
@@ -239,8 +264,17 @@ def per_step_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(v) for v in nodes if not issubclass(get_class(v._target_), (ModelCheckpoint, ProgressBar))]
 
 
-def run_lightning(cfg: DictConfig, pool: list[Batch], device: torch.device, precision: str, warmup: int,
-                  steps: int, seed: int, use_logger: bool, use_callbacks: bool) -> Times:
+def run_lightning(
+    cfg: DictConfig,
+    pool: list[Batch],
+    device: torch.device,
+    precision: str,
+    warmup: int,
+    steps: int,
+    seed: int,
+    use_logger: bool,
+    use_callbacks: bool,
+) -> Times:
     """``trainer.fit`` for ``warmup + steps + 1`` steps; the last step's start closes the last measured step."""
     from lightning.pytorch.loggers import CSVLogger
 
@@ -249,15 +283,24 @@ def run_lightning(cfg: DictConfig, pool: list[Batch], device: torch.device, prec
     timer = StepTimer(device)
     with tempfile.TemporaryDirectory(prefix="cxr_vlp_overhead_") as tmp:
         trainer = L.Trainer(
-            accelerator=device.type, devices=1, max_steps=total, precision=precision,
+            accelerator=device.type,
+            devices=1,
+            max_steps=total,
+            precision=precision,
             gradient_clip_val=cfg.trainer.gradient_clip_val,
             gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
-            accumulate_grad_batches=1, log_every_n_steps=cfg.trainer.log_every_n_steps,
-            deterministic=cfg.trainer.deterministic, benchmark=cfg.trainer.benchmark,
+            accumulate_grad_batches=1,
+            log_every_n_steps=cfg.trainer.log_every_n_steps,
+            deterministic=cfg.trainer.deterministic,
+            benchmark=cfg.trainer.benchmark,
             logger=CSVLogger(tmp, name="csv", version="") if use_logger else False,
             callbacks=[timer, *(per_step_callbacks(cfg) if use_callbacks else [])],
-            limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=tmp,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp,
         )
         L.seed_everything(seed, verbose=False)
         trainer.fit(module, train_dataloaders=make_loader(pool, total))
@@ -267,8 +310,10 @@ def run_lightning(cfg: DictConfig, pool: list[Batch], device: torch.device, prec
 # ---------------------------------------------------------------------------------------------- report
 def summary(name: str, seconds: list[float], windows: list[float], batch_size: int) -> tuple[float, str]:
     mean, median = statistics.fmean(seconds), statistics.median(seconds)
-    line = (f"{name:<10} {1000 * mean:9.1f} {1000 * median:9.1f} {1000 * min(seconds):9.1f} "
-            f"{1000 * statistics.median(windows):12.1f} {batch_size / median:10.1f}")
+    line = (
+        f"{name:<10} {1000 * mean:9.1f} {1000 * median:9.1f} {1000 * min(seconds):9.1f} "
+        f"{1000 * statistics.median(windows):12.1f} {batch_size / median:10.1f}"
+    )
     return median, line
 
 
@@ -304,13 +349,17 @@ def main(argv: list[str]) -> None:
     b = cfg.data.batch_size
     pool = make_batches(cfg, int(options["length"]), seed)
     per_round = math.ceil(steps / rounds)
-    print(f"device={device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__} lightning={L.__version__}")
-    print(f"batch={b} image={cfg.data.transforms.image_size}px views={cfg.data.num_image_views}+"
-          f"{cfg.data.text_views.num_views} tokens={options['length']} precision={precision} "
-          f"clip={cfg.trainer.gradient_clip_val}/{cfg.trainer.gradient_clip_algorithm} "
-          f"log_every_n_steps={cfg.trainer.log_every_n_steps} logger={'csv' if use_logger else 'none'} "
-          f"callbacks={'+'.join(['timer', *(type(c).__name__ for c in per_step_callbacks(cfg) if use_callbacks)])}")
+    print(
+        f"device={device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} "
+        f"threads={torch.get_num_threads()} torch={torch.__version__} lightning={L.__version__}"
+    )
+    print(
+        f"batch={b} image={cfg.data.transforms.image_size}px views={cfg.data.num_image_views}+"
+        f"{cfg.data.text_views.num_views} tokens={options['length']} precision={precision} "
+        f"clip={cfg.trainer.gradient_clip_val}/{cfg.trainer.gradient_clip_algorithm} "
+        f"log_every_n_steps={cfg.trainer.log_every_n_steps} logger={'csv' if use_logger else 'none'} "
+        f"callbacks={'+'.join(['timer', *(type(c).__name__ for c in per_step_callbacks(cfg) if use_callbacks)])}"
+    )
     print(f"{rounds} rounds x (plain, lightning): {warmup} warm-up + {per_round} measured steps each")
 
     results: dict[str, tuple[list[float], list[float]]] = {"plain": ([], []), "lightning": ([], [])}
@@ -320,15 +369,17 @@ def main(argv: list[str]) -> None:
             if name == "plain":
                 times = run_plain(cfg, pool, device, precision, warmup, per_round, seed)
             else:
-                times = run_lightning(cfg, pool, device, precision, warmup, per_round, seed, use_logger,
-                                      use_callbacks)
+                times = run_lightning(cfg, pool, device, precision, warmup, per_round, seed, use_logger, use_callbacks)
             measured = times.steps(warmup)
             if len(measured) != per_round:
                 raise RuntimeError(f"{name}: {len(measured)} measured steps, expected {per_round}")
             results[name][0].extend(measured)
             results[name][1].extend(times.windows(warmup, per_round))
-            print(f"  round {r + 1} {name:<9}: median {1000 * statistics.median(measured):8.1f} ms/step "
-                  f"({time.perf_counter() - start:.0f} s incl. set-up)", flush=True)
+            print(
+                f"  round {r + 1} {name:<9}: median {1000 * statistics.median(measured):8.1f} ms/step "
+                f"({time.perf_counter() - start:.0f} s incl. set-up)",
+                flush=True,
+            )
 
     print(f"{'':<10} {'mean ms':>9} {'median ms':>9} {'min ms':>9} {'hook-win ms':>12} {'studies/s':>10}")
     medians = {}
@@ -336,8 +387,10 @@ def main(argv: list[str]) -> None:
         medians[name], line = summary(name, seconds, windows, b)
         print(line)
     overhead = medians["lightning"] / medians["plain"] - 1
-    print(f"overhead = lightning / plain - 1 = {100 * overhead:+.2f} % (medians of {len(results['plain'][0])} "
-          f"steps per side)")
+    print(
+        f"overhead = lightning / plain - 1 = {100 * overhead:+.2f} % (medians of {len(results['plain'][0])} "
+        f"steps per side)"
+    )
 
 
 if __name__ == "__main__":

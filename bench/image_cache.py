@@ -65,8 +65,10 @@ def main(argv: list[str]) -> None:
         mb = sum(Path(p).stat().st_size for p in raw) / len(raw) / 2**20
         print(f"generated {n} JPEGs of 2500x3000 ({mb:.2f} MB each) in {time.perf_counter() - t0:.1f} s")
         summary = build_cache(raw, Path(tmp) / "cache", size=size, workers=workers, progress=False)
-        print(f"build_cache size={size} workers={workers}: {summary.done} images in {summary.seconds:.2f} s "
-              f"({summary.images_per_s:.1f} images/s)")
+        print(
+            f"build_cache size={size} workers={workers}: {summary.done} images in {summary.seconds:.2f} s "
+            f"({summary.images_per_s:.1f} images/s)"
+        )
         mapping = load_cache_map(Path(tmp) / "cache", size)
         cached = [mapping[str(Path(p).resolve())] for p in raw]
         cmb = sum(Path(p).stat().st_size for p in cached) / len(cached) / 2**10

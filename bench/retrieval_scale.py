@@ -116,8 +116,9 @@ def _run(method: str, argv: list[str]) -> dict | None:
     r = json.loads(res.stdout.strip().splitlines()[-1])
     recalls = " ".join(f"{key}={100 * r[key]:.2f}%" for key in ("R@1", "R@5", "R@10") if key in r)
     more = " ".join(f"{key}={r[key]:.0f}" for key in ("MedR", "gpu_peak_mb", "threads") if key in r)
-    print(f"{method:>6}: {r['seconds']:8.1f} s   peak memory +{r['peak_extra_mb']:7.0f} MB   {recalls} {more}",
-          flush=True)
+    print(
+        f"{method:>6}: {r['seconds']:8.1f} s   peak memory +{r['peak_extra_mb']:7.0f} MB   {recalls} {more}", flush=True
+    )
     return r
 
 
@@ -138,10 +139,14 @@ def main(argv: list[str]) -> None:
     if runs["ours"] and runs["faiss"]:
         sec = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
         mem = {m: max(r["peak_extra_mb"] for r in rs) for m, rs in runs.items()}
-        print(f"ours / faiss: time {sec['ours'] / sec['faiss']:.2f}x (median {sec['ours']:.1f} s vs "
-              f"{sec['faiss']:.1f} s), peak extra memory {mem['ours']:.0f} MB vs {mem['faiss']:.0f} MB")
-    print(f"(ours: chunk = {chunk} rows -> {chunk * n * 4 / 2**20:.0f} MB of scores per block; it also returns every "
-          "rank, which top-k search alone cannot give)")
+        print(
+            f"ours / faiss: time {sec['ours'] / sec['faiss']:.2f}x (median {sec['ours']:.1f} s vs "
+            f"{sec['faiss']:.1f} s), peak extra memory {mem['ours']:.0f} MB vs {mem['faiss']:.0f} MB"
+        )
+    print(
+        f"(ours: chunk = {chunk} rows -> {chunk * n * 4 / 2**20:.0f} MB of scores per block; it also returns every "
+        "rank, which top-k search alone cannot give)"
+    )
 
 
 if __name__ == "__main__":

@@ -51,12 +51,19 @@ def _module(overrides: list[str], device: torch.device) -> tuple[ContrastiveModu
         from cxr_vlp.data.tokenizer import build_tokenizer, train_wordpiece
 
         names = list(module.loss_head.concept_names)
-        tokenizer = (train_wordpiece(names * 3, vocab_size=int(tok.vocab_size), min_frequency=1)
-                     if tok.kind == "wordpiece" else build_tokenizer(**OmegaConf.to_container(tok)))
+        tokenizer = (
+            train_wordpiece(names * 3, vocab_size=int(tok.vocab_size), min_frequency=1)
+            if tok.kind == "wordpiece"
+            else build_tokenizer(**OmegaConf.to_container(tok))
+        )
         module.prepare_head(tokenizer)
         module.to(device)
-    shape = {"b": int(cfg.data.batch_size), "size": int(cfg.data.transforms.image_size),
-             "vocab": int(tok.get("vocab_size") or 1000), "precision": str(cfg.trainer.precision)}
+    shape = {
+        "b": int(cfg.data.batch_size),
+        "size": int(cfg.data.transforms.image_size),
+        "vocab": int(tok.get("vocab_size") or 1000),
+        "precision": str(cfg.trainer.precision),
+    }
     return module, shape
 
 
@@ -78,10 +85,16 @@ def _batch(b: int, size: int, vocab: int, device: torch.device, views: int = 2, 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (b, views, length), generator=g)
     labels = (torch.rand(b, 14, generator=g) > 0.7).float()
-    return Batch(images=torch.randn(b, views, 1, size, size, generator=g), input_ids=ids,
-                 attention_mask=torch.ones_like(ids), labels=labels, index=torch.arange(b),
-                 study_ids=[str(i) for i in range(b)], subject_ids=[str(i) for i in range(b)],
-                 texts=[["findings", "impression"]] * b).to(device)
+    return Batch(
+        images=torch.randn(b, views, 1, size, size, generator=g),
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        labels=labels,
+        index=torch.arange(b),
+        study_ids=[str(i) for i in range(b)],
+        subject_ids=[str(i) for i in range(b)],
+        texts=[["findings", "impression"]] * b,
+    ).to(device)
 
 
 def main(argv: list[str]) -> None:
@@ -111,8 +124,10 @@ def main(argv: list[str]) -> None:
                 torch.cuda.synchronize()
             if r >= 2:
                 times[head].append(time.perf_counter() - start)
-    print(f"device={device} threads={torch.get_num_threads()} batch={shape['b']} image={shape['size']}px views=2+2 "
-          f"precision={shape['precision']} steps={steps} (median per head, heads interleaved)")
+    print(
+        f"device={device} threads={torch.get_num_threads()} batch={shape['b']} image={shape['size']}px views=2+2 "
+        f"precision={shape['precision']} steps={steps} (median per head, heads interleaved)"
+    )
     ref = statistics.median(times["clip"]) if "clip" in times else None
     for head in heads:
         sec = statistics.median(times[head])

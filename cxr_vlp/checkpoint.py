@@ -34,8 +34,18 @@ import torch
 
 from cxr_vlp.utils.checkpoint import load_checkpoint
 
-__all__ = ["FORMAT_VERSION", "KINDS", "PAYLOAD_KEY", "CXRPayload", "CheckpointFormatError", "write_payload",
-           "read_payload", "read_checkpoint", "migrate_payload", "load_module"]
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "PAYLOAD_KEY",
+    "CXRPayload",
+    "CheckpointFormatError",
+    "write_payload",
+    "read_payload",
+    "read_checkpoint",
+    "migrate_payload",
+    "load_module",
+]
 
 PAYLOAD_KEY = "cxr_vlp"
 FORMAT_VERSION = 1
@@ -121,20 +131,29 @@ def migrate_payload(checkpoint: dict[str, Any], source: str = "checkpoint") -> d
     if kind not in KINDS:
         raise CheckpointFormatError(
             f"{source}: not a cxr_vlp checkpoint (no 'cxr_vlp' payload and no model/loss hyper-parameters). Use a "
-            "checkpoint written by `python -m cxr_vlp.train` (its <run>/checkpoints/*.ckpt)")
+            "checkpoint written by `python -m cxr_vlp.train` (its <run>/checkpoints/*.ckpt)"
+        )
     tokenizer_json = old.get("tokenizer_json") or (checkpoint.get(_DATAMODULE_KEY) or {}).get("tokenizer_json")
     if kind == "reportgen" and not tokenizer_json:
         raise CheckpointFormatError(
             f"{source}: an old report-generation checkpoint without its decoder tokenizer: it cannot be used. "
-            "Train it again with `python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`")
+            "Train it again with `python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`"
+        )
     if kind == "contrastive" and not tokenizer_json:
         tok = ((hparams.get("model") or {}).get("text_encoder") or {}).get("tokenizer") or {}
         if tok.get("kind") == "wordpiece":
             raise CheckpointFormatError(
                 f"{source}: an old checkpoint whose locally trained WordPiece tokenizer was not stored: its text "
-                "tower cannot be used. Train it again with `python -m cxr_vlp.train +experiment=<name>`")
-    return {"kind": kind, "tokenizer_json": tokenizer_json, "data": old.get("data"), "concepts": old.get("concepts"),
-            "package_version": str(old.get("version", "")), "format_version": FORMAT_VERSION}
+                "tower cannot be used. Train it again with `python -m cxr_vlp.train +experiment=<name>`"
+            )
+    return {
+        "kind": kind,
+        "tokenizer_json": tokenizer_json,
+        "data": old.get("data"),
+        "concepts": old.get("concepts"),
+        "package_version": str(old.get("version", "")),
+        "format_version": FORMAT_VERSION,
+    }
 
 
 def read_payload(path_or_checkpoint: str | os.PathLike[str] | dict[str, Any]) -> CXRPayload:
@@ -142,8 +161,9 @@ def read_payload(path_or_checkpoint: str | os.PathLike[str] | dict[str, Any]) ->
     return read_checkpoint(path_or_checkpoint)[1]
 
 
-def read_checkpoint(path_or_checkpoint: str | os.PathLike[str] | dict[str, Any],
-                    map_location: Any = "cpu") -> tuple[dict[str, Any], CXRPayload]:
+def read_checkpoint(
+    path_or_checkpoint: str | os.PathLike[str] | dict[str, Any], map_location: Any = "cpu"
+) -> tuple[dict[str, Any], CXRPayload]:
     """``(checkpoint dict, payload)``: the file loaded once (weights-only), its payload read or migrated."""
     if isinstance(path_or_checkpoint, dict):
         checkpoint, source = path_or_checkpoint, "checkpoint"
@@ -159,21 +179,25 @@ def read_checkpoint(path_or_checkpoint: str | os.PathLike[str] | dict[str, Any],
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointFormatError(
             f"{source}: payload format_version={version!r} is newer than this cxr_vlp reads ({FORMAT_VERSION}, "
-            f"package {_package_version()}): upgrade cxr_vlp (pip install -U cxr_vlp) to load it")
+            f"package {_package_version()}): upgrade cxr_vlp (pip install -U cxr_vlp) to load it"
+        )
     known = {f.name for f in fields(CXRPayload)} - {"hparams"}
     unknown = sorted(set(record) - known)
     if unknown:
-        raise CheckpointFormatError(f"{source}: unknown key(s) {unknown} in the 'cxr_vlp' payload "
-                                    f"(format_version={version}); known: {sorted(known)}")
+        raise CheckpointFormatError(
+            f"{source}: unknown key(s) {unknown} in the 'cxr_vlp' payload "
+            f"(format_version={version}); known: {sorted(known)}"
+        )
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):
-        raise CheckpointFormatError(f"{source}: no 'hyper_parameters' (a cxr_vlp checkpoint stores the module's "
-                                    "constructor arguments there): re-save it with `python -m cxr_vlp.train`")
+        raise CheckpointFormatError(
+            f"{source}: no 'hyper_parameters' (a cxr_vlp checkpoint stores the module's "
+            "constructor arguments there): re-save it with `python -m cxr_vlp.train`"
+        )
     return checkpoint, CXRPayload(hparams=dict(hparams), **record)
 
 
-def load_module(path_or_checkpoint: str | os.PathLike[str] | dict[str, Any],
-                map_location: str | torch.device = "cpu"):
+def load_module(path_or_checkpoint: str | os.PathLike[str] | dict[str, Any], map_location: str | torch.device = "cpu"):
     """``(module, payload)``: the LightningModule of the payload's kind, rebuilt and loaded (eval mode)."""
     checkpoint, payload = read_checkpoint(path_or_checkpoint, map_location=map_location)
     if payload.kind == "reportgen":

@@ -37,14 +37,16 @@ def round_trip_check(model, folder: Path) -> float:
     probe = (np.add.outer(np.arange(size + 7), np.arange(size + 3)) % 256).astype(np.uint8)
     if model.kind != "contrastive":
         a, b = model.preprocess([probe]), loaded.preprocess([probe])
-        same = torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(model.module.state_dict().values(),
-                                                                            loaded.module.state_dict().values()))
+        same = torch.equal(a, b) and all(
+            torch.equal(x, y) for x, y in zip(model.module.state_dict().values(), loaded.module.state_dict().values())
+        )
         if not same:
             raise RuntimeError(f"{folder}: the exported weights or preprocessing differ from the checkpoint's")
         return 0.0
-    diff = max(float((model.encode_images([probe]) - loaded.encode_images([probe])).abs().max()),
-               float((model.encode_texts(["no acute findings"]) - loaded.encode_texts(["no acute findings"]))
-                     .abs().max()))
+    diff = max(
+        float((model.encode_images([probe]) - loaded.encode_images([probe])).abs().max()),
+        float((model.encode_texts(["no acute findings"]) - loaded.encode_texts(["no acute findings"])).abs().max()),
+    )
     if diff != 0.0:
         raise RuntimeError(f"{folder}: embeddings differ from the checkpoint's by up to {diff:g}")
     return diff

@@ -2,7 +2,8 @@
 
 Loads a report-generation checkpoint (``+experiment=reportgen_*``) as a :class:`~cxr_vlp.inference.CXRModel` (the
 image is preprocessed by the evaluation pipeline of the run's data config: grayscale, shorter side resized, centre
-crop, normalised) and prints the concept prompt the classifier wrote and the generated report. ``image=[a.jpg,b.jpg]`` reports on several.
+crop, normalised) and prints the concept prompt the classifier wrote and the generated report.
+``image=[a.jpg,b.jpg]`` reports on several.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from cxr_vlp.utils.config import config_dir
 log = logging.getLogger(__name__)
 
 
-def generate_reports(ckpt_path: str, images: list[str], num_beams: int | None = None,
-                     max_new_tokens: int | None = None, device: str = "auto") -> list[tuple[str | None, str]]:
+def generate_reports(
+    ckpt_path: str,
+    images: list[str],
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
+    device: str = "auto",
+) -> list[tuple[str | None, str]]:
     """``(prompt, report)`` per image file (prompt None when the model was trained without concept prompts), through
     :meth:`CXRModel.generate_report <cxr_vlp.inference.CXRModel.generate_report>`."""
     from cxr_vlp.inference import CXRModel
@@ -32,8 +38,10 @@ def generate_reports(ckpt_path: str, images: list[str], num_beams: int | None = 
         raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
     model = CXRModel.from_checkpoint(ckpt_path, device=device)
     if model.kind != "reportgen":
-        raise ValueError(f"{ckpt_path} is not a report-generation checkpoint (train one with "
-                         "`python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`)")
+        raise ValueError(
+            f"{ckpt_path} is not a report-generation checkpoint (train one with "
+            "`python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=...`)"
+        )
     return [(r.prompt, r.report) for r in model.generate_report(images, num_beams, max_new_tokens)]
 
 

@@ -42,20 +42,36 @@ def prepare(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     table = datamodule.reader()
     paths = [p for study in table.image_paths for p in study]
-    log.info("%s: %d studies, %d image paths; caching at %d px into %s", datamodule.name, len(table), len(paths),
-             cache.size, cache.dir)
-    summary = build_cache(paths, cache.dir, size=int(cache.size), workers=int(cache.workers),
-                          quality=int(cache.quality), progress=bool(cache.get("progress", True)))
+    log.info(
+        "%s: %d studies, %d image paths; caching at %d px into %s",
+        datamodule.name,
+        len(table),
+        len(paths),
+        cache.size,
+        cache.dir,
+    )
+    summary = build_cache(
+        paths,
+        cache.dir,
+        size=int(cache.size),
+        workers=int(cache.workers),
+        quality=int(cache.quality),
+        progress=bool(cache.get("progress", True)),
+    )
     result = {"dataset": datamodule.name, "studies": len(table), **summary.to_dict()}
     if fmt == "litdata":
         from cxr_vlp.data.stream import write_shards
 
         shards_cfg = cfg.get("shards") or {}
         result["shards"] = write_shards(
-            datamodule, str(cfg.out), cache_dir=str(cache.dir), size=int(cache.size),
+            datamodule,
+            str(cfg.out),
+            cache_dir=str(cache.dir),
+            size=int(cache.size),
             chunk_bytes=str(shards_cfg.get("chunk_bytes", "64MB")),
             storage_options=dict(cfg.data.get("stream_options") or {}),
-            workers=int(shards_cfg.get("workers", 1))).to_dict()
+            workers=int(shards_cfg.get("workers", 1)),
+        ).to_dict()
     print(json.dumps(result), flush=True)
     return result
 

@@ -52,8 +52,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     **manual_optimization_overrides(cfg, module))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **manual_optimization_overrides(cfg, module)
+    )
     try:
         return _fit_test_evaluate(cfg, trainer, module, datamodule, container, output_dir)
     finally:
@@ -69,22 +70,26 @@ def build_module(container: dict) -> L.LightningModule:
     return instantiate_node(node)
 
 
-def _fit_test_evaluate(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule,
-                       container: dict, output_dir: Path) -> dict[str, float]:
+def _fit_test_evaluate(
+    cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule, container: dict, output_dir: Path
+) -> dict[str, float]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(container)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir),
-                weights_only=True)  # remote ckpt_path too (Lightning defaults http(s) URLs to full unpickling)
+    trainer.fit(
+        module, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir), weights_only=True
+    )  # remote ckpt_path too (Lightning defaults http(s) URLs to full unpickling)
     recover_after_spawn(trainer, module, datamodule)
     if trainer.is_global_zero:
         datamodule.save_split(output_dir / "split.json")
     metrics = to_floats(trainer.callback_metrics)
 
     if cfg.get("test"):
-        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+        checkpoint = next(
+            (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None
+        )
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if not best:
             log.warning("no best checkpoint (fast_dev_run or no validation); testing the current weights")
@@ -118,7 +123,8 @@ def manual_optimization_overrides(cfg: DictConfig, module: L.LightningModule) ->
         raise ValueError(
             f"optim.micro_batch_size={module.micro_batch_size} (feature-cache accumulation) replaces "
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: set "
-            "trainer.accumulate_grad_batches=1 and put the whole contrastive batch in data.batch_size")
+            "trainer.accumulate_grad_batches=1 and put the whole contrastive batch in data.batch_size"
+        )
     return {"gradient_clip_val": None}
 
 
@@ -139,8 +145,13 @@ def recover_after_spawn(trainer: L.Trainer, module: L.LightningModule, datamodul
             datamodule.use_tokenizer(tokenizer)
         module.load_state_dict(state["state_dict"])
         checkpoint.best_model_score = next(
-            (s["best_model_score"] for s in state.get("callbacks", {}).values()
-             if isinstance(s, dict) and s.get("best_model_path") == best), checkpoint.best_model_score)
+            (
+                s["best_model_score"]
+                for s in state.get("callbacks", {}).values()
+                if isinstance(s, dict) and s.get("best_model_path") == best
+            ),
+            checkpoint.best_model_score,
+        )
     datamodule.setup("fit")
 
 
@@ -156,20 +167,29 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return None
 
 
-def evaluate_trained(module: ContrastiveModule, datamodule, cfg: DictConfig, out: Path, ckpt_path: str | None,
-                     loggers: list) -> dict[str, float]:
+def evaluate_trained(
+    module: ContrastiveModule, datamodule, cfg: DictConfig, out: Path, ckpt_path: str | None, loggers: list
+) -> dict[str, float]:
     """The evaluation suite on the tested weights (same code as ``python -m cxr_vlp.eval``); keys ``eval/...``."""
     from cxr_vlp.eval.report import print_report
     from cxr_vlp.eval.run import Evaluator
-
     from cxr_vlp.inference.model import CXRModel
 
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    model = CXRModel.from_module(module, data_cfg, device=evaluation.get("device", "auto"),
-                                 dtype=evaluation.get("precision"))
-    result = Evaluator(model, datamodule, evaluation, out, ckpt_path=ckpt_path, data_cfg=data_cfg,
-                       credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers).run()
+    model = CXRModel.from_module(
+        module, data_cfg, device=evaluation.get("device", "auto"), dtype=evaluation.get("precision")
+    )
+    result = Evaluator(
+        model,
+        datamodule,
+        evaluation,
+        out,
+        ckpt_path=ckpt_path,
+        data_cfg=data_cfg,
+        credentialed=bool(data_cfg.get("credentialed", False)),
+        loggers=loggers,
+    ).run()
     print_report(out / "report.md")
     return {f"eval/{k.removeprefix('test/')}": v for k, v in result.metrics.items()}
 

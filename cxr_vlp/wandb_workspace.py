@@ -15,10 +15,27 @@ from typing import Any
 
 from cxr_vlp.utils.cli import parse_key_values
 
-TYPES = {"project": str, "entity": str, "group": str, "name": str, "best_metric": str, "swept": list,
-         "metrics": list, "sweep_dir": str, "save": bool}
-DEFAULTS: dict[str, Any] = {"entity": None, "group": None, "name": None, "best_metric": "val/rsum", "swept": None,
-                            "metrics": None, "sweep_dir": None, "save": True}
+TYPES = {
+    "project": str,
+    "entity": str,
+    "group": str,
+    "name": str,
+    "best_metric": str,
+    "swept": list,
+    "metrics": list,
+    "sweep_dir": str,
+    "save": bool,
+}
+DEFAULTS: dict[str, Any] = {
+    "entity": None,
+    "group": None,
+    "name": None,
+    "best_metric": "val/rsum",
+    "swept": None,
+    "metrics": None,
+    "sweep_dir": None,
+    "save": True,
+}
 
 
 def swept_from_sweep_dir(sweep_dir: str) -> list[str]:
@@ -51,13 +68,21 @@ def spec_from_args(args: dict[str, Any]):
         swept = swept_from_api(args["entity"], args["project"], args["group"])
     best = args["best_metric"]
     metrics = args["metrics"] or [f"{best}.best", *DEFAULT_SWEEP_METRICS[1:]]
-    return WorkspaceSpec(project=args["project"], entity=args["entity"], group=args["group"], name=args["name"],
-                         best_metric=best, swept=list(swept or []), sweep_metrics=list(metrics))
+    return WorkspaceSpec(
+        project=args["project"],
+        entity=args["entity"],
+        group=args["group"],
+        name=args["name"],
+        best_metric=best,
+        swept=list(swept or []),
+        sweep_metrics=list(metrics),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_key_values(sys.argv[1:] if argv is None else argv, TYPES, DEFAULTS, required=("project",),
-                            doc=__doc__ or "")
+    args = parse_key_values(
+        sys.argv[1:] if argv is None else argv, TYPES, DEFAULTS, required=("project",), doc=__doc__ or ""
+    )
     from cxr_vlp.tracking.workspace import build_workspace, panel_list, save_workspace
 
     try:

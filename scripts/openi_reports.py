@@ -91,14 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "fetch":
-        args = parse_key_values(rest, {"out_dir": str, "version": str}, {"version": DEFAULT_VERSION},
-                                required=("out_dir",), doc=__doc__)
+        args = parse_key_values(
+            rest, {"out_dir": str, "version": str}, {"version": DEFAULT_VERSION}, required=("out_dir",), doc=__doc__
+        )
         with tempfile.TemporaryDirectory() as tmp:
             n = extract_reports(download_wheel(args["version"], Path(tmp)), Path(args["out_dir"]))
         print(f"{n} report files written to {Path(args['out_dir']) / OPENI_REPORTS}")
         return 0
-    args = parse_key_values(rest, {"xml_dir": str, "out_jsonl": str, "max_number": int, "count": int},
-                            {"max_number": 2000, "count": 330}, required=("xml_dir", "out_jsonl"), doc=__doc__)
+    args = parse_key_values(
+        rest,
+        {"xml_dir": str, "out_jsonl": str, "max_number": int, "count": int},
+        {"max_number": 2000, "count": 330},
+        required=("xml_dir", "out_jsonl"),
+        doc=__doc__,
+    )
     out = Path(args["out_jsonl"])
     if out.exists():
         print(f"error: {out} already exists; choose another out_jsonl", file=sys.stderr)

@@ -84,8 +84,9 @@ class MimicLayout:
         return self.root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
 
 
-def build_mimic(root: Path, n_subjects: int = 12, studies_per_subject: int = 2, n_missing: int = 1,
-                seed: int = 0) -> MimicLayout:
+def build_mimic(
+    root: Path, n_subjects: int = 12, studies_per_subject: int = 2, n_missing: int = 1, seed: int = 0
+) -> MimicLayout:
     """MIMIC-CXR-JPG: 3 CSVs (.csv.gz), frontal + lateral JPEGs, .txt reports and the sectioned CSV.
 
     Subjects split 2/3 train, 1/6 validate, 1/6 test (official split). The last ``n_missing`` lateral
@@ -107,11 +108,19 @@ def build_mimic(root: Path, n_subjects: int = 12, studies_per_subject: int = 2, 
             dicoms = [f"{k:08x}-{j:04x}-{(k * 31 + j) % 997:08x}" for j in range(len(views))]
             out.dicoms[study], out.views[study] = dicoms, views
             for j, (dicom, view) in enumerate(zip(dicoms, views)):
-                meta.append({"dicom_id": dicom, "subject_id": int(subject), "study_id": int(study),
-                             "PerformedProcedureStepDescription": "CHEST (PA AND LAT)", "ViewPosition": view,
-                             "Rows": IMAGE_SIZE, "Columns": IMAGE_SIZE, "StudyDate": 21800506})
-                split.append({"dicom_id": dicom, "study_id": int(study), "subject_id": int(subject),
-                              "split": official})
+                meta.append(
+                    {
+                        "dicom_id": dicom,
+                        "subject_id": int(subject),
+                        "study_id": int(study),
+                        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                        "ViewPosition": view,
+                        "Rows": IMAGE_SIZE,
+                        "Columns": IMAGE_SIZE,
+                        "StudyDate": 21800506,
+                    }
+                )
+                split.append({"dicom_id": dicom, "study_id": int(study), "subject_id": int(subject), "split": official})
                 write_image(out.image(study, dicom), seed=1000 * k + j)
             f = f"{_FINDINGS[k % len(_FINDINGS)]} Study number {k} of the series."
             i = _IMPRESSIONS[k % len(_IMPRESSIONS)]
@@ -119,12 +128,26 @@ def build_mimic(root: Path, n_subjects: int = 12, studies_per_subject: int = 2, 
             out.report(study).write_text(
                 f"                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n"
                 f" INDICATION:  ___F with cough, r/o pneumonia\n\n COMPARISON:  None.\n\n FINDINGS:\n\n"
-                f" {f}\n\n IMPRESSION:\n\n {i}\n")
-            sectioned.append({"study": f"s{study}", "impression": i, "findings": f, "last_paragraph": i,
-                              "comparison": "None.", "indication": "___F with cough"})
+                f" {f}\n\n IMPRESSION:\n\n {i}\n"
+            )
+            sectioned.append(
+                {
+                    "study": f"s{study}",
+                    "impression": i,
+                    "findings": f,
+                    "last_paragraph": i,
+                    "comparison": "None.",
+                    "indication": "___F with cough",
+                }
+            )
             out.labels[study] = _raw_labels(rng)
-            chex.append({"subject_id": int(subject), "study_id": int(study),
-                         **{name: out.labels[study][name] for name in MIMIC_LABEL_ORDER}})
+            chex.append(
+                {
+                    "subject_id": int(subject),
+                    "study_id": int(study),
+                    **{name: out.labels[study][name] for name in MIMIC_LABEL_ORDER},
+                }
+            )
             k += 1
     for study in list(out.studies)[-n_missing:] if n_missing else []:
         path = out.image(study, out.dicoms[study][-1])
@@ -195,11 +218,17 @@ def build_iu_openi(root: Path, n_reports: int = 20, malformed: bool = True) -> I
             out.dropped.append(uid)
         sections = "\n        ".join(
             f'<AbstractText Label="{label}">{text}</AbstractText>' if text else f'<AbstractText Label="{label}"/>'
-            for label, text in (("FINDINGS", findings), ("IMPRESSION", impression)))
+            for label, text in (("FINDINGS", findings), ("IMPRESSION", impression))
+        )
         ids = [f"CXR{n}_1_IM-{n:04d}-{1001 + j}" for j in range(2)]
-        (root / "ecgen-radiology" / f"{n}.xml").write_text(_OPENI_XML.format(
-            uid=uid, n=n, sections=sections, images="\n  ".join(_PARENT_IMAGE.format(id=i, j=j + 1)
-                                                                for j, i in enumerate(ids))))
+        (root / "ecgen-radiology" / f"{n}.xml").write_text(
+            _OPENI_XML.format(
+                uid=uid,
+                n=n,
+                sections=sections,
+                images="\n  ".join(_PARENT_IMAGE.format(id=i, j=j + 1) for j, i in enumerate(ids)),
+            )
+        )
         paths = [root / "NLMCXR_png" / f"{i}.png" for i in ids]
         for j, path in enumerate(paths):
             if n == 5 and j == 1:
@@ -252,8 +281,10 @@ def build_chexpert(parent: Path, n_train: int = 14, n_valid: int = 4, seed: int 
     rng = np.random.default_rng(seed)
     root = parent / "CheXpert-v1.0-small"
     out = ChexpertLayout(root=root)
-    for csv_name, folder, n_patients, first in (("train.csv", "train", n_train, 1), ("valid.csv", "valid", n_valid,
-                                                                                      64541)):
+    for csv_name, folder, n_patients, first in (
+        ("train.csv", "train", n_train, 1),
+        ("valid.csv", "valid", n_valid, 64541),
+    ):
         rows = []
         for p in range(n_patients):
             patient = f"patient{first + p:05d}"
@@ -267,8 +298,16 @@ def build_chexpert(parent: Path, n_train: int = 14, n_valid: int = 4, seed: int 
                 for v, (kind, appa) in enumerate(views):
                     rel = f"CheXpert-v1.0-small/{folder}/{patient}/{study}/view{v + 1}_{kind.lower()}.jpg"
                     write_image(parent / rel, seed=int(rng.integers(1 << 30)))
-                    rows.append({"Path": rel, "Sex": "Female" if p % 2 else "Male", "Age": 40 + p,
-                                 "Frontal/Lateral": kind, "AP/PA": appa or np.nan, **labels})
+                    rows.append(
+                        {
+                            "Path": rel,
+                            "Sex": "Female" if p % 2 else "Male",
+                            "Age": 40 + p,
+                            "Frontal/Lateral": kind,
+                            "AP/PA": appa or np.nan,
+                            **labels,
+                        }
+                    )
         pd.DataFrame(rows).to_csv(root / csv_name, index=False)
         out.rows[csv_name] = rows
     return out

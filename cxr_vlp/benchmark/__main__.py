@@ -47,8 +47,9 @@ class BenchmarkOutput(dict):
 def _specs(cfg: DictConfig) -> list[str]:
     models = None if OmegaConf.is_missing(cfg, "models") else cfg.get("models")
     if models is None:
-        raise ValueError("models: the models to compare, e.g. models=[logs/a/runs/<time>/checkpoints/last.ckpt,"
-                         "cxr_model_folder]")
+        raise ValueError(
+            "models: the models to compare, e.g. models=[logs/a/runs/<time>/checkpoints/last.ckpt,cxr_model_folder]"
+        )
     specs = [str(models)] if isinstance(models, str) else [str(m) for m in models]
     if not specs:
         raise ValueError("models=[]: give at least one model")
@@ -87,13 +88,14 @@ def _data_config(cfg: DictConfig, first: ImageTextModel) -> dict[str, Any]:
     payload = getattr(first, "payload", None)
     data = None if payload is None else (payload.record.data or payload.hparams.get("data"))
     if not data:
-        raise ValueError(f"{first.name} carries no training data config: choose the data, e.g. data=mimic_cxr "
-                         "data.root=/data/mimic-cxr-jpg/2.1.0")
+        raise ValueError(
+            f"{first.name} carries no training data config: choose the data, e.g. data=mimic_cxr "
+            "data.root=/data/mimic-cxr-jpg/2.1.0"
+        )
     return dict(data)
 
 
-def _embedder(model: ImageTextModel, ctx: Context, cache_root: Path, data_cfg: dict[str, Any],
-              train_limit: int | None):
+def _embedder(model: ImageTextModel, ctx: Context, cache_root: Path, data_cfg: dict[str, Any], train_limit: int | None):
     data_key = hashlib.sha1(json.dumps(data_cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
     cache = cache_root / model.fingerprint[:16] / data_key
     memo: dict[str, SplitEmbeddings] = {}
@@ -134,12 +136,18 @@ def run_benchmark(cfg: DictConfig) -> BenchmarkOutput:
     protocols = build_protocols(bench_cfg)
     prompts = BenchmarkPrompts.from_config(OmegaConf.to_container(cfg.prompts, resolve=True))
     boot = dict(cfg.get("bootstrap") or {})
-    n_resamples, seed, alpha = int(boot.get("n_resamples", 1000)), int(boot.get("seed", 0)), float(boot.get("alpha",
-                                                                                                           0.05))
+    n_resamples, seed, alpha = (
+        int(boot.get("n_resamples", 1000)),
+        int(boot.get("seed", 0)),
+        float(boot.get("alpha", 0.05)),
+    )
     probe = dict(OmegaConf.to_container(cfg.get("probe") or {}, resolve=True))
     train_limit = probe.pop("max_train_studies", None)
-    kwargs = {"device": str(cfg.get("device", "auto")), "dtype": cfg.get("precision"),
-              "batch_size": int(cfg.get("batch_size", 64))}
+    kwargs = {
+        "device": str(cfg.get("device", "auto")),
+        "dtype": cfg.get("precision"),
+        "batch_size": int(cfg.get("batch_size", 64)),
+    }
 
     first = load_model(specs[0], **kwargs)
     data_cfg = _data_config(cfg, first)
@@ -167,9 +175,18 @@ def run_benchmark(cfg: DictConfig) -> BenchmarkOutput:
         results[str(i)] = mine
         if (cfg.get("audit") or {}).get("enabled", True):
             emb = embed(audit_split)
-            audit += [(i, row) for row in prompt_audit(model.name, model.encode_texts, emb.image, emb.labels,
-                                                       audit_labels, [CHEXPERT_LABELS.index(x) for x in audit_labels],
-                                                       prompts)]
+            audit += [
+                (i, row)
+                for row in prompt_audit(
+                    model.name,
+                    model.encode_texts,
+                    emb.image,
+                    emb.labels,
+                    audit_labels,
+                    [CHEXPERT_LABELS.index(x) for x in audit_labels],
+                    prompts,
+                )
+            ]
         if i > 0:
             del model
     shown = display_names(specs, names, cfg.get("names"))
@@ -181,16 +198,30 @@ def run_benchmark(cfg: DictConfig) -> BenchmarkOutput:
     rows = summarise(shown, by_name, n_resamples, seed, alpha)
     write_csv(rows, out_dir / "benchmark.csv")
     pd.DataFrame([{k: v for k, v in asdict(a).items() if k != "per_prompt"} for a in audit_rows]).to_csv(
-        out_dir / "audit.csv", index=False)
+        out_dir / "audit.csv", index=False
+    )
     figures: dict[str, Path] = {}
     if cfg.get("figures", True) and len(shown) > 1:
         for p in protocols:
-            fig = forest_plot(out_dir / "figures" / f"forest_{p.name}.png", [r for r in rows if r.protocol == p.name],
-                              shown[0], f"{p.name}: difference to {shown[0]}")
+            fig = forest_plot(
+                out_dir / "figures" / f"forest_{p.name}.png",
+                [r for r in rows if r.protocol == p.name],
+                shown[0],
+                f"{p.name}: difference to {shown[0]}",
+            )
             if fig is not None:
                 figures[f"forest_{p.name}"] = fig
-    write_markdown(out_dir / "benchmark.md", rows, shown, specs, audit_rows, ctx.notes, figures, n_resamples,
-                   str(data_cfg.get("name", "data")))
+    write_markdown(
+        out_dir / "benchmark.md",
+        rows,
+        shown,
+        specs,
+        audit_rows,
+        ctx.notes,
+        figures,
+        n_resamples,
+        str(data_cfg.get("name", "data")),
+    )
     log.info("benchmark written to %s (benchmark.md, benchmark.csv, %d figures)", out_dir, len(figures))
     return BenchmarkOutput(rows=rows, audit=audit_rows, models=shown, results=by_name, out_dir=out_dir)
 

@@ -53,9 +53,15 @@ class AuditRow:
 
 
 @torch.no_grad()
-def prompt_audit(model_name: str, encode_text: Callable[[list[str]], Tensor], image_emb: Tensor, labels: Tensor,
-                 label_names: Sequence[str], label_columns: Sequence[int],
-                 prompts: BenchmarkPrompts) -> list[AuditRow]:
+def prompt_audit(
+    model_name: str,
+    encode_text: Callable[[list[str]], Tensor],
+    image_emb: Tensor,
+    labels: Tensor,
+    label_names: Sequence[str],
+    label_columns: Sequence[int],
+    prompts: BenchmarkPrompts,
+) -> list[AuditRow]:
     """Audit rows of ``label_names`` (their columns of ``labels`` ``[N, 14]``) for one model (module docstring)."""
     v = F.normalize(image_emb.float(), dim=-1)
     rows = []
@@ -73,7 +79,19 @@ def prompt_audit(model_name: str, encode_text: Callable[[list[str]], Tensor], im
         ensemble = float(auroc_per_label(((v @ ens) - neg_cos).double().numpy()[:, None], y)[0])
         negative_only = float(auroc_per_label(neg_cos.double().numpy()[:, None], y)[0])
         worst = int(np.argmin(per))
-        rows.append(AuditRow(model_name, name, int(known.sum()), int(known.size), ensemble, float(per.mean()),
-                             float(per.max() - per.min()), float(per[worst]), positives[worst], negative_only,
-                             dict(zip(positives, map(float, per)))))
+        rows.append(
+            AuditRow(
+                model_name,
+                name,
+                int(known.sum()),
+                int(known.size),
+                ensemble,
+                float(per.mean()),
+                float(per.max() - per.min()),
+                float(per[worst]),
+                positives[worst],
+                negative_only,
+                dict(zip(positives, map(float, per))),
+            )
+        )
     return rows

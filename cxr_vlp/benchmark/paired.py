@@ -154,8 +154,10 @@ def _check_same_rows(a: Measure, b: Measure) -> None:
         raise ValueError(f"the two models were measured on {len(a)} and {len(b)} rows: not the same studies")
     if a.row_ids and b.row_ids and a.row_ids != b.row_ids:
         first = next(i for i, (x, y) in enumerate(zip(a.row_ids, b.row_ids)) if x != y)
-        raise ValueError(f"the two models were measured on different rows: row {first} is {a.row_ids[first]!r} "
-                         f"for the first and {b.row_ids[first]!r} for the second")
+        raise ValueError(
+            f"the two models were measured on different rows: row {first} is {a.row_ids[first]!r} "
+            f"for the first and {b.row_ids[first]!r} for the second"
+        )
     if a.kind == "auroc" and not np.array_equal(a.labels, b.labels, equal_nan=True):
         raise ValueError("the two models' AUROCs were computed against different labels")
 

@@ -61,8 +61,10 @@ class BenchmarkPrompts:
 
     def _check(self, label: str) -> None:
         if label not in self.labels and label not in self.phrases:
-            raise ValueError(f"prompts: no phrase or prompt lists for label {label!r} (add prompts.phrases."
-                             f"{label!r} or prompts.labels.{label!r})")
+            raise ValueError(
+                f"prompts: no phrase or prompt lists for label {label!r} (add prompts.phrases."
+                f"{label!r} or prompts.labels.{label!r})"
+            )
 
     def positive(self, label: str) -> list[str]:
         self._check(label)

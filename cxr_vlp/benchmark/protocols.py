@@ -42,8 +42,19 @@ from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPETITION_LABELS", "Context", "FiveByTwoHundred", "LabelProtocol", "Protocol", "Result",
-           "RetrievalProtocol", "Selection", "build_protocols", "read_chexpert_test", "select_5x200"]
+__all__ = [
+    "COMPETITION_LABELS",
+    "Context",
+    "FiveByTwoHundred",
+    "LabelProtocol",
+    "Protocol",
+    "Result",
+    "RetrievalProtocol",
+    "Selection",
+    "build_protocols",
+    "read_chexpert_test",
+    "select_5x200",
+]
 
 COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
@@ -130,8 +141,9 @@ class Protocol:
 
 
 # ---------------------------------------------------------------------------------------------- label tasks
-def read_chexpert_test(csv_path: str | os.PathLike[str], root: str | os.PathLike[str],
-                       uncertain: str = "unknown") -> StudyTable:
+def read_chexpert_test(
+    csv_path: str | os.PathLike[str], root: str | os.PathLike[str], uncertain: str = "unknown"
+) -> StudyTable:
     """The CheXpert test set as released with its radiologist labels (``Path`` + CheXpert label columns, one row
     per image; ``Path`` resolved against ``root``, its parent, or ``root`` without the path's first folder) as a
     study table (study = patient + study folder, text built from the labels). A missing label column is unknown."""
@@ -164,12 +176,17 @@ def read_chexpert_test(csv_path: str | os.PathLike[str], root: str | os.PathLike
     ids = list(order)
     first = [rows[0] for rows in order.values()]
     texts = [report_from_labels(raw[i], key=s) for i, s in zip(first, ids)]
-    return StudyTable(study_ids=ids, subject_ids=[parts[0].iloc[i] for i in first],
-                      image_paths=[[files[i] for i in rows] for rows in order.values()],
-                      view_names=[["FRONTAL" if "frontal" in files[i] else "UNKNOWN" for i in rows]
-                                  for rows in order.values()],
-                      findings=[None] * len(ids), impression=texts, labels=apply_policy(raw[first], uncertain),
-                      split=["test"] * len(ids), source=str(csv_path))
+    return StudyTable(
+        study_ids=ids,
+        subject_ids=[parts[0].iloc[i] for i in first],
+        image_paths=[[files[i] for i in rows] for rows in order.values()],
+        view_names=[["FRONTAL" if "frontal" in files[i] else "UNKNOWN" for i in rows] for rows in order.values()],
+        findings=[None] * len(ids),
+        impression=texts,
+        labels=apply_policy(raw[first], uncertain),
+        split=["test"] * len(ids),
+        source=str(csv_path),
+    )
 
 
 class LabelProtocol(Protocol):
@@ -212,11 +229,14 @@ class LabelProtocol(Protocol):
             ctx.notes.append(note)
         return keep
 
-    def _auroc_results(self, split: str, task: str, probs: np.ndarray, y: np.ndarray, ids: list[str],
-                       keep: list[int]) -> list[Result]:
+    def _auroc_results(
+        self, split: str, task: str, probs: np.ndarray, y: np.ndarray, ids: list[str], keep: list[int]
+    ) -> list[Result]:
         out = [Result(self.name, split, task, "mean AUROC", Measure("auroc", probs[:, keep], y[:, keep], ids))]
-        out += [Result(self.name, split, task, f"AUROC {self.labels[j]}",
-                       Measure("auroc", probs[:, j], y[:, j], ids)) for j in keep]
+        out += [
+            Result(self.name, split, task, f"AUROC {self.labels[j]}", Measure("auroc", probs[:, j], y[:, j], ids))
+            for j in keep
+        ]
         return out
 
     def run(self, model: ImageTextModel, embed: Embed, ctx: Context) -> list[Result]:
@@ -242,8 +262,9 @@ class LabelProtocol(Protocol):
             zs = zeroshot_classify(model.encode_texts, emb.image, self.labels, prompt_set, model.zero_shot_scale)
             results += self._auroc_results(split, "zero-shot", _np(zs), y, ids, keep)
             for kind, probe in probes.items():
-                results += self._auroc_results(split, f"probe ({kind})", _np(predict_probs(probe, emb.features)), y,
-                                               ids, keep)
+                results += self._auroc_results(
+                    split, f"probe ({kind})", _np(predict_probs(probe, emb.features)), y, ids, keep
+                )
         return results
 
 
@@ -281,8 +302,14 @@ class Selection:
 _OTHERS = ("not_positive", "negative")
 
 
-def select_5x200(study_ids: Sequence[str], labels: np.ndarray, classes: Sequence[str], per_class: int = 200,
-                 seed: int = 0, others: str = "not_positive") -> Selection:
+def select_5x200(
+    study_ids: Sequence[str],
+    labels: np.ndarray,
+    classes: Sequence[str],
+    per_class: int = 200,
+    seed: int = 0,
+    others: str = "not_positive",
+) -> Selection:
     """GLoRIA's / CXR-CLIP's 5×200 rule on a pool of studies.
 
     ``labels`` ``[N, len(classes)]`` (1 / 0 / NaN) holds the pool's values of ``classes``. A study is eligible for
@@ -329,23 +356,34 @@ class FiveByTwoHundred(Protocol):
 
     def prepare(self, ctx: Context) -> None:
         pool = ctx.table(self.pool)
-        sel = select_5x200(pool.study_ids, pool.labels[:, self.columns], self.classes,
-                           int(self.cfg.get("per_class", 200)), int(self.cfg.get("seed", 0)),
-                           str(self.cfg.get("others", "not_positive")))
+        sel = select_5x200(
+            pool.study_ids,
+            pool.labels[:, self.columns],
+            self.classes,
+            int(self.cfg.get("per_class", 200)),
+            int(self.cfg.get("seed", 0)),
+            str(self.cfg.get("others", "not_positive")),
+        )
         if not sel.study_ids:
-            raise ValueError(f"benchmark={self.name}: no study of the {self.pool!r} split is positive for exactly "
-                             f"one of {list(self.classes)}")
+            raise ValueError(
+                f"benchmark={self.name}: no study of the {self.pool!r} split is positive for exactly "
+                f"one of {list(self.classes)}"
+            )
         row = {s: i for i, s in enumerate(pool.study_ids)}
         table = pool.subset([row[s] for s in sel.study_ids])
         ctx.add_table(self.split, table)
         self.selection = sel
         path = sel.to_csv(ctx.out_dir / "selections" / f"{self.name}.csv")
         counts = ", ".join(f"{c} {n}" for c, n in sel.counts.items())
-        note = (f"{self.name}: {len(sel.study_ids)} studies of the {self.pool!r} split ({counts}), seed "
-                f"{self.cfg.get('seed', 0)}; ids in `{path.relative_to(ctx.out_dir)}`, sha256 `{sel.sha256}`.")
+        note = (
+            f"{self.name}: {len(sel.study_ids)} studies of the {self.pool!r} split ({counts}), seed "
+            f"{self.cfg.get('seed', 0)}; ids in `{path.relative_to(ctx.out_dir)}`, sha256 `{sel.sha256}`."
+        )
         if sel.short:
-            note += (f" Fewer than {sel.per_class} eligible studies for {sorted(sel.short)}: the pool is small, so "
-                     "these figures are not comparable with published 5×200 numbers.")
+            note += (
+                f" Fewer than {sel.per_class} eligible studies for {sorted(sel.short)}: the pool is small, so "
+                "these figures are not comparable with published 5×200 numbers."
+            )
         ctx.notes.append(note)
 
     def _onehot(self) -> torch.Tensor:
@@ -354,10 +392,17 @@ class FiveByTwoHundred(Protocol):
         return torch.nn.functional.one_hot(idx, len(self.classes)).float()
 
     def _precision(self, scores: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor) -> np.ndarray:
-        scan = scan_retrieval(lambda s, e: scores[s:e], scores.shape[0], scores.shape[1],
-                              torch.zeros(scores.shape[0], dtype=torch.long),
-                              torch.zeros(scores.shape[1], dtype=torch.long), k=1, query_labels=q_labels,
-                              gallery_labels=g_labels, precision_ks=self.precision_ks)
+        scan = scan_retrieval(
+            lambda s, e: scores[s:e],
+            scores.shape[0],
+            scores.shape[1],
+            torch.zeros(scores.shape[0], dtype=torch.long),
+            torch.zeros(scores.shape[1], dtype=torch.long),
+            k=1,
+            query_labels=q_labels,
+            gallery_labels=g_labels,
+            precision_ks=self.precision_ks,
+        )
         assert scan.precision is not None
         return scan.precision.double().numpy()
 
@@ -369,8 +414,9 @@ class FiveByTwoHundred(Protocol):
         ids = list(emb.study_ids)
         onehot = self._onehot()
         prompt_set = ctx.prompts.prompt_set(self.classes)
-        class_emb = torch.stack([class_text_embeddings(model.encode_texts, prompt_set.positive[c])
-                                 for c in self.classes])
+        class_emb = torch.stack(
+            [class_text_embeddings(model.encode_texts, prompt_set.positive[c]) for c in self.classes]
+        )
         pred = (torch.nn.functional.normalize(emb.image.float(), dim=-1) @ class_emb.T).argmax(dim=1)
         correct = (pred == onehot.argmax(dim=1)).double().numpy()
         results = [Result(self.name, self.split, "zero-shot", "5-way accuracy", Measure("mean", correct, None, ids))]
@@ -378,21 +424,27 @@ class FiveByTwoHundred(Protocol):
         prompts = [p for c in self.classes for p in prompt_set.positive[c]]
         prompt_labels = torch.nn.functional.one_hot(
             torch.tensor([self.classes.index(c) for c in self.classes for _ in prompt_set.positive[c]]),
-            len(self.classes)).float()
+            len(self.classes),
+        ).float()
         prompt_emb = model.text_embeddings(prompts)
         p_img = self._precision(model.ranking_scores(emb.image_embeddings, prompt_emb), onehot, prompt_labels)
         for col, k in enumerate(self.precision_ks):
-            results.append(Result(self.name, self.split, "image → class prompts", f"P@{k}",
-                                  Measure("mean", p_img[:, col], None, ids)))
+            results.append(
+                Result(
+                    self.name, self.split, "image → class prompts", f"P@{k}", Measure("mean", p_img[:, col], None, ids)
+                )
+            )
         if self.cfg.get("report_retrieval", False):
             scores = model.ranking_scores(emb.image_embeddings, emb.text_embeddings)
             i2t = self._precision(scores, onehot, onehot)
             t2i = self._precision(model.ranking_scores(emb.text_embeddings, emb.image_embeddings), onehot, onehot)
             for col, k in enumerate(self.precision_ks):
-                results.append(Result(self.name, self.split, "image → report", f"P@{k}",
-                                      Measure("mean", i2t[:, col], None, ids)))
-                results.append(Result(self.name, self.split, "report → image", f"P@{k}",
-                                      Measure("mean", t2i[:, col], None, ids)))
+                results.append(
+                    Result(self.name, self.split, "image → report", f"P@{k}", Measure("mean", i2t[:, col], None, ids))
+                )
+                results.append(
+                    Result(self.name, self.split, "report → image", f"P@{k}", Measure("mean", t2i[:, col], None, ids))
+                )
         return results
 
 
@@ -418,17 +470,26 @@ class RetrievalProtocol(Protocol):
         if self.skipped:
             return []
         test = embed(self.split)
-        side = {"i2t": (test.image_embeddings, test.text_embeddings),
-                "t2i": (test.text_embeddings, test.image_embeddings)}
+        side = {
+            "i2t": (test.image_embeddings, test.text_embeddings),
+            "t2i": (test.text_embeddings, test.image_embeddings),
+        }
 
         def score_fn(direction: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
             q, g = side[direction]
             return model.ranking_scores(q.rows(q_rows.cpu()), g.rows(g_rows.cpu()))
 
         known = np.isfinite(_np(test.labels)).any()
-        _, scans = evaluate_retrieval(test.image, test.text, labels=test.labels if known else None, texts=test.texts,
-                                      ks=self.ks, precision_ks=self.precision_ks,
-                                      chunk_size=int(self.cfg.get("chunk_size", 1024)), score_fn=score_fn)
+        _, scans = evaluate_retrieval(
+            test.image,
+            test.text,
+            labels=test.labels if known else None,
+            texts=test.texts,
+            ks=self.ks,
+            precision_ks=self.precision_ks,
+            chunk_size=int(self.cfg.get("chunk_size", 1024)),
+            score_fn=score_fn,
+        )
         from cxr_vlp.metrics.retrieval import text_groups
 
         _, first = text_groups(test.texts)
@@ -440,19 +501,36 @@ class RetrievalProtocol(Protocol):
                 ids = [test.study_ids[r] for r in rows]
                 task = f"{direction} {label}"
                 for k in self.ks:
-                    results.append(Result(self.name, self.split, task, f"R@{k}",
-                                          Measure("mean", scan.ranks.hit_probability(k).numpy(), None, ids)))
+                    results.append(
+                        Result(
+                            self.name,
+                            self.split,
+                            task,
+                            f"R@{k}",
+                            Measure("mean", scan.ranks.hit_probability(k).numpy(), None, ids),
+                        )
+                    )
                 if scan.precision is not None:
                     p = scan.precision.double().numpy()
                     ok = np.isfinite(p[:, 0])
                     for col, k in enumerate(scan.precision_ks):
-                        results.append(Result(self.name, self.split, task, f"class P@{k}",
-                                              Measure("mean", p[ok, col], None, [i for i, o in zip(ids, ok) if o])))
+                        results.append(
+                            Result(
+                                self.name,
+                                self.split,
+                                task,
+                                f"class P@{k}",
+                                Measure("mean", p[ok, col], None, [i for i, o in zip(ids, ok) if o]),
+                            )
+                        )
         return results
 
 
-KINDS: dict[str, type[Protocol]] = {"labels": LabelProtocol, "five_by_200": FiveByTwoHundred,
-                                    "retrieval": RetrievalProtocol}
+KINDS: dict[str, type[Protocol]] = {
+    "labels": LabelProtocol,
+    "five_by_200": FiveByTwoHundred,
+    "retrieval": RetrievalProtocol,
+}
 
 
 def build_protocols(cfg: Mapping[str, Mapping[str, Any]]) -> list[Protocol]:

@@ -40,8 +40,13 @@ class Row:
     p_value: float = math.nan
 
 
-def summarise(models: Sequence[str], results: Mapping[str, Sequence[Result]], n_resamples: int = 1000,
-              seed: int = 0, alpha: float = 0.05) -> list[Row]:
+def summarise(
+    models: Sequence[str],
+    results: Mapping[str, Sequence[Result]],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[Row]:
     """Rows for every metric (in the first model's order, then metrics only later models have) and model; the
     differences resample the same rows for both models (:func:`~cxr_vlp.benchmark.paired.compare`)."""
     by_model = {m: {r.key: r for r in results.get(m, ())} for m in models}
@@ -60,8 +65,12 @@ def summarise(models: Sequence[str], results: Mapping[str, Sequence[Result]], n_
             base = by_model[first].get(key)
             if m != first and base is not None:
                 cmp_ = compare(base.data, res.data, n_resamples, seed, alpha)
-                row.delta, row.delta_ci_low, row.delta_ci_high, row.p_value = (cmp_.delta, cmp_.ci_low,
-                                                                              cmp_.ci_high, cmp_.p_value)
+                row.delta, row.delta_ci_low, row.delta_ci_high, row.p_value = (
+                    cmp_.delta,
+                    cmp_.ci_low,
+                    cmp_.ci_high,
+                    cmp_.p_value,
+                )
             rows.append(row)
     return rows
 
@@ -94,14 +103,18 @@ def _tables(rows: Sequence[Row], first: str) -> list[str]:
         if protocol != current:
             out += [f"## {protocol}", ""]
             current = protocol
-        out += [f"### {task} (split `{split}`, {items[0].n_rows} rows)", "",
-                f"| metric | model | value | 95 % CI | Δ vs {first} | 95 % CI of Δ | p |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"### {task} (split `{split}`, {items[0].n_rows} rows)",
+            "",
+            f"| metric | model | value | 95 % CI | Δ vs {first} | 95 % CI of Δ | p |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in items:
             ci = f"[{_f(r.ci_low)}, {_f(r.ci_high)}]"
             dci = "–" if not math.isfinite(r.delta) else f"[{_f(r.delta_ci_low, True)}, {_f(r.delta_ci_high, True)}]"
-            out.append(f"| {r.measure} | {r.model} | {_f(r.value)} | {ci} | {_f(r.delta, True)} | {dci} | "
-                       f"{_p(r.p_value)} |")
+            out.append(
+                f"| {r.measure} | {r.model} | {_f(r.value)} | {ci} | {_f(r.delta, True)} | {dci} | {_p(r.p_value)} |"
+            )
         out.append("")
     return out
 
@@ -109,27 +122,47 @@ def _tables(rows: Sequence[Row], first: str) -> list[str]:
 def _audit_table(audit: Sequence[AuditRow]) -> list[str]:
     if not audit:
         return []
-    out = ["## Prompt and negation audit", "",
-           "Per label: zero-shot AUROC of the prompt ensemble, of each positive prompt alone (mean, "
-           "spread = max − min, worst) and of the negative prompt alone (a model that reads negation scores well "
-           "below 0.5 with it).", "",
-           "| model | label | positives / known | ensemble | mean | spread | worst | worst prompt | negative only |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "## Prompt and negation audit",
+        "",
+        "Per label: zero-shot AUROC of the prompt ensemble, of each positive prompt alone (mean, "
+        "spread = max − min, worst) and of the negative prompt alone (a model that reads negation scores well "
+        "below 0.5 with it).",
+        "",
+        "| model | label | positives / known | ensemble | mean | spread | worst | worst prompt | negative only |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in audit:
-        out.append(f"| {a.model} | {a.label} | {a.n_pos} / {a.n_known} | {_f(a.ensemble)} | {_f(a.mean)} | "
-                   f"{_f(a.spread)} | {_f(a.worst)} | {a.worst_prompt} | {_f(a.negative_only)} |")
+        out.append(
+            f"| {a.model} | {a.label} | {a.n_pos} / {a.n_known} | {_f(a.ensemble)} | {_f(a.mean)} | "
+            f"{_f(a.spread)} | {_f(a.worst)} | {a.worst_prompt} | {_f(a.negative_only)} |"
+        )
     return out + [""]
 
 
-def write_markdown(path: str | Path, rows: Sequence[Row], models: Sequence[str], specs: Sequence[str],
-                   audit: Sequence[AuditRow], notes: Sequence[str], figures: Mapping[str, Path],
-                   n_resamples: int, data_name: str) -> Path:
+def write_markdown(
+    path: str | Path,
+    rows: Sequence[Row],
+    models: Sequence[str],
+    specs: Sequence[str],
+    audit: Sequence[AuditRow],
+    notes: Sequence[str],
+    figures: Mapping[str, Path],
+    n_resamples: int,
+    data_name: str,
+) -> Path:
     """``benchmark.md``: the models, the notes, per task the table, the forest plots and the prompt audit."""
     path = Path(path)
-    lines = ["# Benchmark", "", f"Data: `{data_name}`. Every model is scored on the same studies; CIs are percentile "
-             f"bootstrap 95 % intervals over {n_resamples} resamples of the rows, and each Δ resamples the same rows "
-             f"for both models (paired), with its two-sided bootstrap p-value.", "", "| # | model | source |",
-             "|---|---|---|"]
+    lines = [
+        "# Benchmark",
+        "",
+        f"Data: `{data_name}`. Every model is scored on the same studies; CIs are percentile "
+        f"bootstrap 95 % intervals over {n_resamples} resamples of the rows, and each Δ resamples the same rows "
+        f"for both models (paired), with its two-sided bootstrap p-value.",
+        "",
+        "| # | model | source |",
+        "|---|---|---|",
+    ]
     lines += [f"| {i + 1} | {m} | `{s}` |" for i, (m, s) in enumerate(zip(models, specs))]
     lines.append("")
     if notes:

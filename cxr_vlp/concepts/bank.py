@@ -66,8 +66,9 @@ def load_concept_bank(path: str | os.PathLike | None = None) -> list[str]:
     return parse_concept_lines(text.splitlines(), source)
 
 
-def save_concept_bank(concepts: Iterable[str], path: str | os.PathLike, overwrite: bool = False,
-                      header: str | None = None) -> Path:
+def save_concept_bank(
+    concepts: Iterable[str], path: str | os.PathLike, overwrite: bool = False, header: str | None = None
+) -> Path:
     """Write ``concepts`` one per line (normalised, validated) atomically; refuses to overwrite by default."""
     p = Path(path).expanduser()
     if p.exists() and not overwrite:

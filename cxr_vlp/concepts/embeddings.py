@@ -80,16 +80,22 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def cache_key(model_fp: str, concepts: Sequence[str], pooling: str = POOLING, max_length: int = 64) -> str:
-    payload = json.dumps({"model": model_fp, "concepts": list(concepts), "pooling": pooling,
-                          "max_length": max_length}, sort_keys=True)
+    payload = json.dumps(
+        {"model": model_fp, "concepts": list(concepts), "pooling": pooling, "max_length": max_length}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 class ConceptEmbedder:
     """Frozen encoder: ``embed(texts) -> [N, E]`` masked-mean-pooled, L2-normalised float32 embeddings."""
 
-    def __init__(self, model_name_or_path: str, device: str | torch.device = "cpu", max_length: int = 64,
-                 allow_download: bool = True) -> None:
+    def __init__(
+        self,
+        model_name_or_path: str,
+        device: str | torch.device = "cpu",
+        max_length: int = 64,
+        allow_download: bool = True,
+    ) -> None:
         self.name = model_name_or_path
         self.path = resolve_hf_model(model_name_or_path, allow_download=allow_download)
         self.tokenizer, self.model = load_text_model(self.path)
@@ -109,8 +115,13 @@ class ConceptEmbedder:
             raise TypeError("embed() takes a sequence of strings, not a single string")
         outs = []
         for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -133,9 +144,15 @@ def _atomic_save(tensor: torch.Tensor, path: Path, metadata: dict[str, str]) -> 
         raise
 
 
-def embed_concepts(concepts: Sequence[str], model_name_or_path: str, cache_dir: str | os.PathLike,
-                   batch_size: int = 64, device: str | torch.device = "cpu", max_length: int = 64,
-                   allow_download: bool = True) -> torch.Tensor:
+def embed_concepts(
+    concepts: Sequence[str],
+    model_name_or_path: str,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    max_length: int = 64,
+    allow_download: bool = True,
+) -> torch.Tensor:
     """``[K, E]`` embeddings of ``concepts``, read from ``cache_dir`` when cached, else computed and cached."""
     concepts = list(concepts)
     if not concepts:
@@ -149,8 +166,7 @@ def embed_concepts(concepts: Sequence[str], model_name_or_path: str, cache_dir: 
             return emb
     embedder = ConceptEmbedder(model_dir, device=device, max_length=max_length, allow_download=False)
     emb = embedder.embed(concepts, batch_size=batch_size)
-    _atomic_save(emb, path, {"model": str(model_name_or_path), "num_concepts": str(len(concepts)),
-                             "pooling": POOLING})
+    _atomic_save(emb, path, {"model": str(model_name_or_path), "num_concepts": str(len(concepts)), "pooling": POOLING})
     return emb
 
 
@@ -184,8 +200,14 @@ class HashingEmbedder:
         texts = [str(t) for t in texts]
         if not texts:
             return torch.empty(0, self.dim)
-        vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, n_features=self.dim,
-                                       alternate_sign=True, norm=None, lowercase=True)
+        vectorizer = HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=self.ngram_range,
+            n_features=self.dim,
+            alternate_sign=True,
+            norm=None,
+            lowercase=True,
+        )
         dense = torch.from_numpy(vectorizer.transform(texts).toarray()).to(torch.float64)
         norms = dense.norm(dim=1)
         if (norms == 0).any():
@@ -194,8 +216,7 @@ class HashingEmbedder:
         return (dense / norms.unsqueeze(1)).to(torch.float32)
 
 
-def hashing_embeddings(concepts: Sequence[str], dim: int = 512,
-                       ngram_range: tuple[int, int] = (3, 5)) -> torch.Tensor:
+def hashing_embeddings(concepts: Sequence[str], dim: int = 512, ngram_range: tuple[int, int] = (3, 5)) -> torch.Tensor:
     """``[K, dim]`` L2-normalised character n-gram hashing embeddings of ``concepts`` (see :class:`HashingEmbedder`)."""
     concepts = list(concepts)
     if not concepts:

@@ -40,15 +40,85 @@ __all__ = ["FINDING_STEMS", "STOPWORDS", "count_candidates", "main", "mine_conce
 
 # Word prefixes that mark a radiological finding, device, or anatomical abnormality.
 FINDING_STEMS: tuple[str, ...] = (
-    "effusion", "opacit", "opacif", "consolidat", "atelecta", "pneumothora", "edema", "oedema", "congest",
-    "cardiomegal", "enlarge", "widen", "nodul", "mass", "lesion", "granuloma", "tumor", "metasta", "infiltrat",
-    "pneumonia", "infection", "aspiration", "collapse", "fracture", "deformit", "kyphos", "scolios",
-    "degenerat", "osteopen", "tube", "catheter", "line", "pacemaker", "pacer", "lead", "wire", "clip",
-    "stent", "valve", "device", "drain", "port", "picc", "defibrillat", "emphysema", "hyperinfla", "fibros",
-    "scar", "thicken", "calcif", "hernia", "pneumomediast", "blunt", "haz", "ground-glass", "glass",
-    "bronchiect", "cavit", "volume", "elevat", "tortu", "engorge", "cephaliz", "kerley", "cuffing",
-    "silhouette", "cardiomediastinal", "mediastin", "hilar", "clear", "normal", "unremarkable", "sternotomy",
-    "lymphadenopath", "air", "fold", "abnormal", "prominen", "thickening",
+    "effusion",
+    "opacit",
+    "opacif",
+    "consolidat",
+    "atelecta",
+    "pneumothora",
+    "edema",
+    "oedema",
+    "congest",
+    "cardiomegal",
+    "enlarge",
+    "widen",
+    "nodul",
+    "mass",
+    "lesion",
+    "granuloma",
+    "tumor",
+    "metasta",
+    "infiltrat",
+    "pneumonia",
+    "infection",
+    "aspiration",
+    "collapse",
+    "fracture",
+    "deformit",
+    "kyphos",
+    "scolios",
+    "degenerat",
+    "osteopen",
+    "tube",
+    "catheter",
+    "line",
+    "pacemaker",
+    "pacer",
+    "lead",
+    "wire",
+    "clip",
+    "stent",
+    "valve",
+    "device",
+    "drain",
+    "port",
+    "picc",
+    "defibrillat",
+    "emphysema",
+    "hyperinfla",
+    "fibros",
+    "scar",
+    "thicken",
+    "calcif",
+    "hernia",
+    "pneumomediast",
+    "blunt",
+    "haz",
+    "ground-glass",
+    "glass",
+    "bronchiect",
+    "cavit",
+    "volume",
+    "elevat",
+    "tortu",
+    "engorge",
+    "cephaliz",
+    "kerley",
+    "cuffing",
+    "silhouette",
+    "cardiomediastinal",
+    "mediastin",
+    "hilar",
+    "clear",
+    "normal",
+    "unremarkable",
+    "sternotomy",
+    "lymphadenopath",
+    "air",
+    "fold",
+    "abnormal",
+    "prominen",
+    "thickening",
 )
 
 STOPWORDS: frozenset[str] = frozenset(
@@ -100,7 +170,7 @@ def sentence_ngrams(sentence: str, max_n: int = 4, use_labeler: bool = True) -> 
             if run[i] in STOPWORDS and run[i] not in _START_OK:
                 continue
             for n in range(1, max_n + 1):
-                gram = run[i:i + n]
+                gram = run[i : i + n]
                 if len(gram) < n:
                     break
                 if gram[-1] in STOPWORDS or (n == 1 and gram[0] in _START_OK):
@@ -164,9 +234,14 @@ def _read_reports(in_csv: str | Path, text_columns: Sequence[str]) -> list[list[
     return df[list(text_columns)].values.tolist()
 
 
-def mine_concepts(in_csv: str | Path, min_count: int = 20, max_concepts: int = 500,
-                  text_columns: Sequence[str] = ("findings", "impression"), base: str | None = "default",
-                  use_labeler: bool = True) -> tuple[list[str], list[tuple[str, int]]]:
+def mine_concepts(
+    in_csv: str | Path,
+    min_count: int = 20,
+    max_concepts: int = 500,
+    text_columns: Sequence[str] = ("findings", "impression"),
+    base: str | None = "default",
+    use_labeler: bool = True,
+) -> tuple[list[str], list[tuple[str, int]]]:
     """``(merged bank, mined [(concept, count)] that were added)``; base first, then mined by rank."""
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
@@ -193,10 +268,22 @@ def mine_concepts(in_csv: str | Path, min_count: int = 20, max_concepts: int = 5
 
 
 # --------------------------------------------------------------------------- CLI
-_KEYS = {"in_csv": str, "out_txt": str, "min_count": int, "max_concepts": int, "text_columns": list,
-         "base": str, "overwrite": bool}
-_DEFAULTS = {"min_count": 20, "max_concepts": 500, "text_columns": ["findings", "impression"], "base": "default",
-             "overwrite": False}
+_KEYS = {
+    "in_csv": str,
+    "out_txt": str,
+    "min_count": int,
+    "max_concepts": int,
+    "text_columns": list,
+    "base": str,
+    "overwrite": bool,
+}
+_DEFAULTS = {
+    "min_count": 20,
+    "max_concepts": 500,
+    "text_columns": ["findings", "impression"],
+    "base": "default",
+    "overwrite": False,
+}
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -210,11 +297,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out} already exists; pass overwrite=true to replace it", file=sys.stderr)
         return 1
     try:
-        bank, added = mine_concepts(args["in_csv"], min_count=args["min_count"], max_concepts=args["max_concepts"],
-                                    text_columns=args["text_columns"], base=args["base"])
-        save_concept_bank(bank, out, overwrite=args["overwrite"],
-                          header=f"concept bank: {len(bank) - len(added)} base + {len(added)} mined from "
-                                 f"{args['in_csv']} (min_count={args['min_count']})")
+        bank, added = mine_concepts(
+            args["in_csv"],
+            min_count=args["min_count"],
+            max_concepts=args["max_concepts"],
+            text_columns=args["text_columns"],
+            base=args["base"],
+        )
+        save_concept_bank(
+            bank,
+            out,
+            overwrite=args["overwrite"],
+            header=f"concept bank: {len(bank) - len(added)} base + {len(added)} mined from "
+            f"{args['in_csv']} (min_count={args['min_count']})",
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -42,7 +42,9 @@ class Batch:
             attention_mask=self.attention_mask.to(device, non_blocking=non_blocking),
             labels=self.labels.to(device, non_blocking=non_blocking),
             index=self.index.to(device, non_blocking=non_blocking),
-            study_ids=self.study_ids, subject_ids=self.subject_ids, texts=self.texts,
+            study_ids=self.study_ids,
+            subject_ids=self.subject_ids,
+            texts=self.texts,
         )
 
     def split(self, size: int) -> list[Batch]:
@@ -52,9 +54,16 @@ class Batch:
         return [self._rows(slice(start, start + size)) for start in range(0, len(self), size)]
 
     def _rows(self, rows: slice) -> Batch:
-        return Batch(images=self.images[rows], input_ids=self.input_ids[rows], attention_mask=self.attention_mask[rows],
-                     labels=self.labels[rows], index=self.index[rows], study_ids=self.study_ids[rows],
-                     subject_ids=self.subject_ids[rows], texts=self.texts[rows])
+        return Batch(
+            images=self.images[rows],
+            input_ids=self.input_ids[rows],
+            attention_mask=self.attention_mask[rows],
+            labels=self.labels[rows],
+            index=self.index[rows],
+            study_ids=self.study_ids[rows],
+            subject_ids=self.subject_ids[rows],
+            texts=self.texts[rows],
+        )
 
 
 class Collator:
@@ -71,8 +80,14 @@ class Collator:
         if self.tokenizer is None:  # a model that tokenises Batch.texts itself: empty token tensors
             ids = mask = torch.zeros((len(samples), num_text_views, 0), dtype=torch.long)
         else:
-            tokens = self.tokenizer(flat, padding="longest", truncation=True, max_length=self.max_length,
-                                    return_tensors="pt", return_token_type_ids=False)
+            tokens = self.tokenizer(
+                flat,
+                padding="longest",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_token_type_ids=False,
+            )
             ids, mask = tokens["input_ids"].reshape(shape), tokens["attention_mask"].reshape(shape)
         return Batch(
             images=torch.stack([s.images for s in samples]),

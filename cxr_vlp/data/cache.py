@@ -131,7 +131,6 @@ def _process(task: tuple[str, str, int, int, int, int]) -> _Result:
         with open(source, "rb") as f:
             head = f.read(132)
         if is_dicom(source, head):  # DICOM (e.g. RSNA Pneumonia): pydicom, through the loaders' decoder
-
             try:
                 image = load_grayscale(source)
             except OSError as err:
@@ -176,9 +175,14 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, dict]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for row in csv.DictReader(f):
             try:
-                entry = {"source": row["source"], "cached": row["cached"], "source_size": int(row["source_size"]),
-                         "source_mtime_ns": int(row["source_mtime_ns"]), "width": int(row["width"]),
-                         "height": int(row["height"])}
+                entry = {
+                    "source": row["source"],
+                    "cached": row["cached"],
+                    "source_size": int(row["source_size"]),
+                    "source_mtime_ns": int(row["source_mtime_ns"]),
+                    "width": int(row["width"]),
+                    "height": int(row["height"]),
+                }
             except (KeyError, TypeError, ValueError):
                 continue
             if entry["source"] and entry["cached"]:
@@ -246,8 +250,9 @@ def build_cache(
         return _build_cache(image_paths, out, size, workers, quality, chunksize, progress)
 
 
-def _build_cache(image_paths: Iterable[str], out: Path, size: int, workers: int, quality: int, chunksize: int,
-                 progress: bool) -> CacheSummary:
+def _build_cache(
+    image_paths: Iterable[str], out: Path, size: int, workers: int, quality: int, chunksize: int, progress: bool
+) -> CacheSummary:
     manifest_path, failed_path = out / MANIFEST, out / FAILED
     t0 = time.perf_counter()
 
@@ -266,13 +271,23 @@ def _build_cache(image_paths: Iterable[str], out: Path, size: int, workers: int,
             failures.append((source, f"missing or not accessible: {err.strerror or err}"))
             continue
         entry = entries.get(source)
-        if (entry is not None and entry["source_size"] == st.st_size and entry["source_mtime_ns"] == st.st_mtime_ns
-                and (out / entry["cached"]).is_file()):
+        if (
+            entry is not None
+            and entry["source_size"] == st.st_size
+            and entry["source_mtime_ns"] == st.st_mtime_ns
+            and (out / entry["cached"]).is_file()
+        ):
             skipped += 1
             continue
         tasks.append((source, str(out), int(size), int(quality), int(st.st_size), int(st.st_mtime_ns)))
-    log.info("image cache %s: %d images, %d already cached, %d to do with %d worker(s)",
-             out, len(sources), skipped, len(tasks), max(1, workers))
+    log.info(
+        "image cache %s: %d images, %d already cached, %d to do with %d worker(s)",
+        out,
+        len(sources),
+        skipped,
+        len(tasks),
+        max(1, workers),
+    )
 
     done = 0
     with open(manifest_path, "a", newline="", encoding="utf-8", errors="surrogateescape") as manifest:
@@ -291,21 +306,38 @@ def _build_cache(image_paths: Iterable[str], out: Path, size: int, workers: int,
     _write_csv_atomic(manifest_path, MANIFEST_FIELDS, _manifest_rows(entries))
     _write_csv_atomic(failed_path, ("path", "reason"), failures)
     if failures:
-        log.warning("image cache: %d image(s) could not be cached (listed in %s); training skips them (a re-run "
-                    "of the prepare command retries them)", len(failures), failed_path)
+        log.warning(
+            "image cache: %d image(s) could not be cached (listed in %s); training skips them (a re-run "
+            "of the prepare command retries them)",
+            len(failures),
+            failed_path,
+        )
     seconds = time.perf_counter() - t0
-    return CacheSummary(cache_dir=str(out), size=int(size), total=len(sources), done=done, skipped=skipped,
-                        failed=len(failures), seconds=round(seconds, 3),
-                        images_per_s=round(done / seconds, 2) if seconds > 0 else 0.0,
-                        failed_report=str(failed_path) if failures else None)
+    return CacheSummary(
+        cache_dir=str(out),
+        size=int(size),
+        total=len(sources),
+        done=done,
+        skipped=skipped,
+        failed=len(failures),
+        seconds=round(seconds, 3),
+        images_per_s=round(done / seconds, 2) if seconds > 0 else 0.0,
+        failed_report=str(failed_path) if failures else None,
+    )
 
 
 def _run(tasks: list, workers: int, chunksize: int, progress: bool, total: int) -> Iterator[_Result]:
     from tqdm.auto import tqdm
 
     def bar() -> tqdm:
-        return tqdm(total=total, unit="img", desc="caching images", disable=not progress or total == 0,
-                    file=sys.stderr, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            unit="img",
+            desc="caching images",
+            disable=not progress or total == 0,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     if workers <= 1 or total <= 1:
         with bar() as pbar:
@@ -317,8 +349,9 @@ def _run(tasks: list, workers: int, chunksize: int, progress: bool, total: int) 
     # deadlocks in the forked children. A forkserver starts the workers from a clean process that only
     # imports this module (cv2 + numpy); spawn where forkserver does not exist.
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                             initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         chunk = max(1, min(chunksize, total // (workers * 4) or 1))
         results = pool.map(_process, tasks, chunksize=chunk)
         with bar() as pbar:
@@ -371,12 +404,20 @@ def apply_cache(table: StudyTable, cache_root: str | os.PathLike[str] | None, mi
     usable = [s for s in sizes if s >= min_size]
     if not usable:
         if sizes:
-            log.warning("image cache %s holds only size(s) %s, smaller than the image size %d: reading raw "
-                        "images (python -m cxr_vlp.prepare cache.size=%d ... writes a large enough cache)",
-                        cache_root, sizes, min_size, max(min_size, 512))
+            log.warning(
+                "image cache %s holds only size(s) %s, smaller than the image size %d: reading raw "
+                "images (python -m cxr_vlp.prepare cache.size=%d ... writes a large enough cache)",
+                cache_root,
+                sizes,
+                min_size,
+                max(min_size, 512),
+            )
         else:
-            log.info("no image cache in %s: reading raw images (a one-time `python -m cxr_vlp.prepare "
-                     "data=<name> data.root=...` makes loading much faster)", cache_root)
+            log.info(
+                "no image cache in %s: reading raw images (a one-time `python -m cxr_vlp.prepare "
+                "data=<name> data.root=...` makes loading much faster)",
+                cache_root,
+            )
         return table
     size = usable[0]
     mapping = load_cache_map(cache_root, size)
@@ -401,10 +442,21 @@ def apply_cache(table: StudyTable, cache_root: str | os.PathLike[str] | None, mi
             row_views.append(view)
         new_paths.append(row)
         new_views.append(row_views)
-    log.info("image cache %s: %d of %d images (%.1f%%) read from the cache, the rest raw",
-             size_dir(cache_root, size), covered, total, 100.0 * covered / max(total, 1))
+    log.info(
+        "image cache %s: %d of %d images (%.1f%%) read from the cache, the rest raw",
+        size_dir(cache_root, size),
+        covered,
+        total,
+        100.0 * covered / max(total, 1),
+    )
     if left_out:
         empty = sum(1 for row in new_paths if not row)
-        log.warning("image cache: %d image(s) listed in %s are skipped, not read raw (%d studies left without an "
-                    "image); first: %s", len(left_out), failed_path, empty, ", ".join(left_out[:5]))
+        log.warning(
+            "image cache: %d image(s) listed in %s are skipped, not read raw (%d studies left without an "
+            "image); first: %s",
+            len(left_out),
+            failed_path,
+            empty,
+            ", ".join(left_out[:5]),
+        )
     return replace(table, image_paths=new_paths, view_names=new_views)

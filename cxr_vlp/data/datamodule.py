@@ -8,7 +8,8 @@ Splits: the table's ``split`` column when it has one (``use_official_split``), e
 split stratified on the labels. A partly filled column (e.g. CheXpert, whose ``valid.csv`` is the test set)
 keeps the official assignment and splits the remaining subjects into train / val in the ratio of
 ``split_fractions``. ``keep_official`` (e.g. ``[test]``) keeps only those official splits and treats the
-other rows as unassigned (CLIP-XRad: official MIMIC test set, validation carved out of the training patients). Either way the final tables are re-checked for subjects in two splits.
+other rows as unassigned (CLIP-XRad: official MIMIC test set, validation carved out of the training patients).
+Either way the final tables are re-checked for subjects in two splits.
 
 Image cache: when ``image_cache`` names a folder written by ``python -m cxr_vlp.prepare``, images are read
 from there (the smallest cached size that covers ``transforms.image_size``); raw images otherwise.
@@ -42,9 +43,9 @@ from cxr_vlp.data.dataset import StudyDataset
 from cxr_vlp.data.sampling import EpochSampler, ResumableLoader, TrainPosition, loader_generator
 from cxr_vlp.data.splits import DEFAULT_SPLIT_NAMES, PatientSplit, patient_split, split_from_column
 from cxr_vlp.data.table import StudyTable
-from cxr_vlp.text.text_views import TextViewSampler
-from cxr_vlp.data.transforms import TransformConfig, build_transforms
 from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_from_json, tokenizer_to_json
+from cxr_vlp.data.transforms import TransformConfig, build_transforms
+from cxr_vlp.text.text_views import TextViewSampler
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,9 @@ class CXRDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.use_official_split = use_official_split
         self.keep_official = None if keep_official is None else {_canonical_split(k) for k in keep_official}
-        self.transform_cfg = (transforms if isinstance(transforms, TransformConfig)
-                              else TransformConfig(**dict(transforms or {})))
+        self.transform_cfg = (
+            transforms if isinstance(transforms, TransformConfig) else TransformConfig(**dict(transforms or {}))
+        )
         text_kwargs = dict(text_views or {})
         self.train_text = TextViewSampler(**text_kwargs)
         self.eval_text = TextViewSampler(**{**text_kwargs, "num_views": 1, "primary": eval_text_section})
@@ -161,8 +163,10 @@ class CXRDataModule(L.LightningDataModule):
         log.info("studies per split: %s", {k: len(v) for k, v in self.tables.items()})
         if self.tokenizer is None and self.tokenizer_cfg:
             self.tokenizer = self._build_tokenizer()
-        transforms = {True: build_transforms(self.transform_cfg, train=True),
-                      False: build_transforms(self.transform_cfg, train=False)}
+        transforms = {
+            True: build_transforms(self.transform_cfg, train=True),
+            False: build_transforms(self.transform_cfg, train=False),
+        }
         if self.stream:
             self._stream_datasets(transforms)
             return
@@ -171,8 +175,12 @@ class CXRDataModule(L.LightningDataModule):
                 continue
             train = name == "train"
             self.datasets[name] = StudyDataset(
-                table_, transforms[train], self.train_text if train else self.eval_text,
-                num_image_views=self.num_image_views if train else 1, train=train, seed=self.seed,
+                table_,
+                transforms[train],
+                self.train_text if train else self.eval_text,
+                num_image_views=self.num_image_views if train else 1,
+                train=train,
+                seed=self.seed,
             )
 
     def read_table(self) -> StudyTable:
@@ -180,8 +188,10 @@ class CXRDataModule(L.LightningDataModule):
         table with ``stream``)."""
         if self.stream:
             if self.max_studies:
-                raise ValueError(f"data.max_studies={self.max_studies} cannot be combined with data.stream: the "
-                                 "shards hold every study of each split (write smaller shards instead)")
+                raise ValueError(
+                    f"data.max_studies={self.max_studies} cannot be combined with data.stream: the "
+                    "shards hold every study of each split (write smaller shards instead)"
+                )
             return self.shards().table
         table = self.reader()
         if self.image_cache:
@@ -200,20 +210,34 @@ class CXRDataModule(L.LightningDataModule):
             given &= np.array([_canonical_split(s) in self.keep_official for s in table.split])
         if given.all():
             return split_from_column(pd.DataFrame({"subject_id": table.subject_ids, "split": table.split}))
-        official = split_from_column(pd.DataFrame({
-            "subject_id": [table.subject_ids[i] for i in np.flatnonzero(given)],
-            "split": [table.split[i] for i in np.flatnonzero(given)]}))
+        official = split_from_column(
+            pd.DataFrame(
+                {
+                    "subject_id": [table.subject_ids[i] for i in np.flatnonzero(given)],
+                    "split": [table.split[i] for i in np.flatnonzero(given)],
+                }
+            )
+        )
         rest = [i for i in np.flatnonzero(~given) if table.subject_ids[i] not in official]
         groups = {k: set(getattr(official, k)) for k in SPLITS}
         if rest:
             train_f, val_f = self.split_fractions[0], self.split_fractions[1]
             fractions = (train_f / (train_f + val_f), val_f / (train_f + val_f), 0.0)
-            extra = patient_split([table.subject_ids[i] for i in rest],
-                                  None if labels is None else labels[rest], fractions=fractions, seed=self.split_seed)
+            extra = patient_split(
+                [table.subject_ids[i] for i in rest],
+                None if labels is None else labels[rest],
+                fractions=fractions,
+                seed=self.split_seed,
+            )
             groups["train"] |= extra.train
             groups["val"] |= extra.val
-            log.info("%s: %d subjects without an official split assigned to train / val (%d / %d)",
-                     self.name, len(extra.train) + len(extra.val), len(extra.train), len(extra.val))
+            log.info(
+                "%s: %d subjects without an official split assigned to train / val (%d / %d)",
+                self.name,
+                len(extra.train) + len(extra.val),
+                len(extra.train),
+                len(extra.val),
+            )
         return PatientSplit(**groups)
 
     def shards(self):
@@ -224,16 +248,26 @@ class CXRDataModule(L.LightningDataModule):
             self._shards = ShardSet(self.stream, self.stream_options)
             self._shards.check_dataset(self.name)
             if self._shards.image_size < self.transform_cfg.image_size:
-                log.warning("%s holds images at %d px (shorter side), less than data.transforms.image_size=%d: they "
-                            "are upscaled", self.stream, self._shards.image_size, self.transform_cfg.image_size)
+                log.warning(
+                    "%s holds images at %d px (shorter side), less than data.transforms.image_size=%d: they "
+                    "are upscaled",
+                    self.stream,
+                    self._shards.image_size,
+                    self.transform_cfg.image_size,
+                )
         return self._shards
 
     def _sample_spec(self, name: str, transforms: dict):
         from cxr_vlp.data.stream import SampleSpec
 
         train = name == "train"
-        return SampleSpec(transforms[train], self.train_text if train else self.eval_text,
-                          self.num_image_views if train else 1, train, self.seed)
+        return SampleSpec(
+            transforms[train],
+            self.train_text if train else self.eval_text,
+            self.num_image_views if train else 1,
+            train,
+            self.seed,
+        )
 
     def _stream_datasets(self, transforms: dict) -> None:
         """Map-style datasets over each split's shards (evaluation, the evaluation suite); training streams."""
@@ -243,8 +277,9 @@ class CXRDataModule(L.LightningDataModule):
         for name in SPLITS:
             if self.shards().count(name) == 0:
                 continue
-            self.datasets[name] = ShardStudyDataset(self.shards().split_dir(name), self._sample_spec(name, transforms),
-                                                    self.stream_options)
+            self.datasets[name] = ShardStudyDataset(
+                self.shards().split_dir(name), self._sample_spec(name, transforms), self.stream_options
+            )
 
     def _stream_train_loader(self, **kwargs: Any):
         """The litdata training loader: this rank's disjoint share of the training shards, shuffled per epoch,
@@ -252,10 +287,19 @@ class CXRDataModule(L.LightningDataModule):
         from cxr_vlp.data.stream import StudyStream, StudyStreamLoader
 
         trainer = getattr(self, "trainer", None)
-        world, rank, nodes = ((int(trainer.world_size), int(trainer.global_rank), int(trainer.num_nodes))
-                              if trainer is not None else (1, 0, 1))
-        dataset = StudyStream(self.shards().split_dir("train"), self._sample_spec("train", self._transforms),
-                              shuffle=True, seed=self.seed, drop_last=True, storage_options=self.stream_options)
+        world, rank, nodes = (
+            (int(trainer.world_size), int(trainer.global_rank), int(trainer.num_nodes))
+            if trainer is not None
+            else (1, 0, 1)
+        )
+        dataset = StudyStream(
+            self.shards().split_dir("train"),
+            self._sample_spec("train", self._transforms),
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+            storage_options=self.stream_options,
+        )
         dataset.set_topology(world, rank, nodes)
         kwargs.pop("persistent_workers", None)  # litdata's epoch and resume state live in the iterator's workers
         loader = StudyStreamLoader(dataset, batch_size=self.batch_size, position=self._train_position, **kwargs)
@@ -279,8 +323,9 @@ class CXRDataModule(L.LightningDataModule):
         distributed = trainer is not None and trainer.world_size > 1
         data = None
         if not distributed or trainer.is_global_zero:
-            data = tokenizer_to_json(build_tokenizer(kind, train_texts=self.tables["train"].texts(),
-                                                     cache_dir=self.tokenizer_cache, **cfg))
+            data = tokenizer_to_json(
+                build_tokenizer(kind, train_texts=self.tables["train"].texts(), cache_dir=self.tokenizer_cache, **cfg)
+            )
         if distributed:
             data = trainer.strategy.broadcast(data, src=0)
         return tokenizer_from_json(data)
@@ -332,8 +377,14 @@ class CXRDataModule(L.LightningDataModule):
             return DataLoader(self.datasets[name], batch_size=self.eval_batch_size, shuffle=False, **kwargs)
         if self.stream:
             return self._stream_train_loader(**kwargs)
-        return ResumableLoader(self.datasets[name], batch_size=self.batch_size, sampler=self._train_sampler(),
-                               drop_last=True, position=self._train_position, **kwargs)
+        return ResumableLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            sampler=self._train_sampler(),
+            drop_last=True,
+            position=self._train_position,
+            **kwargs,
+        )
 
     def eval_dataset(self, name: str, transform) -> StudyDataset:
         """The ``name`` split for evaluation with another image pipeline ``transform`` (a model's own
@@ -344,16 +395,26 @@ class CXRDataModule(L.LightningDataModule):
         if self.stream:
             from cxr_vlp.data.stream import SampleSpec, ShardStudyDataset
 
-            return ShardStudyDataset(self.shards().split_dir(name), SampleSpec(transform, self.eval_text, 1, False,
-                                                                               self.seed), self.stream_options)
+            return ShardStudyDataset(
+                self.shards().split_dir(name),
+                SampleSpec(transform, self.eval_text, 1, False, self.seed),
+                self.stream_options,
+            )
         return StudyDataset(table, transform, self.eval_text, num_image_views=1, train=False, seed=self.seed)
 
     def eval_loader(self, dataset: StudyDataset) -> DataLoader:
         """Batches of an :meth:`eval_dataset` in table order (texts tokenised when the data module has a
         tokenizer; models with their own tokenizer read ``Batch.texts``)."""
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=Collator(self.tokenizer, self.max_length), pin_memory=self.pin_memory,
-                          persistent_workers=False, generator=loader_generator(self.seed))
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.tokenizer, self.max_length),
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            generator=loader_generator(self.seed),
+        )
 
     def _train_sampler(self) -> EpochSampler:
         """This rank's share of the training split, shuffled per epoch, pointed at the restored position when a fit
@@ -394,7 +455,8 @@ class CXRDataModule(L.LightningDataModule):
             raise ValueError(
                 f"{self.name}: the training split has {n_train} studies{ranks}, fewer than one batch "
                 f"(data.batch_size={self.batch_size}), so training would run zero steps (split sizes: {sizes}). "
-                "Lower data.batch_size or use a larger dataset / data.max_studies.")
+                "Lower data.batch_size or use a larger dataset / data.max_studies."
+            )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

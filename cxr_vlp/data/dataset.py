@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 
 from cxr_vlp.data.sampling import TrainIndex
 from cxr_vlp.data.table import StudyTable, view_group
-from cxr_vlp.text.text_views import TextViewSampler
 from cxr_vlp.data.transforms import load_grayscale
+from cxr_vlp.text.text_views import TextViewSampler
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,10 @@ class StudyDataset(Dataset):
         for i in wanted:
             # the wanted image, else any other image of the study, else a view already loaded
             candidates = [i] + [j for j in range(len(paths)) if j != i]
-            image = next((img for img in map(self._load, (paths[j] for j in candidates)) if img is not None),
-                         out[-1] if out else None)
+            image = next(
+                (img for img in map(self._load, (paths[j] for j in candidates)) if img is not None),
+                out[-1] if out else None,
+            )
             if image is None:
                 return None
             out.append(image)
@@ -148,8 +150,11 @@ class StudyDataset(Dataset):
         for epoch, index in pairs:
             sample = self._sample(index, taken, epoch=epoch)
             if sample is None:
-                log.warning("study %s has no readable image and every other readable study is in this batch: "
-                            "the batch is one study smaller", self.table.study_ids[index])
+                log.warning(
+                    "study %s has no readable image and every other readable study is in this batch: "
+                    "the batch is one study smaller",
+                    self.table.study_ids[index],
+                )
                 continue
             taken.add(sample.index)
             samples.append(sample)
@@ -170,11 +175,15 @@ class StudyDataset(Dataset):
         if images is None:
             return None
         if source != index:
-            log.warning("study %s has no readable image; using study %s instead",
-                        self.table.study_ids[index], self.table.study_ids[source])
+            log.warning(
+                "study %s has no readable image; using study %s instead",
+                self.table.study_ids[index],
+                self.table.study_ids[source],
+            )
         tensors = torch.stack([self.transform(image=img)["image"] for img in images])
-        texts = self.text_sampler.sample(self.table.findings[source], self.table.impression[source], rng,
-                                         train=self.train)
+        texts = self.text_sampler.sample(
+            self.table.findings[source], self.table.impression[source], rng, train=self.train
+        )
         return StudySample(
             images=tensors,
             texts=texts,

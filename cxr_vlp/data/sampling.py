@@ -85,22 +85,32 @@ class TrainPosition(NamedTuple):
     batch_size: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_taken": self.batches_taken, "epoch_done": int(self.epoch_done),
-                "batch_size": self.batch_size}
+        return {
+            "epoch": self.epoch,
+            "batches_taken": self.batches_taken,
+            "epoch_done": int(self.epoch_done),
+            "batch_size": self.batch_size,
+        }
 
     @classmethod
     def from_dict(cls, state: dict[str, int]) -> TrainPosition:
         try:
-            return cls(int(state["epoch"]), int(state["batches_taken"]), bool(state["epoch_done"]),
-                       int(state.get("batch_size", 0)))
+            return cls(
+                int(state["epoch"]),
+                int(state["batches_taken"]),
+                bool(state["epoch_done"]),
+                int(state.get("batch_size", 0)),
+            )
         except KeyError as err:
             raise ValueError(f"training-loader state {state} lacks the key {err}") from err
 
     def apply(self, sampler: EpochSampler, batch_size: int) -> None:
         """Point ``sampler`` at the first batch not yet taken: the next epoch's start once this one is done."""
         if self.batch_size and self.batch_size != batch_size:
-            raise ValueError(f"the checkpoint's training loader had batch_size={self.batch_size}, this run has "
-                             f"data.batch_size={batch_size}: resuming needs the same batch size")
+            raise ValueError(
+                f"the checkpoint's training loader had batch_size={self.batch_size}, this run has "
+                f"data.batch_size={batch_size}: resuming needs the same batch size"
+            )
         if self.epoch_done:
             sampler.set_epoch(self.epoch + 1)
             sampler.skip(0)

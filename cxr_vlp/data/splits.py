@@ -240,8 +240,7 @@ def _rebalance(second: np.ndarray, n_second: int, y: np.ndarray, rng: np.random.
     return second
 
 
-def _two_way(y: np.ndarray, n_second: int, random_state: np.random.RandomState,
-             rng: np.random.Generator) -> np.ndarray:
+def _two_way(y: np.ndarray, n_second: int, random_state: np.random.RandomState, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of exactly ``n_second`` rows of ``y`` forming the stratified second part."""
     n = len(y)
     if n_second == 0 or n_second == n:

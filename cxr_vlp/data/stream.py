@@ -154,24 +154,40 @@ class StudyRecord:
 
 def encode_record(record: StudyRecord) -> dict[str, Any]:
     """The litdata item of a study: a fixed set of leaves (litdata infers one data format from the first item)."""
-    meta = {"views": list(record.views), "findings": record.findings, "impression": record.impression,
-            "sizes": [len(b) for b in record.images]}
-    return {"index": int(record.index), "study_id": str(record.study_id), "subject_id": str(record.subject_id),
-            "meta": json.dumps(meta), "labels": np.asarray(record.labels, dtype=np.float32).reshape(NUM_LABELS),
-            "images": b"".join(record.images)}
+    meta = {
+        "views": list(record.views),
+        "findings": record.findings,
+        "impression": record.impression,
+        "sizes": [len(b) for b in record.images],
+    }
+    return {
+        "index": int(record.index),
+        "study_id": str(record.study_id),
+        "subject_id": str(record.subject_id),
+        "meta": json.dumps(meta),
+        "labels": np.asarray(record.labels, dtype=np.float32).reshape(NUM_LABELS),
+        "images": b"".join(record.images),
+    }
 
 
 def decode_record(item: Mapping[str, Any]) -> StudyRecord:
     meta = json.loads(item["meta"])
     blob, images, start = bytes(item["images"]), [], 0
     for size in meta["sizes"]:
-        images.append(blob[start:start + int(size)])
+        images.append(blob[start : start + int(size)])
         start += int(size)
     labels = item["labels"]
     labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    return StudyRecord(index=int(item["index"]), study_id=str(item["study_id"]), subject_id=str(item["subject_id"]),
-                       images=images, views=list(meta["views"]), findings=meta["findings"],
-                       impression=meta["impression"], labels=labels.astype(np.float32, copy=False))
+    return StudyRecord(
+        index=int(item["index"]),
+        study_id=str(item["study_id"]),
+        subject_id=str(item["subject_id"]),
+        images=images,
+        views=list(meta["views"]),
+        findings=meta["findings"],
+        impression=meta["impression"],
+        labels=labels.astype(np.float32, copy=False),
+    )
 
 
 def _shard_item(tasks: list[tuple], position: int) -> dict[str, Any]:
@@ -182,8 +198,18 @@ def _shard_item(tasks: list[tuple], position: int) -> dict[str, Any]:
     for path in paths:
         with open(path, "rb") as f:
             images.append(f.read())
-    return encode_record(StudyRecord(index, study_id, subject_id, images, list(views), findings, impression,
-                                     np.array([np.nan if v is None else v for v in labels], dtype=np.float32)))
+    return encode_record(
+        StudyRecord(
+            index,
+            study_id,
+            subject_id,
+            images,
+            list(views),
+            findings,
+            impression,
+            np.array([np.nan if v is None else v for v in labels], dtype=np.float32),
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -191,8 +217,17 @@ def _decode(data: bytes) -> np.ndarray | None:
     return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
 
 
-def sample_record(record: StudyRecord, epoch: int, *, transform: A.Compose, text_sampler: TextViewSampler,
-                  num_image_views: int, train: bool, seed: int, source: str = "shards") -> StudySample:
+def sample_record(
+    record: StudyRecord,
+    epoch: int,
+    *,
+    transform: A.Compose,
+    text_sampler: TextViewSampler,
+    num_image_views: int,
+    train: bool,
+    seed: int,
+    source: str = "shards",
+) -> StudySample:
     """The :class:`StudySample` of a record, drawn as :class:`~cxr_vlp.data.dataset.StudyDataset` draws it for
     the same study row and epoch: one generator per (seed, epoch, row) in training, per (seed, row) in evaluation,
     which also reseeds the augmentation pipeline, then the image choice, the transforms and the text views."""
@@ -211,8 +246,7 @@ def sample_record(record: StudyRecord, epoch: int, *, transform: A.Compose, text
             if j not in decoded:
                 decoded[j] = _decode(record.images[j])
                 if decoded[j] is None:
-                    log.warning("%s: image %d of study %s cannot be decoded; using another", source, j,
-                                record.study_id)
+                    log.warning("%s: image %d of study %s cannot be decoded; using another", source, j, record.study_id)
             if decoded[j] is not None:
                 images.append(decoded[j])
                 break
@@ -220,8 +254,14 @@ def sample_record(record: StudyRecord, epoch: int, *, transform: A.Compose, text
             raise OSError(f"{source}: no image of study {record.study_id} can be decoded")
     tensors = torch.stack([transform(image=img)["image"] for img in images])
     texts = text_sampler.sample(record.findings, record.impression, rng, train=train)
-    return StudySample(images=tensors, texts=texts, labels=torch.from_numpy(np.array(record.labels)),
-                       study_id=record.study_id, subject_id=record.subject_id, index=record.index)
+    return StudySample(
+        images=tensors,
+        texts=texts,
+        labels=torch.from_numpy(np.array(record.labels)),
+        study_id=record.study_id,
+        subject_id=record.subject_id,
+        index=record.index,
+    )
 
 
 @dataclass
@@ -235,8 +275,16 @@ class SampleSpec:
     seed: int
 
     def __call__(self, record: StudyRecord, epoch: int, source: str) -> StudySample:
-        return sample_record(record, epoch, transform=self.transform, text_sampler=self.text_sampler,
-                             num_image_views=self.num_image_views, train=self.train, seed=self.seed, source=source)
+        return sample_record(
+            record,
+            epoch,
+            transform=self.transform,
+            text_sampler=self.text_sampler,
+            num_image_views=self.num_image_views,
+            train=self.train,
+            seed=self.seed,
+            source=source,
+        )
 
 
 class StudyStream(StreamingDataset):
@@ -244,10 +292,25 @@ class StudyStream(StreamingDataset):
     shuffles them per epoch; the sample of a study is drawn per (study, epoch) as in the map-style dataset.
     litdata counts epochs from 1 (:attr:`current_epoch`); the training epoch is one less."""
 
-    def __init__(self, input_dir: str, spec: SampleSpec, *, shuffle: bool, seed: int, drop_last: bool,
-                 storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None) -> None:
-        super().__init__(input_dir, cache_dir=cache_dir, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                         storage_options=dict(storage_options) if storage_options else None)
+    def __init__(
+        self,
+        input_dir: str,
+        spec: SampleSpec,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            input_dir,
+            cache_dir=cache_dir,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            storage_options=dict(storage_options) if storage_options else None,
+        )
         self.spec = spec
         self.location = input_dir
 
@@ -267,10 +330,19 @@ class ShardStudyDataset(Dataset):
     """A split's shards in their written order (position ``i`` is the ``i``-th study of the split that has an
     image), map-style: evaluation loaders, the evaluation suite's random access, Lightning's DistributedSampler."""
 
-    def __init__(self, input_dir: str, spec: SampleSpec, storage_options: Mapping[str, Any] | None = None,
-                 cache_dir: str | None = None) -> None:
-        self.stream = StreamingDataset(input_dir, cache_dir=cache_dir, shuffle=False,
-                                       storage_options=dict(storage_options) if storage_options else None)
+    def __init__(
+        self,
+        input_dir: str,
+        spec: SampleSpec,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.stream = StreamingDataset(
+            input_dir,
+            cache_dir=cache_dir,
+            shuffle=False,
+            storage_options=dict(storage_options) if storage_options else None,
+        )
         self.spec = spec
         self.location = input_dir
         self._length = len(self.stream)
@@ -299,8 +371,15 @@ class StudyStreamLoader(StreamingDataLoader):
     assignment and skips the consumed samples.
     """
 
-    def __init__(self, dataset: StudyStream, *, batch_size: int, num_workers: int,
-                 position: Callable[[], dict[str, int]] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: StudyStream,
+        *,
+        batch_size: int,
+        num_workers: int,
+        position: Callable[[], dict[str, int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=True, **kwargs)
         self.position = position
 
@@ -322,8 +401,12 @@ class StudyStreamLoader(StreamingDataLoader):
             self.dataset._state_dict = saved
         dataset_state["current_epoch"] = epoch
         batches = samples // int(self.batch_size)
-        return {"dataset": dataset_state, "current_epoch": epoch, "num_samples_yielded": samples,
-                "latest_worker_idx": (batches - 1) % workers if batches else 0}
+        return {
+            "dataset": dataset_state,
+            "current_epoch": epoch,
+            "num_samples_yielded": samples,
+            "latest_worker_idx": (batches - 1) % workers if batches else 0,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         position = self._position()
@@ -335,8 +418,10 @@ class StudyStreamLoader(StreamingDataLoader):
     def apply_position(self, position: TrainPosition) -> None:
         """Start the next ``iter()`` at the first batch not yet taken (idempotent)."""
         if position.batch_size and position.batch_size != int(self.batch_size):
-            raise ValueError(f"the checkpoint's training loader had batch_size={position.batch_size}, this run has "
-                             f"data.batch_size={self.batch_size}: resuming needs the same batch size")
+            raise ValueError(
+                f"the checkpoint's training loader had batch_size={position.batch_size}, this run has "
+                f"data.batch_size={self.batch_size}: resuming needs the same batch size"
+            )
         state = self.litdata_state(position)
         if state["num_samples_yielded"] == 0:
             # the epoch has not started: the next iter() opens litdata epoch `current_epoch + 1`
@@ -361,8 +446,13 @@ class ShardSummary:
     splits: dict[str, dict[str, int]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": self.out, "dataset": self.dataset, "split_fingerprint": self.split_fingerprint,
-                "image_size": self.image_size, "splits": self.splits}
+        return {
+            "out": self.out,
+            "dataset": self.dataset,
+            "split_fingerprint": self.split_fingerprint,
+            "image_size": self.image_size,
+            "splits": self.splits,
+        }
 
 
 def fingerprint(split: PatientSplit) -> str:
@@ -383,11 +473,17 @@ def _studies_jsonl(table: StudyTable, assigned: np.ndarray, in_shards: np.ndarra
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
         for i in range(len(table)):
-            row = {"study_id": table.study_ids[i], "subject_id": table.subject_ids[i], "split": str(assigned[i]),
-                   "official_split": None if table.split is None else table.split[i],
-                   "findings": table.findings[i], "impression": table.impression[i],
-                   "views": list(table.view_names[i]), "labels": _label_list(table.labels[i]),
-                   "in_shards": bool(in_shards[i])}
+            row = {
+                "study_id": table.study_ids[i],
+                "subject_id": table.subject_ids[i],
+                "split": str(assigned[i]),
+                "official_split": None if table.split is None else table.split[i],
+                "findings": table.findings[i],
+                "impression": table.impression[i],
+                "views": list(table.view_names[i]),
+                "labels": _label_list(table.labels[i]),
+                "in_shards": bool(in_shards[i]),
+            }
             gz.write((json.dumps(row) + "\n").encode())
     return buf.getvalue()
 
@@ -403,8 +499,15 @@ def check_new_out(out: str, storage_options: Mapping[str, Any] | None = None) ->
     return location
 
 
-def write_shards(datamodule, out: str, cache_dir: str, size: int, chunk_bytes: str = "64MB",
-                 storage_options: Mapping[str, Any] | None = None, workers: int = 1) -> ShardSummary:
+def write_shards(
+    datamodule,
+    out: str,
+    cache_dir: str,
+    size: int,
+    chunk_bytes: str = "64MB",
+    storage_options: Mapping[str, Any] | None = None,
+    workers: int = 1,
+) -> ShardSummary:
     """Write the shards of every split of ``datamodule``'s table from the image cache ``<cache_dir>/s<size>``
     (:func:`~cxr_vlp.data.cache.build_cache` must have run). Refuses an ``out`` that already holds anything.
 
@@ -429,40 +532,95 @@ def write_shards(datamodule, out: str, cache_dir: str, size: int, chunk_bytes: s
         keep_paths.append([p for p, _ in pairs])
         keep_views.append([v for _, v in pairs])
     in_shards = np.array([bool(p) for p in keep_paths])
-    out_table = StudyTable(study_ids=table.study_ids, subject_ids=table.subject_ids, image_paths=keep_paths,
-                           view_names=keep_views, findings=table.findings, impression=table.impression,
-                           labels=table.labels, split=table.split, source=table.source, has_labels=table.has_labels,
-                           label_sources=table.label_sources)
+    out_table = StudyTable(
+        study_ids=table.study_ids,
+        subject_ids=table.subject_ids,
+        image_paths=keep_paths,
+        view_names=keep_views,
+        findings=table.findings,
+        impression=table.impression,
+        labels=table.labels,
+        split=table.split,
+        source=table.source,
+        has_labels=table.has_labels,
+        label_sources=table.label_sources,
+    )
     counts: dict[str, dict[str, int]] = {}
     for name in SPLIT_NAMES:
         rows = np.flatnonzero(assigned == name)
-        tasks = [(k, out_table.study_ids[i], out_table.subject_ids[i], out_table.image_paths[i],
-                  out_table.view_names[i], out_table.findings[i], out_table.impression[i],
-                  _label_list(out_table.labels[i])) for k, i in enumerate(rows) if in_shards[i]]
-        counts[name] = {"studies": len(tasks), "images": sum(len(t[3]) for t in tasks),
-                        "subjects": len({t[2] for t in tasks}), "dropped": int(len(rows) - len(tasks))}
+        tasks = [
+            (
+                k,
+                out_table.study_ids[i],
+                out_table.subject_ids[i],
+                out_table.image_paths[i],
+                out_table.view_names[i],
+                out_table.findings[i],
+                out_table.impression[i],
+                _label_list(out_table.labels[i]),
+            )
+            for k, i in enumerate(rows)
+            if in_shards[i]
+        ]
+        counts[name] = {
+            "studies": len(tasks),
+            "images": sum(len(t[3]) for t in tasks),
+            "subjects": len({t[2] for t in tasks}),
+            "dropped": int(len(rows) - len(tasks)),
+        }
         if counts[name]["dropped"]:
-            log.warning("%s: %d %s studies have no cached image and are left out of the shards", datamodule.name,
-                        counts[name]["dropped"], name)
+            log.warning(
+                "%s: %d %s studies have no cached image and are left out of the shards",
+                datamodule.name,
+                counts[name]["dropped"],
+                name,
+            )
         if not tasks:
             continue
-        log.info("%s: writing %d %s studies (%d images) into %s", datamodule.name, len(tasks), name,
-                 counts[name]["images"], join(out, name))
-        optimize(fn=functools.partial(_shard_item, tasks), inputs=list(range(len(tasks))), output_dir=join(out, name),
-                 chunk_bytes=chunk_bytes,
-                 num_workers=max(1, int(workers)), reorder_files=False, keep_data_ordered=True,
-                 storage_options=dict(storage_options or {}), verbose=False, start_method=_START_METHOD)
+        log.info(
+            "%s: writing %d %s studies (%d images) into %s",
+            datamodule.name,
+            len(tasks),
+            name,
+            counts[name]["images"],
+            join(out, name),
+        )
+        optimize(
+            fn=functools.partial(_shard_item, tasks),
+            inputs=list(range(len(tasks))),
+            output_dir=join(out, name),
+            chunk_bytes=chunk_bytes,
+            num_workers=max(1, int(workers)),
+            reorder_files=False,
+            keep_data_ordered=True,
+            storage_options=dict(storage_options or {}),
+            verbose=False,
+            start_method=_START_METHOD,
+        )
     location.write(STUDIES_FILE, _studies_jsonl(table, assigned, in_shards))
     with tempfile.TemporaryDirectory() as tmp:
         split.to_json(Path(tmp) / SPLIT_FILE)
         location.write(SPLIT_FILE, (Path(tmp) / SPLIT_FILE).read_bytes())
-    manifest = {"format": FORMAT_VERSION, "dataset": datamodule.name, "split_fingerprint": fingerprint(split),
-                "image_size": int(size), "splits": counts, "has_labels": bool(table.has_labels),
-                "label_sources": dict(table.label_sources), "has_official_split": table.split is not None,
-                "source": table.source, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "dataset": datamodule.name,
+        "split_fingerprint": fingerprint(split),
+        "image_size": int(size),
+        "splits": counts,
+        "has_labels": bool(table.has_labels),
+        "label_sources": dict(table.label_sources),
+        "has_official_split": table.split is not None,
+        "source": table.source,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     location.write(MANIFEST, json.dumps(manifest, indent=1).encode())
-    return ShardSummary(out=str(out), dataset=datamodule.name, split_fingerprint=manifest["split_fingerprint"],
-                        image_size=int(size), splits=counts)
+    return ShardSummary(
+        out=str(out),
+        dataset=datamodule.name,
+        split_fingerprint=manifest["split_fingerprint"],
+        image_size=int(size),
+        splits=counts,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -480,8 +638,10 @@ class ShardSet:
         self.location = Location(self.root, self.storage_options)
         self.manifest_path = join(self.root, MANIFEST)
         if not self.location.exists(MANIFEST):
-            raise ShardFormatError(f"{self.manifest_path} not found: {self.root} is not a complete shard folder "
-                                   "(python -m cxr_vlp.prepare format=litdata out=... writes the manifest last)")
+            raise ShardFormatError(
+                f"{self.manifest_path} not found: {self.root} is not a complete shard folder "
+                "(python -m cxr_vlp.prepare format=litdata out=... writes the manifest last)"
+            )
         try:
             self.manifest = json.loads(self.location.read(MANIFEST))
         except json.JSONDecodeError as err:
@@ -491,8 +651,10 @@ class ShardSet:
         if missing:
             raise ShardFormatError(f"{self.manifest_path}: missing key(s) {missing}")
         if self.manifest["format"] != FORMAT_VERSION:
-            raise ShardFormatError(f"{self.manifest_path}: shard format {self.manifest['format']}, this version reads "
-                                   f"format {FORMAT_VERSION}: write the shards again")
+            raise ShardFormatError(
+                f"{self.manifest_path}: shard format {self.manifest['format']}, this version reads "
+                f"format {FORMAT_VERSION}: write the shards again"
+            )
         self.split = self._read_split()
         self.table, self.assigned = self._read_table()
 
@@ -525,16 +687,23 @@ class ShardSet:
             PatientSplit(**groups)  # a subject in two splits' shards
         except ValueError as err:
             raise type(err)(f"{source}: {err}") from err
-        labels = np.array([[np.nan if v is None else v for v in row["labels"]] for row in rows],
-                          dtype=np.float32).reshape(len(rows), NUM_LABELS)
+        labels = np.array(
+            [[np.nan if v is None else v for v in row["labels"]] for row in rows], dtype=np.float32
+        ).reshape(len(rows), NUM_LABELS)
         has_official = bool(self.manifest.get("has_official_split"))
         table = StudyTable(
-            study_ids=[str(r["study_id"]) for r in rows], subject_ids=[str(r["subject_id"]) for r in rows],
-            image_paths=paths, view_names=[list(r["views"]) for r in rows],
-            findings=[r["findings"] for r in rows], impression=[r["impression"] for r in rows], labels=labels,
-            split=[r["official_split"] for r in rows] if has_official else None, source=source,
+            study_ids=[str(r["study_id"]) for r in rows],
+            subject_ids=[str(r["subject_id"]) for r in rows],
+            image_paths=paths,
+            view_names=[list(r["views"]) for r in rows],
+            findings=[r["findings"] for r in rows],
+            impression=[r["impression"] for r in rows],
+            labels=labels,
+            split=[r["official_split"] for r in rows] if has_official else None,
+            source=source,
             has_labels=bool(self.manifest.get("has_labels", True)),
-            label_sources={k: v for k, v in (self.manifest.get("label_sources") or {}).items() if k in CHEXPERT_LABELS})
+            label_sources={k: v for k, v in (self.manifest.get("label_sources") or {}).items() if k in CHEXPERT_LABELS},
+        )
         return table, np.array([r["split"] for r in rows], dtype=str)
 
     @property
@@ -554,12 +723,15 @@ class ShardSet:
             raise ShardFormatError(
                 f"{self.manifest_path}: the shards were cut from the patient split {theirs}, this run's split is "
                 f"{mine} (check data.split_seed / data.split_fractions / data.use_official_split / "
-                "data.keep_official against the prepare run, or write the shards again)")
+                "data.keep_official against the prepare run, or write the shards again)"
+            )
 
     def check_dataset(self, name: str) -> None:
         if str(self.manifest["dataset"]) != str(name):
-            raise ShardFormatError(f"{self.manifest_path}: the shards hold the dataset {self.manifest['dataset']!r}, "
-                                   f"this run's data.name is {name!r}")
+            raise ShardFormatError(
+                f"{self.manifest_path}: the shards hold the dataset {self.manifest['dataset']!r}, "
+                f"this run's data.name is {name!r}"
+            )
 
 
 def iter_records(dataset: ShardStudyDataset) -> Iterator[StudyRecord]:

@@ -24,8 +24,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cxr_vlp.data.datamodule import SPLITS, CXRDataModule
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.table import StudyTable
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.utils.config import config_dir
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,12 @@ def table_summary(table: StudyTable) -> dict[str, Any]:
     for j, name in enumerate(CHEXPERT_LABELS):
         col = labels[:, j] if len(table) else np.empty(0, dtype=np.float32)
         pos, neg = int((col == 1).sum()), int((col == 0).sum())
-        per_label[name] = {"positive": pos, "negative": neg, "unknown": int(np.isnan(col).sum()),
-                           "prevalence": round(pos / (pos + neg), 4) if pos + neg else None}
+        per_label[name] = {
+            "positive": pos,
+            "negative": neg,
+            "unknown": int(np.isnan(col).sum()),
+            "prevalence": round(pos / (pos + neg), 4) if pos + neg else None,
+        }
     return {
         "studies": len(table),
         "images": int(sum(len(p) for p in table.image_paths)),
@@ -68,9 +72,11 @@ def summarize(datamodule: CXRDataModule) -> dict[str, Any]:
         "label_sources": dict(first.label_sources) if first.has_labels else None,
         "labels_from_text": first.labels_from_text(),
         "splits": {name: table_summary(tables[name]) for name in SPLITS},
-        "total": {"studies": sum(len(t) for t in tables.values()),
-                  "images": sum(sum(len(p) for p in t.image_paths) for t in tables.values()),
-                  "subjects": len({s for t in tables.values() for s in t.subject_ids})},
+        "total": {
+            "studies": sum(len(t) for t in tables.values()),
+            "images": sum(sum(len(p) for p in t.image_paths) for t in tables.values()),
+            "subjects": len({s for t in tables.values() for s in t.subject_ids}),
+        },
         "leaked_subjects": leaked_subjects(tables),
     }
 

@@ -132,8 +132,9 @@ class StudyTable:
         return [t for pair in zip(self.findings, self.impression) for t in pair if t]
 
 
-def _csv_labels(csv_path: Path, df: pd.DataFrame, mode: str, texts: list[str | None],
-                label_cache: str | Path | None) -> tuple[np.ndarray, dict[str, str]]:
+def _csv_labels(
+    csv_path: Path, df: pd.DataFrame, mode: str, texts: list[str | None], label_cache: str | Path | None
+) -> tuple[np.ndarray, dict[str, str]]:
     """Raw labels ``[n, 14]`` (1 / 0 / -1 / NaN) and their sources under ``mode`` (see the module docstring)."""
     raw = np.full((len(df), NUM_LABELS), np.nan, dtype=np.float32)
     present = [c for c in CHEXPERT_LABELS if c in df.columns]
@@ -161,8 +162,7 @@ def _csv_labels(csv_path: Path, df: pd.DataFrame, mode: str, texts: list[str | N
         if missing:
             log.warning("%s: label columns %s absent; treated as unknown", csv_path, missing)
         return raw, dict.fromkeys(CHEXPERT_LABELS, "given")
-    log.info("%s: no label columns; all 14 labels are derived from the report text (data.reader.labels=auto)",
-             csv_path)
+    log.info("%s: no label columns; all 14 labels are derived from the report text (data.reader.labels=auto)", csv_path)
     raw, stats = derive_raw_labels(texts, label_cache)
     log_stats(str(csv_path), stats)
     return raw, dict.fromkeys(CHEXPERT_LABELS, "text")
@@ -196,9 +196,11 @@ def read_generic_csv(
         raise ValueError(f"{csv_path}: missing required column(s) {missing}; found {list(df.columns)}")
     absent_labels = [c for c in CHEXPERT_LABELS if c not in df.columns]
     if labels == "given" and absent_labels:
-        raise ValueError(f"{csv_path}: data.reader.labels=given needs the 14 CheXpert label columns; missing "
-                         f"{absent_labels} (data.reader.labels=auto derives absent ones from the report text, "
-                         "data.reader.labels=none trains without labels)")
+        raise ValueError(
+            f"{csv_path}: data.reader.labels=given needs the 14 CheXpert label columns; missing "
+            f"{absent_labels} (data.reader.labels=auto derives absent ones from the report text, "
+            "data.reader.labels=none trains without labels)"
+        )
     root = Path(image_root) if image_root is not None else csv_path.parent
 
     image_paths: list[list[str]] = []
@@ -209,9 +211,7 @@ def read_generic_csv(
         if not paths:
             raise ValueError(f"{csv_path}: row {row} (study {df['study_id'].iloc[row - 1]}): empty image_paths")
         if views and len(views) != len(paths):
-            raise ValueError(
-                f"{csv_path}: row {row}: {len(paths)} image_paths but {len(views)} view_names"
-            )
+            raise ValueError(f"{csv_path}: row {row}: {len(paths)} image_paths but {len(views)} view_names")
         resolved = [str(p if Path(p).is_absolute() else root / p) for p in paths]
         if check_files:
             absent = [p for p in resolved if not Path(p).is_file()]

@@ -20,24 +20,30 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from cxr_vlp.utils.hub import resolve_hf_model
-from cxr_vlp.utils.files import chmod_like_new_file
 from cxr_vlp.data.wordpiece_vocab import learn_wordpiece_vocab
+from cxr_vlp.utils.files import chmod_like_new_file
+from cxr_vlp.utils.hub import resolve_hf_model
 
 log = logging.getLogger(__name__)
 # part of the tokenizer cache key: change it whenever train_wordpiece changes what it builds, so that tokenizers
 # cached by another algorithm are not reused
 TOKENIZER_FORMAT = "wordpiece-deterministic-v1"
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                  "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
-def _word_counts(normalizer: normalizers.Normalizer, pre_tokenizer: pre_tokenizers.PreTokenizer,
-                 texts: Iterable[str]) -> Counter[str]:
+def _word_counts(
+    normalizer: normalizers.Normalizer, pre_tokenizer: pre_tokenizers.PreTokenizer, texts: Iterable[str]
+) -> Counter[str]:
     """Occurrences of each word of ``texts`` as ``normalizer`` and ``pre_tokenizer`` split them."""
     counts: Counter[str] = Counter()
     for i, text in enumerate(texts):
@@ -47,8 +53,9 @@ def _word_counts(normalizer: normalizers.Normalizer, pre_tokenizer: pre_tokenize
     return counts
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2,
-                    lowercase: bool = True) -> PreTrainedTokenizerFast:
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2, lowercase: bool = True
+) -> PreTrainedTokenizerFast:
     """Train a BERT-style WordPiece tokenizer (``[CLS] text [SEP]``) on ``texts``.
 
     The vocabulary is learnt by :func:`~cxr_vlp.data.wordpiece_vocab.learn_wordpiece_vocab` (the ``tokenizers``
@@ -58,24 +65,36 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, min_frequency:
     normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, strip_accents=lowercase)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = list(SPECIAL_TOKENS.values())
-    vocab = learn_wordpiece_vocab(_word_counts(normalizer, pre_tokenizer, texts), vocab_size=vocab_size,
-                                  min_frequency=min_frequency, special_tokens=specials)
-    tok = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(vocab)},
-                                     unk_token=SPECIAL_TOKENS["unk_token"], continuing_subword_prefix="##",
-                                     max_input_chars_per_word=100))
+    vocab = learn_wordpiece_vocab(
+        _word_counts(normalizer, pre_tokenizer, texts),
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+    )
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab={token: i for i, token in enumerate(vocab)},
+            unk_token=SPECIAL_TOKENS["unk_token"],
+            continuing_subword_prefix="##",
+            max_input_chars_per_word=100,
+        )
+    )
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer
     tok.add_special_tokens(specials)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     tok.decoder = decoders.WordPiece()
     return _wrap(tok)
 
 
-def cached_wordpiece(texts: Iterable[str], cache_dir: str | Path, vocab_size: int = 4000, min_frequency: int = 2,
-                     lowercase: bool = True) -> PreTrainedTokenizerFast:
+def cached_wordpiece(
+    texts: Iterable[str], cache_dir: str | Path, vocab_size: int = 4000, min_frequency: int = 2, lowercase: bool = True
+) -> PreTrainedTokenizerFast:
     """:func:`train_wordpiece`, trained once per (texts, settings) and kept in ``cache_dir/<sha1>.json``.
 
     Training is deterministic, so the cache saves time rather than deciding the vocabulary: every run on the same
@@ -115,17 +134,25 @@ def tokenizer_from_json(data: str) -> PreTrainedTokenizerFast:
     return _wrap(Tokenizer.from_str(data))
 
 
-def build_tokenizer(kind: str, train_texts: Iterable[str] | None = None, name_or_path: str | None = None,
-                    vocab_size: int = 4000, min_frequency: int = 2, lowercase: bool = True,
-                    allow_download: bool = True, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+def build_tokenizer(
+    kind: str,
+    train_texts: Iterable[str] | None = None,
+    name_or_path: str | None = None,
+    vocab_size: int = 4000,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    allow_download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> PreTrainedTokenizerBase:
     """``kind="wordpiece"``: train on ``train_texts`` (once per texts and settings if ``cache_dir`` is given, see
     :func:`cached_wordpiece`); ``kind="pretrained"``: load ``name_or_path``."""
     if kind == "wordpiece":
         if train_texts is None:
             raise ValueError("a local WordPiece tokenizer needs the training report texts")
         if cache_dir is not None:
-            return cached_wordpiece(train_texts, cache_dir, vocab_size=vocab_size, min_frequency=min_frequency,
-                                    lowercase=lowercase)
+            return cached_wordpiece(
+                train_texts, cache_dir, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase
+            )
         return train_wordpiece(train_texts, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
     if kind == "pretrained":
         if not name_or_path:

@@ -48,15 +48,21 @@ def build_transforms(cfg: TransformConfig, train: bool) -> A.Compose:
             [A.SmallestMaxSize(max_size=cfg.image_size, interpolation=cv2.INTER_AREA), A.CenterCrop(*size), *tail]
         )
     steps: list[A.BasicTransform] = [
-        A.RandomResizedCrop(size=size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
-                            interpolation=cv2.INTER_AREA),
+        A.RandomResizedCrop(
+            size=size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio), interpolation=cv2.INTER_AREA
+        ),
         A.CLAHE(clip_limit=cfg.clahe_clip_limit, tile_grid_size=(8, 8), p=cfg.clahe_p),
-        A.RandomBrightnessContrast(brightness_limit=cfg.brightness_limit, contrast_limit=cfg.contrast_limit,
-                                   p=cfg.brightness_contrast_p),
-        A.Affine(scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
-                 translate_percent=(-cfg.translate, cfg.translate),
-                 rotate=(-cfg.rotate_limit, cfg.rotate_limit), border_mode=cv2.BORDER_CONSTANT, fill=0,
-                 p=cfg.affine_p),
+        A.RandomBrightnessContrast(
+            brightness_limit=cfg.brightness_limit, contrast_limit=cfg.contrast_limit, p=cfg.brightness_contrast_p
+        ),
+        A.Affine(
+            scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+            translate_percent=(-cfg.translate, cfg.translate),
+            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            p=cfg.affine_p,
+        ),
     ]
     if cfg.hflip_p > 0:
         steps.append(A.HorizontalFlip(p=cfg.hflip_p))

@@ -53,11 +53,16 @@ def initial_symbols(word: str, prefix: str = "##") -> list[str]:
 def merged_token(pair: Pair, prefix: str = "##") -> str:
     """The token a merge of ``pair`` makes: the left symbol followed by the right one without ``prefix``."""
     a, b = pair
-    return a + (b[len(prefix):] if b.startswith(prefix) else b)
+    return a + (b[len(prefix) :] if b.startswith(prefix) else b)
 
 
-def learn_wordpiece_vocab(word_counts: Mapping[str, int], vocab_size: int, min_frequency: int,
-                          special_tokens: Sequence[str], prefix: str = "##") -> list[str]:
+def learn_wordpiece_vocab(
+    word_counts: Mapping[str, int],
+    vocab_size: int,
+    min_frequency: int,
+    special_tokens: Sequence[str],
+    prefix: str = "##",
+) -> list[str]:
     """The vocabulary, in id order, learnt from ``word_counts`` (pre-tokenised word -> occurrences).
 
     The result holds every special token and every character seen even where these alone exceed ``vocab_size``

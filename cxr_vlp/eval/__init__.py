@@ -1,1 +1,2 @@
-"""Evaluation suite: retrieval, zero-shot, probes, uncertainty, concepts, figures and the report (metrics in cxr_vlp.metrics)."""
+"""Evaluation suite: retrieval, zero-shot, probes, uncertainty, concepts, figures and the report (metrics in
+cxr_vlp.metrics)."""

@@ -47,7 +47,7 @@ def expand_model_override(args: Sequence[str]) -> list[str]:
     out = []
     for arg in args:
         bare = arg.lstrip("+")
-        out.append("model_source.spec=" + bare[len(MODEL_SHORTHAND):] if bare.startswith(MODEL_SHORTHAND) else arg)
+        out.append("model_source.spec=" + bare[len(MODEL_SHORTHAND) :] if bare.startswith(MODEL_SHORTHAND) else arg)
     return out
 
 
@@ -79,8 +79,9 @@ def load_eval_model(cfg: DictConfig, evaluation: dict[str, Any]) -> tuple[ImageT
         model = load_model(str(spec), device=device, dtype=dtype, batch_size=batch_size, **_source_options(cfg))
         source = str(spec)
     else:
-        raise ValueError("no model to evaluate: give ckpt_path=<file.ckpt> (a cxr_vlp checkpoint) or model=<spec> "
-                         "(docs/models.md)")
+        raise ValueError(
+            "no model to evaluate: give ckpt_path=<file.ckpt> (a cxr_vlp checkpoint) or model=<spec> (docs/models.md)"
+        )
     if not isinstance(model, CXRModel):
         return model, source, None
     _require_contrastive(model.kind, source)
@@ -89,9 +90,11 @@ def load_eval_model(cfg: DictConfig, evaluation: dict[str, Any]) -> tuple[ImageT
 
 def _require_contrastive(kind: str, source: str) -> None:
     if kind != "contrastive":
-        raise ValueError(f"{source} is a {kind} checkpoint: the evaluation suite scores contrastive models "
-                         "(report generation is scored by its own test: `python -m cxr_vlp.train "
-                         "+experiment=reportgen_demo ...`; single reports: `python -m cxr_vlp.generate`)")
+        raise ValueError(
+            f"{source} is a {kind} checkpoint: the evaluation suite scores contrastive models "
+            "(report generation is scored by its own test: `python -m cxr_vlp.train "
+            "+experiment=reportgen_demo ...`; single reports: `python -m cxr_vlp.generate`)"
+        )
 
 
 def eval_tasks(evaluation: dict[str, Any], datamodule) -> list[str]:
@@ -115,8 +118,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     elif saved_data is not None:
         data_cfg = saved_data
     else:
-        raise ValueError(f"model={source} is not a cxr_vlp checkpoint, so it carries no data config: name the data "
-                         "to evaluate on, e.g. data=chexpert data.root=/path/to/CheXpert-v1.0-small")
+        raise ValueError(
+            f"model={source} is not a cxr_vlp checkpoint, so it carries no data config: name the data "
+            "to evaluate on, e.g. data=chexpert data.root=/path/to/CheXpert-v1.0-small"
+        )
     datamodule = instantiate(OmegaConf.create(data_cfg), tokenizer=None)
     if isinstance(model, CXRModel):
         datamodule.use_tokenizer(model.tokenizer)
@@ -124,8 +129,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("test")
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None and "_target_" in v]
     output_dir = Path(cfg.paths.output_dir)
-    evaluator = Evaluator(model, datamodule, evaluation, output_dir, ckpt_path=source, data_cfg=data_cfg,
-                          credentialed=bool(data_cfg.get("credentialed", False)), loggers=loggers)
+    evaluator = Evaluator(
+        model,
+        datamodule,
+        evaluation,
+        output_dir,
+        ckpt_path=source,
+        data_cfg=data_cfg,
+        credentialed=bool(data_cfg.get("credentialed", False)),
+        loggers=loggers,
+    )
     result = evaluator.run(eval_tasks(evaluation, datamodule))
     print_report(output_dir / "report.md")
     return result.metrics

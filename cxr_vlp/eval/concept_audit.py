@@ -50,9 +50,9 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.text.labeler import label_report
 from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING
-from cxr_vlp.metrics.classification import auroc_per_label
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -263,11 +263,22 @@ def fit_concept_bottleneck(
         if len(grid) > 1 and math.isnan(score):
             raise ValueError("val_labels has no label with both classes known: cannot choose l2 by validation AUROC")
         if best is None or score > best_score:
-            best, best_score = ConceptBottleneck(weights, bias, mean, std, label_names, concept_names, lam,
-                                                 val_auroc=aurocs), score
+            best, best_score = (
+                ConceptBottleneck(weights, bias, mean, std, label_names, concept_names, lam, val_auroc=aurocs),
+                score,
+            )
     assert best is not None
-    return ConceptBottleneck(best.weights, best.bias, best.mean, best.std, label_names, concept_names, best.l2,
-                             val_auroc=best.val_auroc, grid_scores=grid_scores)
+    return ConceptBottleneck(
+        best.weights,
+        best.bias,
+        best.mean,
+        best.std,
+        label_names,
+        concept_names,
+        best.l2,
+        val_auroc=best.val_auroc,
+        grid_scores=grid_scores,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- explanations
@@ -340,8 +351,9 @@ class Confounder:
     rank: int
 
 
-def confounder_table(cbm: ConceptBottleneck, relevance: Any, top: int = 10,
-                     min_weight: float = 0.0) -> list[Confounder]:
+def confounder_table(
+    cbm: ConceptBottleneck, relevance: Any, top: int = 10, min_weight: float = 0.0
+) -> list[Confounder]:
     """Per label (in ``cbm.label_names`` order), the non-relevant concepts among its ``top`` largest positive
     weights, by rank. ``relevance`` is boolean ``[C, K]`` (see :func:`concept_relevance`). Weights ``≤
     min_weight`` (standardised units) are never listed, so near-zero noise weights can be left out."""

@@ -91,8 +91,9 @@ class SplitEmbeddings:
 def fingerprint(model_key: str, data_cfg: dict[str, Any], split: str, limit: int | None) -> str:
     """A key for the embedding cache: the model's :attr:`~cxr_vlp.inference.base.ImageTextModel.fingerprint`, the
     data config and the split."""
-    blob = json.dumps({"model": model_key, "data": data_cfg, "split": split, "limit": limit}, sort_keys=True,
-                      default=str)
+    blob = json.dumps(
+        {"model": model_key, "data": data_cfg, "split": split, "limit": limit}, sort_keys=True, default=str
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -103,8 +104,20 @@ def embed_split(model: ImageTextModel, datamodule, split: str, limit: int | None
     ``limit`` keeps the first ``limit`` studies (e.g. a cap on the training split for probes). ``concept_scores``
     are the model's per-study concept scores (concept heads)."""
     loader = datamodule.eval_loader(datamodule.eval_dataset(split, model.image_transform))
-    out: dict[str, list] = {k: [] for k in ("image", "text", "features", "labels", "image_logvar", "text_logvar",
-                                            "concept_scores", "study_ids", "texts")}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "image",
+            "text",
+            "features",
+            "labels",
+            "image_logvar",
+            "text_logvar",
+            "concept_scores",
+            "study_ids",
+            "texts",
+        )
+    }
     seen = 0
     for batch in loader:
         if limit is not None and seen >= limit:
@@ -112,9 +125,15 @@ def embed_split(model: ImageTextModel, datamodule, split: str, limit: int | None
         image = model.encode_pixels(batch.images[:, 0])
         texts = [t[0] for t in batch.texts]
         text = model.encode_text_embeddings(texts)
-        for key, value in (("image", image.embeddings.mean), ("text", text.mean), ("features", image.features),
-                           ("labels", batch.labels), ("image_logvar", image.embeddings.logvar),
-                           ("text_logvar", text.logvar), ("concept_scores", image.concept_scores)):
+        for key, value in (
+            ("image", image.embeddings.mean),
+            ("text", text.mean),
+            ("features", image.features),
+            ("labels", batch.labels),
+            ("image_logvar", image.embeddings.logvar),
+            ("text_logvar", text.logvar),
+            ("concept_scores", image.concept_scores),
+        ):
             if value is not None:
                 out[key].append(value.float().cpu())
         out["study_ids"].extend(batch.study_ids)
@@ -125,14 +144,28 @@ def embed_split(model: ImageTextModel, datamodule, split: str, limit: int | None
     def cat(key: str) -> Tensor | None:
         return torch.cat(out[key])[:n] if out[key] else None
 
-    return SplitEmbeddings(split=split, image=cat("image"), text=cat("text"), features=cat("features"),
-                           labels=cat("labels"), study_ids=out["study_ids"][:n], texts=out["texts"][:n],
-                           image_logvar=cat("image_logvar"), text_logvar=cat("text_logvar"),
-                           concept_scores=cat("concept_scores"))
+    return SplitEmbeddings(
+        split=split,
+        image=cat("image"),
+        text=cat("text"),
+        features=cat("features"),
+        labels=cat("labels"),
+        study_ids=out["study_ids"][:n],
+        texts=out["texts"][:n],
+        image_logvar=cat("image_logvar"),
+        text_logvar=cat("text_logvar"),
+        concept_scores=cat("concept_scores"),
+    )
 
 
-def cached_embeddings(model: ImageTextModel, datamodule, split: str, cache_dir: str | Path,
-                      data_cfg: dict[str, Any] | None = None, limit: int | None = None) -> SplitEmbeddings:
+def cached_embeddings(
+    model: ImageTextModel,
+    datamodule,
+    split: str,
+    cache_dir: str | Path,
+    data_cfg: dict[str, Any] | None = None,
+    limit: int | None = None,
+) -> SplitEmbeddings:
     """:func:`embed_split` through a file cache ``cache_dir/<split>.pt`` keyed by :func:`fingerprint` of the model,
     ``data_cfg`` (the data config the split came from), the split and ``limit``."""
     key = fingerprint(model.fingerprint, data_cfg or {}, split, limit)

@@ -134,14 +134,29 @@ def _check_hits(hit_index: Sequence[int | None], n_rows: int, k: int) -> list[in
 
 def _frame(ax, color: str, width: float) -> None:
     """Draw a rectangle around an axis (in axes coordinates)."""
-    ax.add_patch(Rectangle((0.01, 0.01), 0.98, 0.98, transform=ax.transAxes, fill=False, edgecolor=color,
-                           linewidth=width, clip_on=False))
+    ax.add_patch(
+        Rectangle(
+            (0.01, 0.01),
+            0.98,
+            0.98,
+            transform=ax.transAxes,
+            fill=False,
+            edgecolor=color,
+            linewidth=width,
+            clip_on=False,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
-def retrieval_grid(path: str | Path, query_images: Any, topk_texts: Sequence[Sequence[str]],
-                   true_texts: Sequence[str], hit_index: Sequence[int | None],
-                   title: str = "Image → text retrieval (top 5)") -> Path:
+def retrieval_grid(
+    path: str | Path,
+    query_images: Any,
+    topk_texts: Sequence[Sequence[str]],
+    true_texts: Sequence[str],
+    hit_index: Sequence[int | None],
+    title: str = "Image → text retrieval (top 5)",
+) -> Path:
     """Image→text retrieval examples: one row per query image, its top-k reports to the right.
 
     Args:
@@ -157,8 +172,10 @@ def retrieval_grid(path: str | Path, query_images: Any, topk_texts: Sequence[Seq
     if q == 0:
         raise ValueError("retrieval_grid needs at least one query")
     if len(topk_texts) != q or len(true_texts) != q:
-        raise ValueError(f"topk_texts ({len(topk_texts)}) and true_texts ({len(true_texts)}) must have one "
-                         f"entry per query image ({q})")
+        raise ValueError(
+            f"topk_texts ({len(topk_texts)}) and true_texts ({len(true_texts)}) must have one "
+            f"entry per query image ({q})"
+        )
     k = max(len(t) for t in topk_texts)
     if k == 0:
         raise ValueError("topk_texts must hold at least one retrieved report per query")
@@ -169,12 +186,21 @@ def retrieval_grid(path: str | Path, query_images: Any, topk_texts: Sequence[Seq
 
     fig = _new_figure(2.6 + 2.9 * k, 3.2 * q + 0.6)
     ratios = [r for _ in range(q) for r in (1.0, 0.22)]
-    gs = fig.add_gridspec(2 * q, k + 1, width_ratios=[1.0] + [1.12] * k, height_ratios=ratios,
-                          left=0.01, right=0.99, top=1 - 0.5 / (3.2 * q + 0.6), bottom=0.01, wspace=0.06,
-                          hspace=0.12)
+    gs = fig.add_gridspec(
+        2 * q,
+        k + 1,
+        width_ratios=[1.0] + [1.12] * k,
+        height_ratios=ratios,
+        left=0.01,
+        right=0.99,
+        top=1 - 0.5 / (3.2 * q + 0.6),
+        bottom=0.01,
+        wspace=0.06,
+        hspace=0.12,
+    )
     fig.suptitle(title, fontsize=13)
     for row in range(q):
-        ax = fig.add_subplot(gs[2 * row: 2 * row + 2, 0])
+        ax = fig.add_subplot(gs[2 * row : 2 * row + 2, 0])
         ax.imshow(_display(imgs[row]), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"query {row + 1}", fontsize=10)
         ax.set_axis_off()
@@ -186,22 +212,44 @@ def retrieval_grid(path: str | Path, query_images: Any, topk_texts: Sequence[Seq
             hit = hits[row] == j
             _frame(cell, HIT_COLOR if hit else FRAME_COLOR, 3.0 if hit else 1.0)
             head = f"#{j + 1}" + ("  ✓ true report" if hit else "")
-            cell.text(0.05, 0.95, head, transform=cell.transAxes, va="top", ha="left", fontsize=9,
-                      fontweight="bold", color=HIT_COLOR if hit else "black")
-            cell.text(0.05, 0.83, _wrap(topk_texts[row][j], 36), transform=cell.transAxes, va="top", ha="left",
-                      fontsize=8.5)
+            cell.text(
+                0.05,
+                0.95,
+                head,
+                transform=cell.transAxes,
+                va="top",
+                ha="left",
+                fontsize=9,
+                fontweight="bold",
+                color=HIT_COLOR if hit else "black",
+            )
+            cell.text(
+                0.05, 0.83, _wrap(topk_texts[row][j], 36), transform=cell.transAxes, va="top", ha="left", fontsize=8.5
+            )
         strip = fig.add_subplot(gs[2 * row + 1, 1:])
         strip.set_axis_off()
         if hits[row] is None:
-            strip.text(0.01, 0.9, "true report (not in top %d): %s" % (k, _wrap(true_texts[row], 170, 300)),
-                       transform=strip.transAxes, va="top", ha="left", fontsize=8, color=MISS_COLOR,
-                       style="italic")
+            strip.text(
+                0.01,
+                0.9,
+                "true report (not in top %d): %s" % (k, _wrap(true_texts[row], 170, 300)),
+                transform=strip.transAxes,
+                va="top",
+                ha="left",
+                fontsize=8,
+                color=MISS_COLOR,
+                style="italic",
+            )
     return _save(fig, path)
 
 
-def text_to_image_grid(path: str | Path, query_texts: Sequence[str], topk_images: Any,
-                       hit_index: Sequence[int | None],
-                       title: str = "Text → image retrieval (top 5)") -> Path:
+def text_to_image_grid(
+    path: str | Path,
+    query_texts: Sequence[str],
+    topk_images: Any,
+    hit_index: Sequence[int | None],
+    title: str = "Text → image retrieval (top 5)",
+) -> Path:
     """Text→image retrieval examples: one row per query report, its top-k images to the right.
 
     Args:
@@ -219,27 +267,47 @@ def text_to_image_grid(path: str | Path, query_texts: Sequence[str], topk_images
     hits = _check_hits(hit_index, q, k)
 
     fig = _new_figure(3.4 + 2.3 * k, 2.6 * q + 0.6)
-    gs = fig.add_gridspec(q, k + 1, width_ratios=[1.5] + [1.0] * k, left=0.01, right=0.99,
-                          top=1 - 0.55 / (2.6 * q + 0.6), bottom=0.01, wspace=0.08, hspace=0.25)
+    gs = fig.add_gridspec(
+        q,
+        k + 1,
+        width_ratios=[1.5] + [1.0] * k,
+        left=0.01,
+        right=0.99,
+        top=1 - 0.55 / (2.6 * q + 0.6),
+        bottom=0.01,
+        wspace=0.08,
+        hspace=0.25,
+    )
     fig.suptitle(title, fontsize=13)
     for row in range(q):
         cell = fig.add_subplot(gs[row, 0])
         cell.set_axis_off()
         _frame(cell, FRAME_COLOR, 1.0)
-        cell.text(0.04, 0.96, f"query {row + 1}", transform=cell.transAxes, va="top", fontsize=9,
-                  fontweight="bold")
+        cell.text(0.04, 0.96, f"query {row + 1}", transform=cell.transAxes, va="top", fontsize=9, fontweight="bold")
         cell.text(0.04, 0.86, _wrap(query_texts[row], 42, 300), transform=cell.transAxes, va="top", fontsize=7.5)
         if hits[row] is None:
-            cell.text(0.04, 0.04, f"true image not in top {k}", transform=cell.transAxes, va="bottom",
-                      fontsize=8, color=MISS_COLOR, style="italic")
+            cell.text(
+                0.04,
+                0.04,
+                f"true image not in top {k}",
+                transform=cell.transAxes,
+                va="bottom",
+                fontsize=8,
+                color=MISS_COLOR,
+                style="italic",
+            )
         for j in range(k):
             ax = fig.add_subplot(gs[row, j + 1])
             ax.imshow(_display(imgs[row, j]), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             hit = hits[row] == j
-            ax.set_title(f"#{j + 1}" + ("  ✓ true image" if hit else ""), fontsize=9,
-                         color=HIT_COLOR if hit else "black", fontweight="bold" if hit else "normal")
+            ax.set_title(
+                f"#{j + 1}" + ("  ✓ true image" if hit else ""),
+                fontsize=9,
+                color=HIT_COLOR if hit else "black",
+                fontweight="bold" if hit else "normal",
+            )
             for spine in ax.spines.values():
                 spine.set_edgecolor(HIT_COLOR if hit else FRAME_COLOR)
                 spine.set_linewidth(4.0 if hit else 0.8)
@@ -247,8 +315,7 @@ def text_to_image_grid(path: str | Path, query_texts: Sequence[str], topk_images
 
 
 # ---------------------------------------------------------------------------------------------- t-SNE
-def dominant_labels(labels: np.ndarray, label_names: Sequence[str],
-                    priority: Sequence[str] | None = None) -> list[str]:
+def dominant_labels(labels: np.ndarray, label_names: Sequence[str], priority: Sequence[str] | None = None) -> list[str]:
     """One display label per row of a ``[N, C]`` label matrix (NaN = unknown).
 
     The first label of ``priority`` that is positive (``> 0.5``), else ``"No Finding"`` when that is
@@ -274,10 +341,18 @@ def dominant_labels(labels: np.ndarray, label_names: Sequence[str],
     return out
 
 
-def tsne_figure(path: str | Path, embeddings: Any, labels: Any, label_names: Sequence[str], seed: int = 0,
-                max_points: int = 2000, dominant: Sequence[str] | None = None,
-                title: str = "t-SNE of image embeddings", method: str | None = None,
-                max_iter: int | None = None) -> Path:
+def tsne_figure(
+    path: str | Path,
+    embeddings: Any,
+    labels: Any,
+    label_names: Sequence[str],
+    seed: int = 0,
+    max_points: int = 2000,
+    dominant: Sequence[str] | None = None,
+    title: str = "t-SNE of image embeddings",
+    method: str | None = None,
+    max_iter: int | None = None,
+) -> Path:
     """2-D t-SNE of ``[N, D]`` embeddings, points coloured by each study's dominant label.
 
     At most ``max_points`` rows (a seeded random subset) are embedded with sklearn's TSNE
@@ -309,8 +384,15 @@ def tsne_figure(path: str | Path, embeddings: Any, labels: Any, label_names: Seq
     if method is None:
         method = "exact" if n <= TSNE_EXACT_MAX else "barnes_hut"
     extra = {} if max_iter is None else {"max_iter": int(max_iter)}
-    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed, learning_rate="auto",
-              method=method, **extra).fit_transform(emb.astype(np.float32))
+    xy = TSNE(
+        n_components=2,
+        init="pca",
+        perplexity=perplexity,
+        random_state=seed,
+        learning_rate="auto",
+        method=method,
+        **extra,
+    ).fit_transform(emb.astype(np.float32))
     groups = np.array(dominant_labels(lab, label_names, dominant))
 
     order = [g for g in dict.fromkeys([*(dominant or DEFAULT_DOMINANT_LABELS), NO_FINDING_NAME]) if g in groups]
@@ -328,8 +410,16 @@ def tsne_figure(path: str | Path, embeddings: Any, labels: Any, label_names: Seq
         else:
             colour = palette[colour_i % len(palette)]
             colour_i += 1
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=10 if n > 500 else 22, c=colour, alpha=0.75, linewidths=0,
-                   label=f"{g} ({int(mask.sum())})", zorder=1 if g == OTHER_NAME else 2)
+        ax.scatter(
+            xy[mask, 0],
+            xy[mask, 1],
+            s=10 if n > 500 else 22,
+            c=colour,
+            alpha=0.75,
+            linewidths=0,
+            label=f"{g} ({int(mask.sum())})",
+            zorder=1 if g == OTHER_NAME else 2,
+        )
     ax.set_title(f"{title} (n={n}, perplexity {perplexity:.1f})", fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -352,8 +442,10 @@ def _curve_fields(curve: Any, i: int) -> tuple[str, np.ndarray, np.ndarray, floa
         try:
             name, fpr, tpr, auc, point = curve
         except (TypeError, ValueError) as err:
-            raise ValueError(f"curves[{i}] must be (name, fpr, tpr, auc, youden_point | None) or a RocCurve, "
-                             f"got {type(curve).__name__}") from err
+            raise ValueError(
+                f"curves[{i}] must be (name, fpr, tpr, auc, youden_point | None) or a RocCurve, "
+                f"got {type(curve).__name__}"
+            ) from err
     fpr_a, tpr_a = _to_numpy(fpr, f"curves[{i}].fpr").ravel(), _to_numpy(tpr, f"curves[{i}].tpr").ravel()
     if fpr_a.shape != tpr_a.shape:
         raise ValueError(f"curves[{i}] ({name}): fpr {fpr_a.shape} and tpr {tpr_a.shape} differ in length")
@@ -364,8 +456,7 @@ def _curve_fields(curve: Any, i: int) -> tuple[str, np.ndarray, np.ndarray, floa
     return str(name), fpr_a, tpr_a, float(auc), point
 
 
-def roc_figure(path: str | Path, curves: Sequence[Any], title: str = "ROC curves (test)",
-               ncols: int = 4) -> Path:
+def roc_figure(path: str | Path, curves: Sequence[Any], title: str = "ROC curves (test)", ncols: int = 4) -> Path:
     """ROC curves, one small panel per label: AUC in the panel title, the Youden operating point marked,
     the chance diagonal dashed.
 
@@ -387,8 +478,15 @@ def roc_figure(path: str | Path, curves: Sequence[Any], title: str = "ROC curves
         else:
             ax.text(0.5, 0.5, "undefined", ha="center", va="center", color=MISS_COLOR, transform=ax.transAxes)
         if point is not None:
-            ax.plot([point[0]], [point[1]], marker="o", markersize=6, color="C3", linestyle="none",
-                    label=f"operating point ({point[0]:.2f}, {point[1]:.2f})")
+            ax.plot(
+                [point[0]],
+                [point[1]],
+                marker="o",
+                markersize=6,
+                color="C3",
+                linestyle="none",
+                label=f"operating point ({point[0]:.2f}, {point[1]:.2f})",
+            )
             ax.legend(loc="lower right", fontsize=6.5, frameon=False)
         auc_text = f"AUC {auc:.3f}" if math.isfinite(auc) else "AUC n/a"
         ax.set_title(f"{name}\n{auc_text}", fontsize=9)
@@ -403,8 +501,16 @@ def roc_figure(path: str | Path, curves: Sequence[Any], title: str = "ROC curves
 
 
 # ---------------------------------------------------------------------------------------------- uncertainty
-def uncertainty_figure(path: str | Path, bin_mean_uncertainty: Any, bin_recall: Any, coverage: Any, risk: Any,
-                       aurc: float, k: int = 1, title: str = "Uncertainty calibration (image → text)") -> Path:
+def uncertainty_figure(
+    path: str | Path,
+    bin_mean_uncertainty: Any,
+    bin_recall: Any,
+    coverage: Any,
+    risk: Any,
+    aurc: float,
+    k: int = 1,
+    title: str = "Uncertainty calibration (image → text)",
+) -> Path:
     """Two panels: R@k per uncertainty bin (bars, least uncertain first) and the risk–coverage curve.
 
     ``bin_mean_uncertainty`` / ``bin_recall``: ``[n_bins]`` (deciles: 10); ``coverage`` / ``risk``: ``[N]``;
@@ -437,8 +543,13 @@ def uncertainty_figure(path: str | Path, bin_mean_uncertainty: Any, bin_recall: 
     left.grid(axis="y", alpha=0.3)
 
     right.plot(cov, rsk, color="C3", linewidth=1.6, label=f"risk (1 − R@{k}), AURC = {float(aurc):.4f}")
-    right.axhline(float(rsk[-1]), color=MISS_COLOR, linestyle="--", linewidth=0.9,
-                  label=f"full-coverage risk {float(rsk[-1]):.3f}")
+    right.axhline(
+        float(rsk[-1]),
+        color=MISS_COLOR,
+        linestyle="--",
+        linewidth=0.9,
+        label=f"full-coverage risk {float(rsk[-1]):.3f}",
+    )
     right.set_xlim(0, 1.0)
     right.set_ylim(-0.02, 1.02)
     right.set_xlabel("coverage (most certain queries kept)", fontsize=8)
@@ -450,8 +561,15 @@ def uncertainty_figure(path: str | Path, bin_mean_uncertainty: Any, bin_recall: 
 
 
 # ---------------------------------------------------------------------------------------------- Grad-CAM
-def gradcam_figure(path: str | Path, images: Any, maps: Any, titles: Sequence[str] | None = None,
-                   alpha: float = 0.45, ncols: int = 4, title: str = "Grad-CAM") -> Path:
+def gradcam_figure(
+    path: str | Path,
+    images: Any,
+    maps: Any,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.45,
+    ncols: int = 4,
+    title: str = "Grad-CAM",
+) -> Path:
     """Each image (grayscale) with its ``[H, W]`` heatmap in ``[0, 1]`` overlaid (jet, ``alpha``).
 
     ``images``: ``[B, 1, H, W]``; ``maps``: ``[B, H, W]`` (e.g. from

@@ -59,8 +59,9 @@ class TextSimilarityTarget:
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         if output.shape[-1] != self.text_emb.shape[0]:
-            raise ValueError(f"the image embedding has dimension {output.shape[-1]} but text_emb has "
-                             f"{self.text_emb.shape[0]}")
+            raise ValueError(
+                f"the image embedding has dimension {output.shape[-1]} but text_emb has {self.text_emb.shape[0]}"
+            )
         text = self.text_emb.to(device=output.device, dtype=output.dtype)
         return F.cosine_similarity(output, text.expand_as(output), dim=-1)
 
@@ -78,8 +79,10 @@ class EmbeddingModel(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         if not callable(getattr(encoder, "encode_image", None)):
-            raise TypeError(f"EmbeddingModel needs a module with an encode_image method (e.g. DualEncoder), "
-                            f"got {type(encoder).__name__}")
+            raise TypeError(
+                f"EmbeddingModel needs a module with an encode_image method (e.g. DualEncoder), "
+                f"got {type(encoder).__name__}"
+            )
         self.encoder = encoder
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,8 +123,13 @@ def backbone_kind(image_encoder: nn.Module) -> str:
 
     model = _timm_model(image_encoder)
     kinds: Sequence[tuple[type, str]] = (
-        (VisionTransformer, "vit"), (SwinTransformer, "swin"), (SwinTransformerV2, "swin"), (ResNet, "resnet"),
-        (DenseNet, "densenet"), (EfficientNet, "efficientnet"), (ConvNeXt, "convnext"),
+        (VisionTransformer, "vit"),
+        (SwinTransformer, "swin"),
+        (SwinTransformerV2, "swin"),
+        (ResNet, "resnet"),
+        (DenseNet, "densenet"),
+        (EfficientNet, "efficientnet"),
+        (ConvNeXt, "convnext"),
     )
     for cls, kind in kinds:
         if isinstance(model, cls):
@@ -172,15 +180,17 @@ class ViTTokensToGrid:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f"expected ViT tokens [B, N, C], got shape {tuple(x.shape)}")
-        patches = x[:, self.num_prefix_tokens:]
+        patches = x[:, self.num_prefix_tokens :]
         n = patches.shape[1]
         if self.grid is not None and self.grid[0] * self.grid[1] == n:
             h, w = self.grid
         else:
             h = w = math.isqrt(n)
             if h * w != n or n == 0:
-                raise ValueError(f"cannot lay {n} ViT patch tokens (after {self.num_prefix_tokens} prefix tokens) "
-                                 f"on a grid {self.grid or 'square'}")
+                raise ValueError(
+                    f"cannot lay {n} ViT patch tokens (after {self.num_prefix_tokens} prefix tokens) "
+                    f"on a grid {self.grid or 'square'}"
+                )
         return patches.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
 
 
@@ -201,9 +211,14 @@ def reshape_transform_for(image_encoder: nn.Module) -> ReshapeTransform | None:
 
 
 # ---------------------------------------------------------------------------------------------- Grad-CAM
-def gradcam_maps(encoder: nn.Module, images: torch.Tensor, text_emb: torch.Tensor | np.ndarray, *,
-                 target_layers: list[nn.Module] | None = None,
-                 reshape_transform: ReshapeTransform | None | str = "auto") -> np.ndarray:
+def gradcam_maps(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    text_emb: torch.Tensor | np.ndarray,
+    *,
+    target_layers: list[nn.Module] | None = None,
+    reshape_transform: ReshapeTransform | None | str = "auto",
+) -> np.ndarray:
     """Grad-CAM maps ``[B, H, W]`` in ``[0, 1]`` (float32) of ``cos(encode_image(images), text_emb)``.
 
     Args:
@@ -257,6 +272,7 @@ def gradcam_maps(encoder: nn.Module, images: torch.Tensor, text_emb: torch.Tenso
             m.train(training)
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape != (x.shape[0], x.shape[2], x.shape[3]):
-        raise RuntimeError(f"Grad-CAM returned maps of shape {maps.shape}, expected "
-                           f"{(x.shape[0], x.shape[2], x.shape[3])}")
+        raise RuntimeError(
+            f"Grad-CAM returned maps of shape {maps.shape}, expected {(x.shape[0], x.shape[2], x.shape[3])}"
+        )
     return np.clip(np.nan_to_num(maps, nan=0.0), 0.0, 1.0)

@@ -80,8 +80,9 @@ class ProbeConfig:
 class ProbeModel(nn.Module):
     """Standardisation (buffers ``mean``, ``std``) followed by a linear layer or an MLP; returns logits."""
 
-    def __init__(self, mean: Tensor, std: Tensor, num_labels: int, kind: str = "mlp", hidden: int = 256,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, mean: Tensor, std: Tensor, num_labels: int, kind: str = "mlp", hidden: int = 256, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
@@ -89,8 +90,9 @@ class ProbeModel(nn.Module):
         if kind == "linear":
             self.net: nn.Module = nn.Linear(dim, num_labels)
         elif kind == "mlp":
-            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, num_labels))
+            self.net = nn.Sequential(
+                nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_labels)
+            )
         else:
             raise ValueError(f"kind must be one of {list(_KINDS)}, got {kind!r}")
 
@@ -120,8 +122,9 @@ def masked_bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
     known = ~torch.isnan(targets)
-    per_cell = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, torch.zeros_like(targets)),
-                                                  reduction="none")
+    per_cell = F.binary_cross_entropy_with_logits(
+        logits, torch.where(known, targets, torch.zeros_like(targets)), reduction="none"
+    )
     per_cell = torch.where(known, per_cell, torch.zeros_like(per_cell))
     return per_cell.sum() / known.sum().clamp_min(1)
 
@@ -164,14 +167,18 @@ def _check_inputs(train_x, train_y, val_x, val_y) -> tuple[Tensor, Tensor, Tenso
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or infinite values")
     if not torch.isfinite(ty).any():
-        raise ValueError("train_y has no known label value: nothing to train a probe on (a dataset without labels, "
-                         "or data.reader.labels=none)")
+        raise ValueError(
+            "train_y has no known label value: nothing to train a probe on (a dataset without labels, "
+            "or data.reader.labels=none)"
+        )
     return tx, ty, vx, vy
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
-    return torch.cat([model(x[i:i + _EVAL_CHUNK].to(device)).float().cpu() for i in range(0, x.shape[0], _EVAL_CHUNK)])
+    return torch.cat(
+        [model(x[i : i + _EVAL_CHUNK].to(device)).float().cpu() for i in range(0, x.shape[0], _EVAL_CHUNK)]
+    )
 
 
 def _mean_auroc(probs: Tensor, labels: Tensor) -> float:
@@ -207,7 +214,7 @@ def train_probe(train_x, train_y, val_x, val_y, cfg: ProbeConfig | None = None) 
             order = torch.randperm(n, generator=g)
             total, count = 0.0, 0
             for i in range(0, n, bs):
-                idx = order[i:i + bs]
+                idx = order[i : i + bs]
                 loss = masked_bce_with_logits(model(tx[idx].to(device)), ty[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -229,8 +236,15 @@ def train_probe(train_x, train_y, val_x, val_y, cfg: ProbeConfig | None = None) 
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return ProbeResult(model=model, best_epoch=best_epoch, val_auroc_history=aurocs, n_train_used=int(rows.numel()),
-                       train_rows=rows, val_loss_history=val_losses, train_loss_history=train_losses)
+    return ProbeResult(
+        model=model,
+        best_epoch=best_epoch,
+        val_auroc_history=aurocs,
+        n_train_used=int(rows.numel()),
+        train_rows=rows,
+        val_loss_history=val_losses,
+        train_loss_history=train_losses,
+    )
 
 
 def predict_probs(result: ProbeResult | nn.Module, x) -> Tensor:

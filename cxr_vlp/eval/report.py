@@ -33,11 +33,16 @@ def retrieval_section(metrics: Mapping[str, float], stage: str = "test") -> str:
     if u is not None:
         protocols.append(("dedup/", f"identical reports merged ({int(u)} distinct)"))
     header = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nDCG@10", "P@1", "P@5", "P@10", "tied")
-    lines = [f"## Retrieval ({stage}, {int(n) if n else '?'} studies)", "",
-             "R@K, MedR, MeanR, nDCG@10: exact pair (merged reports: any image of the report text is a match). "
-             "P@K: class-based precision, share of the top K sharing a positive label with the query. "
-             "tied: share of queries whose match is tied with another item. R@K, P@K and tied in percent.", "",
-             "| protocol | direction | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
+    lines = [
+        f"## Retrieval ({stage}, {int(n) if n else '?'} studies)",
+        "",
+        "R@K, MedR, MeanR, nDCG@10: exact pair (merged reports: any image of the report text is a match). "
+        "P@K: class-based precision, share of the top K sharing a positive label with the query. "
+        "tied: share of queries whose match is tied with another item. R@K, P@K and tied in percent.",
+        "",
+        "| protocol | direction | " + " | ".join(header) + " |",
+        "|---" * (len(header) + 2) + "|",
+    ]
     for proto, label in protocols:
         for d, name in (("i2t", "image → text"), ("t2i", "text → image")):
             cells = [_cell(c, metrics.get(f"{stage}/{proto}{d}/{c}")) for c in RETRIEVAL_COLUMNS]
@@ -57,8 +62,10 @@ def classification_section(title: str, report, note: str = "") -> str:
 
 def no_labels_line(tasks: Sequence[str], splits: Sequence[str]) -> str:
     """The one line that replaces the tables of label tasks run on data without any known label."""
-    return (f"**No known labels** in the {' / '.join(splits)} split{'s' if len(splits) > 1 else ''}: "
-            f"{', '.join(tasks)} not computed (the dataset has no labels, or `data.reader.labels=none`).")
+    return (
+        f"**No known labels** in the {' / '.join(splits)} split{'s' if len(splits) > 1 else ''}: "
+        f"{', '.join(tasks)} not computed (the dataset has no labels, or `data.reader.labels=none`)."
+    )
 
 
 def text_labels_line(from_text: Sequence[str], n_labels: int) -> str:
@@ -71,14 +78,31 @@ def uncertainty_section(bins, rc) -> str:
     return "\n".join(["## Uncertainty (image → text)", "", bins.to_markdown(), "", rc.to_markdown()])
 
 
-def concept_section(label_names: Sequence[str], auroc: np.ndarray, confounders_md: str,
-                    examples: Mapping[str, tuple[str, list[tuple[str, float]]]]) -> str:
-    lines = ["## Concept audit (concept-bottleneck model on image concept scores)", "",
-             "| label | AUROC |", "|---|---|"]
+def concept_section(
+    label_names: Sequence[str],
+    auroc: np.ndarray,
+    confounders_md: str,
+    examples: Mapping[str, tuple[str, list[tuple[str, float]]]],
+) -> str:
+    lines = [
+        "## Concept audit (concept-bottleneck model on image concept scores)",
+        "",
+        "| label | AUROC |",
+        "|---|---|",
+    ]
     lines += [f"| {n} | {'–' if a != a else f'{a:.3f}'} |" for n, a in zip(label_names, auroc)]
-    lines += [f"| **mean** | **{np.nanmean(auroc):.3f}** |", "", "### Possible confounders", "",
-              "High-weight concepts that are not findings of the label:", "", confounders_md, "",
-              "### Top concepts for example images", ""]
+    lines += [
+        f"| **mean** | **{np.nanmean(auroc):.3f}** |",
+        "",
+        "### Possible confounders",
+        "",
+        "High-weight concepts that are not findings of the label:",
+        "",
+        confounders_md,
+        "",
+        "### Top concepts for example images",
+        "",
+    ]
     for study, (label, tops) in examples.items():
         lines.append(f"- {study} ({label}): " + ", ".join(f"{c} ({w:+.2f})" for c, w in tops))
     return "\n".join(lines)

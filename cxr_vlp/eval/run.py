@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.eval import report as md
 from cxr_vlp.eval.embed import SplitEmbeddings, cached_embeddings
 from cxr_vlp.inference.base import ImageTextModel
 from cxr_vlp.metrics.retrieval import evaluate_retrieval
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.tracking import hooks as tracking
 from cxr_vlp.utils.reporting import write_metrics
 
@@ -51,9 +51,17 @@ class Evaluator:
     ``ckpt_path``: the source named in ``report.md``.
     """
 
-    def __init__(self, model: ImageTextModel, datamodule, cfg: dict[str, Any], output_dir: str | Path,
-                 ckpt_path: str | None = None, data_cfg: dict[str, Any] | None = None,
-                 credentialed: bool = False, loggers: list | None = None) -> None:
+    def __init__(
+        self,
+        model: ImageTextModel,
+        datamodule,
+        cfg: dict[str, Any],
+        output_dir: str | Path,
+        ckpt_path: str | None = None,
+        data_cfg: dict[str, Any] | None = None,
+        credentialed: bool = False,
+        loggers: list | None = None,
+    ) -> None:
         self.model = model
         self.datamodule = datamodule
         self.cfg = cfg
@@ -73,8 +81,9 @@ class Evaluator:
     def embeddings(self, split: str) -> SplitEmbeddings:
         if split not in self._emb:
             limit = self.cfg.get("probe", {}).get("max_train_studies") if split == "train" else None
-            self._emb[split] = cached_embeddings(self.model, self.datamodule, split, self.out / "embeddings",
-                                                 data_cfg=self.data_cfg, limit=limit)
+            self._emb[split] = cached_embeddings(
+                self.model, self.datamodule, split, self.out / "embeddings", data_cfg=self.data_cfg, limit=limit
+            )
         return self._emb[split]
 
     def dataset(self, split: str):
@@ -99,17 +108,25 @@ class Evaluator:
     def _retrieval(self) -> None:
         cfg = self.cfg.get("retrieval", {})
         test = self.embeddings("test")
-        side = {"i2t": (test.image_embeddings, test.text_embeddings),
-                "t2i": (test.text_embeddings, test.image_embeddings)}
+        side = {
+            "i2t": (test.image_embeddings, test.text_embeddings),
+            "t2i": (test.text_embeddings, test.image_embeddings),
+        }
 
         def score_fn(direction: str, q_rows: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
             q, g = side[direction]
             return self.model.ranking_scores(q.rows(q_rows.cpu()), g.rows(g_rows.cpu()))
 
         metrics, scans = evaluate_retrieval(
-            test.image, test.text, labels=test.labels, texts=test.texts,
-            prefix="test/", chunk_size=int(cfg.get("chunk_size", 1024)),
-            precision_ks=tuple(cfg.get("precision_ks", (1, 5, 10))), score_fn=score_fn)
+            test.image,
+            test.text,
+            labels=test.labels,
+            texts=test.texts,
+            prefix="test/",
+            chunk_size=int(cfg.get("chunk_size", 1024)),
+            precision_ks=tuple(cfg.get("precision_ks", (1, 5, 10))),
+            score_fn=score_fn,
+        )
         self.result.metrics.update(metrics)
         self.result.sections.append(md.retrieval_section(metrics, "test"))
         self._scans = scans
@@ -117,27 +134,37 @@ class Evaluator:
             self._retrieval_figures(test, scans)
 
     def _zeroshot(self) -> None:
-        from cxr_vlp.metrics.classification import evaluate_binary
         from cxr_vlp.eval.zeroshot import PromptSet, zeroshot_classify
+        from cxr_vlp.metrics.classification import evaluate_binary
 
         if self._without_labels("zero-shot", ("val", "test")):
             return
         prompts = PromptSet.from_config(self.cfg.get("zeroshot", {}).get("prompts"))
         scale = self.model.zero_shot_scale
-        probs = {s: zeroshot_classify(self.model.encode_texts, self.embeddings(s).image, self.label_names, prompts,
-                                      scale)
-                 for s in ("val", "test")}
-        report = evaluate_binary(_np(probs["val"]), _np(self.embeddings("val").labels), _np(probs["test"]),
-                                 _np(self.embeddings("test").labels), self.label_names, **self._bootstrap())
+        probs = {
+            s: zeroshot_classify(self.model.encode_texts, self.embeddings(s).image, self.label_names, prompts, scale)
+            for s in ("val", "test")
+        }
+        report = evaluate_binary(
+            _np(probs["val"]),
+            _np(self.embeddings("val").labels),
+            _np(probs["test"]),
+            _np(self.embeddings("test").labels),
+            self.label_names,
+            **self._bootstrap(),
+        )
         self.result.metrics.update(report.to_flat("test/zeroshot/"))
-        self.result.sections.append(md.classification_section("Zero-shot classification", report,
-                                                               f"two-way softmax of prompt pairs, scale {scale:.1f}"))
+        self.result.sections.append(
+            md.classification_section(
+                "Zero-shot classification", report, f"two-way softmax of prompt pairs, scale {scale:.1f}"
+            )
+        )
         self._roc_figure("roc_zeroshot", report)
         self._zeroshot_prompts = prompts
 
     def _probe(self) -> None:
-        from cxr_vlp.metrics.classification import evaluate_binary
         from cxr_vlp.eval.probe import ProbeConfig, predict_probs, train_probe
+        from cxr_vlp.metrics.classification import evaluate_binary
 
         if self._without_labels("probe", ("train", "val", "test")):
             return
@@ -150,14 +177,23 @@ class Evaluator:
             for fraction in fractions:
                 pc = ProbeConfig(**{**cfg, "kind": kind, "label_fraction": float(fraction)})
                 res = train_probe(tr.features, tr.labels, va.features, va.labels, pc)
-                report = evaluate_binary(_np(predict_probs(res, va.features)), _np(va.labels),
-                                         _np(predict_probs(res, te.features)), _np(te.labels), self.label_names,
-                                         **self._bootstrap())
+                report = evaluate_binary(
+                    _np(predict_probs(res, va.features)),
+                    _np(va.labels),
+                    _np(predict_probs(res, te.features)),
+                    _np(te.labels),
+                    self.label_names,
+                    **self._bootstrap(),
+                )
                 tag = kind if fraction == 1.0 else f"{kind}_{int(round(100 * fraction))}pct"
                 self.result.metrics.update(report.to_flat(f"test/probe_{tag}/"))
-                self.result.sections.append(md.classification_section(
-                    f"Probe: {kind}, {100 * fraction:g}% of training labels ({res.n_train_used} studies)", report,
-                    f"frozen image features, early stopping at epoch {res.best_epoch} on validation mean AUROC"))
+                self.result.sections.append(
+                    md.classification_section(
+                        f"Probe: {kind}, {100 * fraction:g}% of training labels ({res.n_train_used} studies)",
+                        report,
+                        f"frozen image features, early stopping at epoch {res.best_epoch} on validation mean AUROC",
+                    )
+                )
                 if fraction == fractions[0] and kind == kinds[-1]:
                     self._roc_figure(f"roc_probe_{kind}", report)
 
@@ -179,14 +215,14 @@ class Evaluator:
         if self.cfg.get("figures", True):
             from cxr_vlp.eval.figures import uncertainty_figure
 
-            self._figure("uncertainty", uncertainty_figure, bins.mean_uncertainty, bins.recall,
-                         rc.coverage, rc.risk, rc.aurc)
+            self._figure(
+                "uncertainty", uncertainty_figure, bins.mean_uncertainty, bins.recall, rc.coverage, rc.risk, rc.aurc
+            )
 
     def _concepts(self) -> None:
         if not self.model.concept_names:
             log.info("concepts: skipped (the model has no concept bank)")
             return
-        from cxr_vlp.metrics.classification import auroc_per_label
         from cxr_vlp.eval.concept_audit import (
             concept_relevance,
             confounder_table,
@@ -194,19 +230,22 @@ class Evaluator:
             fit_concept_bottleneck,
             top_concepts,
         )
+        from cxr_vlp.metrics.classification import auroc_per_label
 
         if self._without_labels("concept audit", ("train", "val", "test")):
             return
         names = list(self.model.concept_names)
         tr, va, te = self.embeddings("train"), self.embeddings("val"), self.embeddings("test")
-        cbm = fit_concept_bottleneck(_np(tr.concept_scores), _np(tr.labels), _np(va.concept_scores), _np(va.labels),
-                                     self.label_names, names)
+        cbm = fit_concept_bottleneck(
+            _np(tr.concept_scores), _np(tr.labels), _np(va.concept_scores), _np(va.labels), self.label_names, names
+        )
         auc = auroc_per_label(cbm.predict_probs(_np(te.concept_scores)), _np(te.labels))
         for name, value in zip(self.label_names, auc):
             self.result.metrics[f"test/concept_bottleneck/auroc/{name}"] = float(value)
         self.result.metrics["test/concept_bottleneck/auroc_mean"] = float(np.nanmean(auc))
-        rows = confounder_table(cbm, concept_relevance(names, self.label_names),
-                                top=int(self.cfg.get("concepts", {}).get("top", 10)))
+        rows = confounder_table(
+            cbm, concept_relevance(names, self.label_names), top=int(self.cfg.get("concepts", {}).get("top", 10))
+        )
         example = {}
         for i in range(min(int(self.cfg.get("figure_examples", 4)), len(te))):
             lab = te.labels[i].nan_to_num(0)
@@ -282,8 +321,14 @@ class Evaluator:
         rows = list(range(n_ex))
         top_i2t = [scans["i2t"].topk[r, :5].tolist() for r in rows]
         hits = [next((k for k, j in enumerate(t) if j == r), None) for r, t in zip(rows, top_i2t)]
-        self._figure("retrieval_i2t", retrieval_grid, self._images("test", rows),
-                     [[test.texts[j] for j in t] for t in top_i2t], [test.texts[r] for r in rows], hits)
+        self._figure(
+            "retrieval_i2t",
+            retrieval_grid,
+            self._images("test", rows),
+            [[test.texts[j] for j in t] for t in top_i2t],
+            [test.texts[r] for r in rows],
+            hits,
+        )
         top_t2i = [scans["t2i"].topk[r, :5].tolist() for r in rows]
         hits_t = [next((k for k, j in enumerate(t) if j == r), None) for r, t in zip(rows, top_t2i)]
         images = torch.stack([self._images("test", t) for t in top_t2i])
@@ -325,8 +370,11 @@ class Evaluator:
 
     def _log_metrics(self) -> None:
         """The suite's scalars to the run's loggers (W&B, CSV, ...) under ``eval/``, beside its figures."""
-        scalars = {f"eval/{k.removeprefix('test/')}": float(v) for k, v in self.result.metrics.items()
-                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        scalars = {
+            f"eval/{k.removeprefix('test/')}": float(v)
+            for k, v in self.result.metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        }
         for logger in self.loggers:
             if hasattr(logger, "log_metrics"):
                 logger.log_metrics(scalars)
@@ -339,7 +387,10 @@ class Evaluator:
                 continue
             for name, path in self.result.figures.items():
                 if name in PATIENT_CONTENT and self.credentialed and not allow:
-                    log.info("figure %s not uploaded: the dataset is under credentialed access (set "
-                             "evaluation.allow_patient_content_upload=true to override)", name)
+                    log.info(
+                        "figure %s not uploaded: the dataset is under credentialed access (set "
+                        "evaluation.allow_patient_content_upload=true to override)",
+                        name,
+                    )
                     continue
                 logger.log_image(key=f"eval/{name}", images=[str(path)])

@@ -41,92 +41,228 @@ EncodeText = Callable[[list[str]], Tensor]
 # label -> {"positive": prompts stating the finding, "negative": prompts stating its absence}
 DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
     "No Finding": {
-        "positive": ["no acute cardiopulmonary process", "no acute cardiopulmonary abnormality",
-                     "normal chest radiograph", "the heart and lungs are normal",
-                     "the lungs are clear and the heart size is normal"],
-        "negative": ["acute cardiopulmonary process", "acute cardiopulmonary abnormality",
-                     "abnormal chest radiograph", "findings suggesting acute cardiopulmonary disease",
-                     "there is an abnormality of the heart or lungs"],
+        "positive": [
+            "no acute cardiopulmonary process",
+            "no acute cardiopulmonary abnormality",
+            "normal chest radiograph",
+            "the heart and lungs are normal",
+            "the lungs are clear and the heart size is normal",
+        ],
+        "negative": [
+            "acute cardiopulmonary process",
+            "acute cardiopulmonary abnormality",
+            "abnormal chest radiograph",
+            "findings suggesting acute cardiopulmonary disease",
+            "there is an abnormality of the heart or lungs",
+        ],
     },
     "Enlarged Cardiomediastinum": {
-        "positive": ["enlarged cardiomediastinum", "widened mediastinum",
-                     "findings suggesting an enlarged cardiomediastinal silhouette",
-                     "the cardiomediastinal silhouette is enlarged", "there is widening of the mediastinum"],
-        "negative": ["no enlarged cardiomediastinum", "normal cardiomediastinal silhouette",
-                     "the mediastinum is not widened", "no evidence of mediastinal widening",
-                     "the cardiomediastinal silhouette is within normal limits"],
+        "positive": [
+            "enlarged cardiomediastinum",
+            "widened mediastinum",
+            "findings suggesting an enlarged cardiomediastinal silhouette",
+            "the cardiomediastinal silhouette is enlarged",
+            "there is widening of the mediastinum",
+        ],
+        "negative": [
+            "no enlarged cardiomediastinum",
+            "normal cardiomediastinal silhouette",
+            "the mediastinum is not widened",
+            "no evidence of mediastinal widening",
+            "the cardiomediastinal silhouette is within normal limits",
+        ],
     },
     "Cardiomegaly": {
-        "positive": ["cardiomegaly", "enlarged cardiac silhouette", "findings suggesting cardiomegaly",
-                     "there is cardiomegaly", "the heart is enlarged"],
-        "negative": ["no cardiomegaly", "normal heart size", "no evidence of cardiomegaly",
-                     "the heart is not enlarged", "heart size is within normal limits"],
+        "positive": [
+            "cardiomegaly",
+            "enlarged cardiac silhouette",
+            "findings suggesting cardiomegaly",
+            "there is cardiomegaly",
+            "the heart is enlarged",
+        ],
+        "negative": [
+            "no cardiomegaly",
+            "normal heart size",
+            "no evidence of cardiomegaly",
+            "the heart is not enlarged",
+            "heart size is within normal limits",
+        ],
     },
     "Lung Opacity": {
-        "positive": ["lung opacity", "airspace opacity", "findings suggesting a pulmonary opacity",
-                     "there is an opacity in the lung", "patchy airspace opacities"],
-        "negative": ["no lung opacity", "no focal opacity", "no evidence of airspace opacity",
-                     "the lungs are clear", "there is no pulmonary opacity"],
+        "positive": [
+            "lung opacity",
+            "airspace opacity",
+            "findings suggesting a pulmonary opacity",
+            "there is an opacity in the lung",
+            "patchy airspace opacities",
+        ],
+        "negative": [
+            "no lung opacity",
+            "no focal opacity",
+            "no evidence of airspace opacity",
+            "the lungs are clear",
+            "there is no pulmonary opacity",
+        ],
     },
     "Lung Lesion": {
-        "positive": ["lung lesion", "pulmonary nodule", "findings suggesting a pulmonary nodule or mass",
-                     "there is a lung mass", "there is a focal lung lesion"],
-        "negative": ["no lung lesion", "no pulmonary nodule or mass", "no evidence of a lung mass",
-                     "no suspicious pulmonary nodule", "there is no focal lung lesion"],
+        "positive": [
+            "lung lesion",
+            "pulmonary nodule",
+            "findings suggesting a pulmonary nodule or mass",
+            "there is a lung mass",
+            "there is a focal lung lesion",
+        ],
+        "negative": [
+            "no lung lesion",
+            "no pulmonary nodule or mass",
+            "no evidence of a lung mass",
+            "no suspicious pulmonary nodule",
+            "there is no focal lung lesion",
+        ],
     },
     "Edema": {
-        "positive": ["pulmonary edema", "findings suggesting pulmonary edema", "there is pulmonary edema",
-                     "interstitial edema", "pulmonary vascular congestion with edema"],
-        "negative": ["no pulmonary edema", "no evidence of pulmonary edema", "there is no edema",
-                     "no interstitial edema", "no pulmonary vascular congestion"],
+        "positive": [
+            "pulmonary edema",
+            "findings suggesting pulmonary edema",
+            "there is pulmonary edema",
+            "interstitial edema",
+            "pulmonary vascular congestion with edema",
+        ],
+        "negative": [
+            "no pulmonary edema",
+            "no evidence of pulmonary edema",
+            "there is no edema",
+            "no interstitial edema",
+            "no pulmonary vascular congestion",
+        ],
     },
     "Consolidation": {
-        "positive": ["consolidation", "focal consolidation", "findings suggesting consolidation",
-                     "there is consolidation", "airspace consolidation of the lung"],
-        "negative": ["no consolidation", "no focal consolidation", "no evidence of consolidation",
-                     "there is no consolidation", "the lungs are clear without consolidation"],
+        "positive": [
+            "consolidation",
+            "focal consolidation",
+            "findings suggesting consolidation",
+            "there is consolidation",
+            "airspace consolidation of the lung",
+        ],
+        "negative": [
+            "no consolidation",
+            "no focal consolidation",
+            "no evidence of consolidation",
+            "there is no consolidation",
+            "the lungs are clear without consolidation",
+        ],
     },
     "Pneumonia": {
-        "positive": ["pneumonia", "findings suggesting pneumonia", "there is pneumonia",
-                     "opacity concerning for pneumonia", "findings consistent with pneumonia"],
-        "negative": ["no pneumonia", "no evidence of pneumonia", "there is no pneumonia",
-                     "no findings to suggest pneumonia", "no radiographic evidence of pneumonia"],
+        "positive": [
+            "pneumonia",
+            "findings suggesting pneumonia",
+            "there is pneumonia",
+            "opacity concerning for pneumonia",
+            "findings consistent with pneumonia",
+        ],
+        "negative": [
+            "no pneumonia",
+            "no evidence of pneumonia",
+            "there is no pneumonia",
+            "no findings to suggest pneumonia",
+            "no radiographic evidence of pneumonia",
+        ],
     },
     "Atelectasis": {
-        "positive": ["atelectasis", "findings suggesting atelectasis", "there is atelectasis",
-                     "bibasilar atelectasis", "subsegmental atelectasis"],
-        "negative": ["no atelectasis", "no evidence of atelectasis", "there is no atelectasis",
-                     "no subsegmental atelectasis", "no focal atelectasis"],
+        "positive": [
+            "atelectasis",
+            "findings suggesting atelectasis",
+            "there is atelectasis",
+            "bibasilar atelectasis",
+            "subsegmental atelectasis",
+        ],
+        "negative": [
+            "no atelectasis",
+            "no evidence of atelectasis",
+            "there is no atelectasis",
+            "no subsegmental atelectasis",
+            "no focal atelectasis",
+        ],
     },
     "Pneumothorax": {
-        "positive": ["pneumothorax", "findings suggesting pneumothorax", "there is a pneumothorax",
-                     "a pneumothorax is present", "apical pneumothorax"],
-        "negative": ["no pneumothorax", "no evidence of pneumothorax", "there is no pneumothorax",
-                     "pneumothorax is not seen", "no pneumothorax is present"],
+        "positive": [
+            "pneumothorax",
+            "findings suggesting pneumothorax",
+            "there is a pneumothorax",
+            "a pneumothorax is present",
+            "apical pneumothorax",
+        ],
+        "negative": [
+            "no pneumothorax",
+            "no evidence of pneumothorax",
+            "there is no pneumothorax",
+            "pneumothorax is not seen",
+            "no pneumothorax is present",
+        ],
     },
     "Pleural Effusion": {
-        "positive": ["pleural effusion", "findings suggesting pleural effusion", "there is a pleural effusion",
-                     "blunting of the costophrenic angle", "fluid in the pleural space"],
-        "negative": ["no pleural effusion", "no evidence of pleural effusion", "there is no pleural effusion",
-                     "sharp costophrenic angles", "no effusion"],
+        "positive": [
+            "pleural effusion",
+            "findings suggesting pleural effusion",
+            "there is a pleural effusion",
+            "blunting of the costophrenic angle",
+            "fluid in the pleural space",
+        ],
+        "negative": [
+            "no pleural effusion",
+            "no evidence of pleural effusion",
+            "there is no pleural effusion",
+            "sharp costophrenic angles",
+            "no effusion",
+        ],
     },
     "Pleural Other": {
-        "positive": ["pleural thickening", "findings suggesting pleural thickening", "pleural scarring",
-                     "there is pleural thickening", "calcified pleural plaques"],
-        "negative": ["no pleural thickening", "no evidence of pleural thickening", "no pleural abnormality",
-                     "no pleural plaques", "the pleural surfaces are normal"],
+        "positive": [
+            "pleural thickening",
+            "findings suggesting pleural thickening",
+            "pleural scarring",
+            "there is pleural thickening",
+            "calcified pleural plaques",
+        ],
+        "negative": [
+            "no pleural thickening",
+            "no evidence of pleural thickening",
+            "no pleural abnormality",
+            "no pleural plaques",
+            "the pleural surfaces are normal",
+        ],
     },
     "Fracture": {
-        "positive": ["fracture", "rib fracture", "findings suggesting a rib fracture", "there is a fracture",
-                     "acute displaced fracture"],
-        "negative": ["no fracture", "no acute fracture", "no evidence of fracture", "no displaced rib fracture",
-                     "the osseous structures are intact"],
+        "positive": [
+            "fracture",
+            "rib fracture",
+            "findings suggesting a rib fracture",
+            "there is a fracture",
+            "acute displaced fracture",
+        ],
+        "negative": [
+            "no fracture",
+            "no acute fracture",
+            "no evidence of fracture",
+            "no displaced rib fracture",
+            "the osseous structures are intact",
+        ],
     },
     "Support Devices": {
-        "positive": ["support devices", "endotracheal tube in place", "there is a central venous catheter",
-                     "lines and tubes are in place", "a pacemaker is present"],
-        "negative": ["no support devices", "no lines or tubes", "there are no support devices",
-                     "no endotracheal tube or catheter", "no medical devices are seen"],
+        "positive": [
+            "support devices",
+            "endotracheal tube in place",
+            "there is a central venous catheter",
+            "lines and tubes are in place",
+            "a pacemaker is present",
+        ],
+        "negative": [
+            "no support devices",
+            "no lines or tubes",
+            "there are no support devices",
+            "no endotracheal tube or catheter",
+            "no medical devices are seen",
+        ],
     },
 }
 
@@ -155,8 +291,10 @@ class PromptSet:
     @classmethod
     def default(cls) -> PromptSet:
         """A copy of :data:`DEFAULT_PROMPTS`."""
-        return cls({k: list(v["positive"]) for k, v in DEFAULT_PROMPTS.items()},
-                   {k: list(v["negative"]) for k, v in DEFAULT_PROMPTS.items()})
+        return cls(
+            {k: list(v["positive"]) for k, v in DEFAULT_PROMPTS.items()},
+            {k: list(v["negative"]) for k, v in DEFAULT_PROMPTS.items()},
+        )
 
     @classmethod
     def from_config(cls, overrides: Mapping | None = None) -> PromptSet:
@@ -169,8 +307,9 @@ class PromptSet:
         if overrides is None:
             return prompts
         if not isinstance(overrides, Mapping):
-            raise TypeError(f"zeroshot prompts must be a mapping label -> {{positive, negative}}, "
-                             f"got {type(overrides).__name__}")
+            raise TypeError(
+                f"zeroshot prompts must be a mapping label -> {{positive, negative}}, got {type(overrides).__name__}"
+            )
         for label, sides in overrides.items():
             if label not in DEFAULT_PROMPTS:
                 raise ValueError(f"zeroshot prompts: unknown label {label!r}; known labels: {list(CHEXPERT_LABELS)}")
@@ -195,14 +334,18 @@ class PromptSet:
             if label in DEFAULT_PROMPTS:
                 continue
             if not isinstance(sides, Mapping) or not sides.get("positive") or not sides.get("negative"):
-                raise ValueError(f"prompts[{label!r}]: a label without default prompts needs "
-                                 "{'positive': [...], 'negative': [...]}")
+                raise ValueError(
+                    f"prompts[{label!r}]: a label without default prompts needs "
+                    "{'positive': [...], 'negative': [...]}"
+                )
             prompt_set.positive[label] = _prompt_list(sides["positive"], f"prompts[{label!r}]['positive']")
             prompt_set.negative[label] = _prompt_list(sides["negative"], f"prompts[{label!r}]['negative']")
         missing = [name for name in labels if name not in prompt_set.positive]
         if missing:
-            raise ValueError(f"no prompts for label(s) {missing}: pass prompts={{label: {{'positive': [...], "
-                             f"'negative': [...]}}}}; labels with default prompts: {list(DEFAULT_PROMPTS)}")
+            raise ValueError(
+                f"no prompts for label(s) {missing}: pass prompts={{label: {{'positive': [...], "
+                f"'negative': [...]}}}}; labels with default prompts: {list(DEFAULT_PROMPTS)}"
+            )
         return prompt_set
 
     def check(self, label_names: Sequence[str]) -> None:
@@ -219,8 +362,9 @@ def class_text_embeddings(encode_text: EncodeText, prompts: Sequence[str]) -> Te
     emb = encode_text(prompts)
     if not isinstance(emb, Tensor) or emb.ndim != 2 or emb.shape[0] != len(prompts):
         shape = tuple(emb.shape) if isinstance(emb, Tensor) else type(emb).__name__
-        raise ValueError(f"encode_text must return a [{len(prompts)}, D] tensor for {len(prompts)} prompts, "
-                         f"got {shape}")
+        raise ValueError(
+            f"encode_text must return a [{len(prompts)}, D] tensor for {len(prompts)} prompts, got {shape}"
+        )
     return F.normalize(F.normalize(emb.float(), dim=-1).mean(dim=0), dim=-1)
 
 
@@ -244,8 +388,9 @@ def zeroshot_probs(image_emb: Tensor, pos_emb: Tensor, neg_emb: Tensor, logit_sc
 
 
 @torch.no_grad()
-def zeroshot_classify(encode_text: EncodeText, image_emb: Tensor, label_names: Sequence[str],
-                      prompt_set: PromptSet, logit_scale: float) -> Tensor:
+def zeroshot_classify(
+    encode_text: EncodeText, image_emb: Tensor, label_names: Sequence[str], prompt_set: PromptSet, logit_scale: float
+) -> Tensor:
     """``[N, C]`` zero-shot probabilities for ``label_names`` (each label's prompt lists encoded once)."""
     names = list(label_names)
     prompt_set.check(names)

@@ -344,8 +344,7 @@ def _header(metric: str) -> str:
     return f"{metric} (%)" if is_fraction_metric(metric) else metric
 
 
-def to_markdown(df: pd.DataFrame, metrics: Sequence[str] | None = None, digits: int = 3,
-                errors: bool = True) -> str:
+def to_markdown(df: pd.DataFrame, metrics: Sequence[str] | None = None, digits: int = 3, errors: bool = True) -> str:
     """A GitHub Markdown table: ``job``, the swept columns, ``status``, then ``metrics``.
 
     ``metrics`` defaults to :func:`headline_metrics`. Keys containing ``/R@`` or ``/P@`` are fractions:
@@ -412,8 +411,7 @@ def _x_positions(values: pd.Series) -> tuple[pd.Series, list[str] | None]:
     return values.astype(str).map({v: i for i, v in enumerate(labels)}).astype(float), labels
 
 
-def plot_metric(df: pd.DataFrame, metric: str, x: str, hue: str | None = None,
-                path: str | Path | None = None) -> Path:
+def plot_metric(df: pd.DataFrame, metric: str, x: str, hue: str | None = None, path: str | Path | None = None) -> Path:
     """Line plot of ``metric`` against the swept parameter ``x``, one line per value of ``hue``.
 
     Failed jobs and missing values are skipped. Where several jobs share a point (a third swept
@@ -459,8 +457,9 @@ def _draw_lines(ax: Any, data: pd.DataFrame, hue: str | None) -> bool:
     return aggregated
 
 
-def _style_axes(ax: Any, data: pd.DataFrame, metric: str, x: str, hue: str | None,
-                labels: list[str] | None, aggregated: bool) -> None:
+def _style_axes(
+    ax: Any, data: pd.DataFrame, metric: str, x: str, hue: str | None, labels: list[str] | None, aggregated: bool
+) -> None:
     xs = data["_x"]
     if labels is not None:
         ax.set_xticks(range(len(labels)), labels)

@@ -11,5 +11,4 @@ from cxr_vlp.explore.negation import negated
 from cxr_vlp.explore.server import ExplorerServer, make_server
 from cxr_vlp.explore.session import ExploreSession, QueryError
 
-__all__ = ["ExploreSession", "ExplorerServer", "QueryError", "export_static", "load_session", "make_server",
-           "negated"]
+__all__ = ["ExploreSession", "ExplorerServer", "QueryError", "export_static", "load_session", "make_server", "negated"]

@@ -42,23 +42,37 @@ def explore(cfg: DictConfig) -> None:
     if not Path(spec).expanduser().exists():
         raise FileNotFoundError(f"ckpt_path={spec}: no such checkpoint file or exported folder")
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
-    session = load_session(spec, data=data, split=str(cfg.split), cache_dir=cfg.get("cache_dir"),
-                           device=str(cfg.device), k=int(cfg.k), bottleneck_split=cfg.concepts.bottleneck_split,
-                           bottleneck_l2=float(cfg.concepts.l2), top_concepts=int(cfg.concepts.top),
-                           limit=cfg.get("limit"), log_dir=cfg.paths.log_dir)
+    session = load_session(
+        spec,
+        data=data,
+        split=str(cfg.split),
+        cache_dir=cfg.get("cache_dir"),
+        device=str(cfg.device),
+        k=int(cfg.k),
+        bottleneck_split=cfg.concepts.bottleneck_split,
+        bottleneck_l2=float(cfg.concepts.l2),
+        top_concepts=int(cfg.concepts.top),
+        limit=cfg.get("limit"),
+        log_dir=cfg.paths.log_dir,
+    )
     if cfg.get("export"):
         opts = cfg.export_options
-        page = export_static(session, cfg.export, studies=int(opts.studies), texts=list(opts.texts),
-                             cams=int(opts.cams))
+        page = export_static(
+            session, cfg.export, studies=int(opts.studies), texts=list(opts.texts), cams=int(opts.cams)
+        )
         print(f"explorer page: {page}", flush=True)
         return
     host = str(cfg.host)
     if not is_loopback(host):
         if session.credentialed:
-            log.warning("host=%s serves the %s split's images and reports of credentialed data (%s) to the "
-                        "network: anyone who can reach this machine can read them. Use host=127.0.0.1 and an SSH "
-                        "tunnel instead unless every reader is covered by the data use agreement", host,
-                        cfg.split, session.data_name)
+            log.warning(
+                "host=%s serves the %s split's images and reports of credentialed data (%s) to the "
+                "network: anyone who can reach this machine can read them. Use host=127.0.0.1 and an SSH "
+                "tunnel instead unless every reader is covered by the data use agreement",
+                host,
+                cfg.split,
+                session.data_name,
+            )
         else:
             log.warning("host=%s: the explorer is reachable from other machines", host)
     server = make_server(session, host, int(cfg.port))

@@ -62,8 +62,10 @@ def model_data_config(model: ImageTextModel, data: Mapping[str, Any] | None, spe
     payload = getattr(model, "payload", None)
     saved = None if payload is None else (payload.record.data or payload.hparams.get("data"))
     if not saved or _scrubbed(saved):
-        raise ValueError(f"{spec} carries no data paths (an exported folder keeps none): give the data to explore, "
-                         "e.g. data=csv data.root=/data/mine or data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0")
+        raise ValueError(
+            f"{spec} carries no data paths (an exported folder keeps none): give the data to explore, "
+            "e.g. data=csv data.root=/data/mine or data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0"
+        )
     return dict(saved)
 
 
@@ -95,10 +97,19 @@ def _ordered(values: list, table_ids: list[str], study_ids: list[str]) -> list:
     return [values[rows[sid]] for sid in study_ids]
 
 
-def load_session(spec: str | Path, data: Mapping[str, Any] | None = None, split: str = "test",
-                 cache_dir: str | Path | None = None, device: str = "cpu", k: int = 10,
-                 bottleneck_split: str | None = "val", bottleneck_l2: float = 1e-2, top_concepts: int = 8,
-                 limit: int | None = None, log_dir: str | Path = "logs") -> ExploreSession:
+def load_session(
+    spec: str | Path,
+    data: Mapping[str, Any] | None = None,
+    split: str = "test",
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    k: int = 10,
+    bottleneck_split: str | None = "val",
+    bottleneck_l2: float = 1e-2,
+    top_concepts: int = 8,
+    limit: int | None = None,
+    log_dir: str | Path = "logs",
+) -> ExploreSession:
     """Load the model ``spec``, embed ``split`` of its data (cached) and return the session.
 
     ``cache_dir``: where the split embeddings are kept (default ``<log_dir>/explore/cache/<model fingerprint>``);
@@ -111,20 +122,40 @@ def load_session(spec: str | Path, data: Mapping[str, Any] | None = None, split:
     data_cfg = model_data_config(model, data, str(spec))
     datamodule = build_datamodule(model, data_cfg)
     if split not in datamodule.tables or len(datamodule.tables[split]) == 0:
-        raise ValueError(f"split={split}: the {split!r} split of {data_cfg.get('name', 'the data')} is empty; "
-                         "choose split=train, val or test")
+        raise ValueError(
+            f"split={split}: the {split!r} split of {data_cfg.get('name', 'the data')} is empty; "
+            "choose split=train, val or test"
+        )
     cache = Path(cache_dir) if cache_dir is not None else Path(log_dir) / "explore" / "cache" / model.fingerprint[:16]
     emb: SplitEmbeddings = cached_embeddings(model, datamodule, split, cache, data_cfg, limit=limit)
     bottleneck = None
     if model.concept_names and bottleneck_split:
-        ref = emb if bottleneck_split == split else cached_embeddings(model, datamodule, bottleneck_split, cache,
-                                                                      data_cfg, limit=limit)
-        bottleneck = fit_concept_bottleneck(ref.concept_scores.double().numpy(), ref.labels.double().numpy(), None,
-                                            None, CHEXPERT_LABELS, model.concept_names, l2=float(bottleneck_l2))
+        ref = (
+            emb
+            if bottleneck_split == split
+            else cached_embeddings(model, datamodule, bottleneck_split, cache, data_cfg, limit=limit)
+        )
+        bottleneck = fit_concept_bottleneck(
+            ref.concept_scores.double().numpy(),
+            ref.labels.double().numpy(),
+            None,
+            None,
+            CHEXPERT_LABELS,
+            model.concept_names,
+            l2=float(bottleneck_l2),
+        )
     table = datamodule.tables[split]
     images = SplitImages(datamodule, split, emb.study_ids)
     credentialed = bool(data_cfg.get("credentialed", False))
-    return ExploreSession(model, emb, images, k=k, findings=_ordered(table.findings, table.study_ids, emb.study_ids),
-                          impressions=_ordered(table.impression, table.study_ids, emb.study_ids),
-                          bottleneck=bottleneck, top_concepts=top_concepts, credentialed=credentialed,
-                          data_name=str(data_cfg.get("name", "dataset")))
+    return ExploreSession(
+        model,
+        emb,
+        images,
+        k=k,
+        findings=_ordered(table.findings, table.study_ids, emb.study_ids),
+        impressions=_ordered(table.impression, table.study_ids, emb.study_ids),
+        bottleneck=bottleneck,
+        top_concepts=top_concepts,
+        credentialed=credentialed,
+        data_name=str(data_cfg.get("name", "dataset")),
+    )

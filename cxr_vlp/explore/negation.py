@@ -12,10 +12,10 @@ import re
 
 __all__ = ["negated"]
 
-_NEGATION = re.compile(r"^\s*(?:there\s+(?:is|are)\s+no|no\s+evidence\s+of|without|no)\s+(?P<rest>.+)$",
-                       re.IGNORECASE | re.DOTALL)
-_EXISTENTIAL = re.compile(r"^\s*(?:there\s+(?:is|are)\s+(?:an?\s+)?|an?\s+)(?P<rest>.+)$",
-                          re.IGNORECASE | re.DOTALL)
+_NEGATION = re.compile(
+    r"^\s*(?:there\s+(?:is|are)\s+no|no\s+evidence\s+of|without|no)\s+(?P<rest>.+)$", re.IGNORECASE | re.DOTALL
+)
+_EXISTENTIAL = re.compile(r"^\s*(?:there\s+(?:is|are)\s+(?:an?\s+)?|an?\s+)(?P<rest>.+)$", re.IGNORECASE | re.DOTALL)
 
 
 def negated(text: str) -> str:

@@ -39,10 +39,15 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CSP", "ExplorerServer", "STATIC_FILES", "make_server", "static_text"]
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-                "app.css": "text/css; charset=utf-8"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
 MAX_JSON_BYTES = 1 << 20
 MAX_IMAGE_SIDE = 1024
 
@@ -146,23 +151,26 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             return self._send(200, static_text("index.html").encode(), STATIC_FILES["index.html"])
         if path.startswith("/static/"):
-            name = path[len("/static/"):]
+            name = path[len("/static/") :]
             if name not in STATIC_FILES:
                 return self._error(HTTPStatus.NOT_FOUND, f"{path}: no such file")
             return self._send(200, static_text(name).encode(), STATIC_FILES[name], cache=True)
         if path == "/api/info":
             return self._json(session.info())
         if path == "/api/studies":
-            return self._json(session.studies(_int_param(params, "offset", 0), _int_param(params, "limit", 50),
-                                               params.get("q", [""])[0]))
+            return self._json(
+                session.studies(
+                    _int_param(params, "offset", 0), _int_param(params, "limit", 50), params.get("q", [""])[0]
+                )
+            )
         size = max(16, min(MAX_IMAGE_SIDE, _int_param(params, "size", 256)))
         if path.startswith("/api/image/") and path.endswith(".png"):
-            raw = path[len("/api/image/"):-len(".png")]
+            raw = path[len("/api/image/") : -len(".png")]
             if not raw.isdigit():
                 raise QueryError(f"{path}: expected /api/image/<study index>.png")
             return self._send(200, png_bytes(session.split_image(int(raw)), size), "image/png", cache=True)
         if path.startswith("/api/upload/") and path.endswith(".png"):
-            key = path[len("/api/upload/"):-len(".png")]
+            key = path[len("/api/upload/") : -len(".png")]
             return self._send(200, png_bytes(session.upload_image(key), size), "image/png", cache=True)
         if path == "/favicon.ico":
             return self._send(204, b"", "image/x-icon", cache=True)
@@ -177,13 +185,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"upload": key, "height": int(image.shape[0]), "width": int(image.shape[1])})
         body = self._json_body()
         if path == "/api/query/image":
-            return self._json(session.image_query(index=body.get("index"), upload=body.get("upload"),
-                                                  k=body.get("k"), label=body.get("label")))
+            return self._json(
+                session.image_query(
+                    index=body.get("index"), upload=body.get("upload"), k=body.get("k"), label=body.get("label")
+                )
+            )
         if path == "/api/query/text":
             return self._json(session.text_query(body.get("text"), k=body.get("k")))
         if path == "/api/explain":
-            return self._json(session.explain(index=body.get("index"), upload=body.get("upload"),
-                                              target=body.get("target")))
+            return self._json(
+                session.explain(index=body.get("index"), upload=body.get("upload"), target=body.get("target"))
+            )
         return self._error(HTTPStatus.NOT_FOUND, f"{path}: no such endpoint")
 
 

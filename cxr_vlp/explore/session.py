@@ -132,11 +132,21 @@ class ExploreSession:
     text); ``bottleneck`` a fitted :class:`~cxr_vlp.eval.concept_audit.ConceptBottleneck` for concept
     contributions; ``k`` the default number of results."""
 
-    def __init__(self, model: ImageTextModel, embeddings: SplitEmbeddings, images: ImageSource | None = None,
-                 k: int = 10, labels: Sequence[str] = CHEXPERT_LABELS, prompts: dict | None = None,
-                 findings: Sequence[str | None] | None = None, impressions: Sequence[str | None] | None = None,
-                 bottleneck: Any = None, top_concepts: int = 8, credentialed: bool = False,
-                 data_name: str = "dataset") -> None:
+    def __init__(
+        self,
+        model: ImageTextModel,
+        embeddings: SplitEmbeddings,
+        images: ImageSource | None = None,
+        k: int = 10,
+        labels: Sequence[str] = CHEXPERT_LABELS,
+        prompts: dict | None = None,
+        findings: Sequence[str | None] | None = None,
+        impressions: Sequence[str | None] | None = None,
+        bottleneck: Any = None,
+        top_concepts: int = 8,
+        credentialed: bool = False,
+        data_name: str = "dataset",
+    ) -> None:
         if len(embeddings) == 0:
             raise ValueError(f"the {embeddings.split} split holds no studies")
         if int(k) < 1:
@@ -157,10 +167,12 @@ class ExploreSession:
         self.index_of = {sid: i for i, sid in enumerate(embeddings.study_ids)}
         prompt_set = PromptSet.with_overrides(self.labels, prompts)
         with self.lock, torch.no_grad():
-            self.positive = torch.stack([class_text_embeddings(model.encode_texts, prompt_set.positive[n])
-                                         for n in self.labels])
-            self.negative = torch.stack([class_text_embeddings(model.encode_texts, prompt_set.negative[n])
-                                         for n in self.labels])
+            self.positive = torch.stack(
+                [class_text_embeddings(model.encode_texts, prompt_set.positive[n]) for n in self.labels]
+            )
+            self.negative = torch.stack(
+                [class_text_embeddings(model.encode_texts, prompt_set.negative[n]) for n in self.labels]
+            )
             self.scale = float(model.zero_shot_scale)
         thresholds = model.thresholds
         self.thresholds = {n: float(thresholds[n]) for n in self.labels if n in thresholds.index}
@@ -170,23 +182,40 @@ class ExploreSession:
     def info(self) -> dict[str, Any]:
         """The model, the split and what the head offers (the page's header and controls)."""
         name = getattr(self.model, "head_name", type(self.model).__name__)
-        return {"model": self.model.name, "head": name, "split": self.emb.split, "studies": len(self.emb),
-                "dataset": self.data_name, "credentialed": self.credentialed, "labels": self.labels,
-                "thresholds": self.thresholds, "k": self.k, "probabilistic": bool(self.model.probabilistic),
-                "concepts": bool(self.model.concept_names), "images": self.images is not None,
-                "gradcam": callable(getattr(self.model, "explain", None))}
+        return {
+            "model": self.model.name,
+            "head": name,
+            "split": self.emb.split,
+            "studies": len(self.emb),
+            "dataset": self.data_name,
+            "credentialed": self.credentialed,
+            "labels": self.labels,
+            "thresholds": self.thresholds,
+            "k": self.k,
+            "probabilistic": bool(self.model.probabilistic),
+            "concepts": bool(self.model.concept_names),
+            "images": self.images is not None,
+            "gradcam": callable(getattr(self.model, "explain", None)),
+        }
 
     def studies(self, offset: int = 0, limit: int = 50, search: str = "") -> dict[str, Any]:
         """Split studies for the picker: ``limit`` rows from ``offset`` among those whose id or report contains
         ``search`` (case-insensitive)."""
         needle = search.strip().lower()
-        rows = [i for i in range(len(self.emb))
-                if not needle or needle in self.emb.study_ids[i].lower() or needle in self.emb.texts[i].lower()]
+        rows = [
+            i
+            for i in range(len(self.emb))
+            if not needle or needle in self.emb.study_ids[i].lower() or needle in self.emb.texts[i].lower()
+        ]
         offset, limit = max(0, int(offset)), max(1, min(500, int(limit)))
-        page = rows[offset:offset + limit]
-        return {"total": len(rows), "offset": offset,
-                "studies": [{"index": i, "study_id": self.emb.study_ids[i], "report": self.emb.texts[i][:160]}
-                            for i in page]}
+        page = rows[offset : offset + limit]
+        return {
+            "total": len(rows),
+            "offset": offset,
+            "studies": [
+                {"index": i, "study_id": self.emb.study_ids[i], "report": self.emb.texts[i][:160]} for i in page
+            ],
+        }
 
     # ------------------------------------------------------------------ images
     def split_image(self, index: int) -> np.ndarray:
@@ -226,7 +255,7 @@ class ExploreSession:
         if index is not None:
             i = self._check_index(index)
             image = self.split_image(i) if self.images is not None else None
-            scores = None if self.emb.concept_scores is None else self.emb.concept_scores[i:i + 1]
+            scores = None if self.emb.concept_scores is None else self.emb.concept_scores[i : i + 1]
             return _Query(i, None, image, self.emb.image_embeddings.rows(slice(i, i + 1)), scores)
         image = self.upload_image(upload)
         with self.lock:
@@ -244,8 +273,9 @@ class ExploreSession:
             raise QueryError(f"k={k!r}: expected a positive integer")
         return min(value, len(self.emb))
 
-    def image_query(self, index: int | None = None, upload: str | None = None, k: int | None = None,
-                    label: str | None = None) -> dict[str, Any]:
+    def image_query(
+        self, index: int | None = None, upload: str | None = None, k: int | None = None, label: str | None = None
+    ) -> dict[str, Any]:
         """Zero-shot probabilities, retrieved reports, concepts / uncertainty and ground truth of one image."""
         query = self._resolve(index, upload)
         k = self._k(k)
@@ -253,20 +283,33 @@ class ExploreSession:
         with self.lock:
             scores = self.model.similarity_scores(query.embeddings, self.emb.text_embeddings)[0]
         top = torch.topk(scores, k)
-        retrieved = [{"rank": r + 1, "index": int(j), "study_id": self.emb.study_ids[int(j)],
-                      "text": self.emb.texts[int(j)], "score": float(s), "true": int(j) == query.index}
-                     for r, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+        retrieved = [
+            {
+                "rank": r + 1,
+                "index": int(j),
+                "study_id": self.emb.study_ids[int(j)],
+                "text": self.emb.texts[int(j)],
+                "score": float(s),
+                "true": int(j) == query.index,
+            }
+            for r, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+        ]
         zero_shot = []
         for c, name in enumerate(self.labels):
             row: dict[str, Any] = {"label": name, "prob": float(probs[c]), "threshold": self.thresholds.get(name)}
             row["positive"] = None if row["threshold"] is None else bool(row["prob"] >= row["threshold"])
             zero_shot.append(row)
         out: dict[str, Any] = {
-            "query": {"index": query.index, "upload": query.upload,
-                      "study_id": None if query.index is None else self.emb.study_ids[query.index],
-                      "image_url": self.image_url(query.index, query.upload) if query.image is not None else None},
-            "zero_shot": zero_shot, "retrieved": retrieved,
-            "true_rank": self._true_rank(scores, query.index)}
+            "query": {
+                "index": query.index,
+                "upload": query.upload,
+                "study_id": None if query.index is None else self.emb.study_ids[query.index],
+                "image_url": self.image_url(query.index, query.upload) if query.image is not None else None,
+            },
+            "zero_shot": zero_shot,
+            "retrieved": retrieved,
+            "true_rank": self._true_rank(scores, query.index),
+        }
         chosen = label if label is not None else self.labels[int(np.argmax(probs))]
         if self.model.concept_names and query.concept_scores is not None:
             out["concepts"] = self._concepts(query.concept_scores[0], chosen)
@@ -274,8 +317,11 @@ class ExploreSession:
             from cxr_vlp.losses.probabilistic import uncertainty
 
             value = float(uncertainty(query.embeddings.logvar)[0])
-            out["uncertainty"] = {"value": value, "decile": decile(value, self.image_uncertainty),
-                                  "split_median": float(self.image_uncertainty.median())}
+            out["uncertainty"] = {
+                "value": value,
+                "decile": decile(value, self.image_uncertainty),
+                "split_median": float(self.image_uncertainty.median()),
+            }
         if query.index is not None:
             out["truth"] = self._truth(query.index)
         return out
@@ -290,21 +336,27 @@ class ExploreSession:
     def _concepts(self, scores: Tensor, label: str) -> dict[str, Any]:
         names = self.model.concept_names
         order = torch.argsort(scores, descending=True)[: self.top_concepts]
-        out: dict[str, Any] = {"top": [{"concept": names[int(i)], "score": float(scores[int(i)])} for i in order],
-                               "label": None, "contributions": []}
+        out: dict[str, Any] = {
+            "top": [{"concept": names[int(i)], "score": float(scores[int(i)])} for i in order],
+            "label": None,
+            "contributions": [],
+        }
         if self.bottleneck is not None and label in self.bottleneck.label_names:
             from cxr_vlp.eval.concept_audit import top_concepts
 
             out["label"] = label
-            out["contributions"] = [{"concept": c, "contribution": v}
-                                    for c, v in top_concepts(self.bottleneck, scores.double().numpy(), label,
-                                                             self.top_concepts)]
+            out["contributions"] = [
+                {"concept": c, "contribution": v}
+                for c, v in top_concepts(self.bottleneck, scores.double().numpy(), label, self.top_concepts)
+            ]
         return out
 
     def _truth(self, index: int) -> dict[str, Any]:
         values = self.emb.labels[index].double().numpy()
-        labels = [{"label": name, "value": None if math.isnan(v) else float(v), "state": _truth_label(float(v))}
-                  for name, v in zip(CHEXPERT_LABELS, values)]
+        labels = [
+            {"label": name, "value": None if math.isnan(v) else float(v), "state": _truth_label(float(v))}
+            for name, v in zip(CHEXPERT_LABELS, values)
+        ]
         out = {"study_id": self.emb.study_ids[index], "report": self.emb.texts[index], "labels": labels}
         if self.findings is not None:
             out["findings"] = self.findings[index] or ""
@@ -323,10 +375,17 @@ class ExploreSession:
             query = self.model.text_embeddings([text.strip()])
             scores = self.model.similarity_scores(query, self.emb.image_embeddings)[0]
         top = torch.topk(scores, k)
-        results = [{"rank": r + 1, "index": int(j), "study_id": self.emb.study_ids[int(j)], "score": float(s),
-                    "report": self.emb.texts[int(j)],
-                    "image_url": self.image_url(int(j), size=160) if self.images is not None else None}
-                   for r, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+        results = [
+            {
+                "rank": r + 1,
+                "index": int(j),
+                "study_id": self.emb.study_ids[int(j)],
+                "score": float(s),
+                "report": self.emb.texts[int(j)],
+                "image_url": self.image_url(int(j), size=160) if self.images is not None else None,
+            }
+            for r, (s, j) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+        ]
         return {"text": text.strip(), "negated": negated(text), "results": results}
 
     def explain(self, index: int | None = None, upload: str | None = None, target: Any = None) -> dict[str, Any]:
@@ -344,5 +403,10 @@ class ExploreSession:
         with self.lock:
             cam = explain(image, target.strip())
         heat = cam.heatmap
-        return {"target": cam.target, "overlay": data_uri(png_bytes(np.asarray(cam.overlay))),
-                "heat_max": float(heat.max()), "heat_mean": float(heat.mean()), "size": list(heat.shape)}
+        return {
+            "target": cam.target,
+            "overlay": data_uri(png_bytes(np.asarray(cam.overlay))),
+            "heat_max": float(heat.max()),
+            "heat_mean": float(heat.mean()),
+            "size": list(heat.shape),
+        }

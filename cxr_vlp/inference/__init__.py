@@ -5,5 +5,12 @@ from cxr_vlp.inference.base import ImageEncoding, ImageTextModel, UnsupportedByM
 from cxr_vlp.inference.gallery import Gallery
 from cxr_vlp.inference.model import CXRModel, Explanation, GeneratedReport
 
-__all__ = ["CXRModel", "Explanation", "Gallery", "GeneratedReport", "ImageEncoding", "ImageTextModel",
-           "UnsupportedByModel"]
+__all__ = [
+    "CXRModel",
+    "Explanation",
+    "Gallery",
+    "GeneratedReport",
+    "ImageEncoding",
+    "ImageTextModel",
+    "UnsupportedByModel",
+]

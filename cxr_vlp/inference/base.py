@@ -66,9 +66,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """float32 (default) or bfloat16 (towers under a bf16 autocast), from a dtype or its usual names."""
-    names = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
-             "32-true": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "bf16-mixed": torch.bfloat16}
+    names = {
+        None: torch.float32,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "32": torch.float32,
+        "32-true": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "bf16-mixed": torch.bfloat16,
+    }
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
@@ -107,8 +114,9 @@ def as_texts(texts: str | Sequence[str]) -> list[str]:
 class ImageTextModel(ABC):
     """A dual image–text encoder for inference and evaluation (see the module docstring)."""
 
-    def __init__(self, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None, batch_size: int = 32
+    ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if int(batch_size) < 1:
@@ -187,15 +195,20 @@ class ImageTextModel(ABC):
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
         """Model inputs ``[B, C, S, S]`` (CPU): decoded as training decodes images, then :attr:`image_transform`."""
         items = as_image_list(images)
-        return torch.stack([self.image_transform(image=to_uint8_gray(img, f"images[{i}]"))["image"]
-                            for i, img in enumerate(items)])
+        return torch.stack(
+            [self.image_transform(image=to_uint8_gray(img, f"images[{i}]"))["image"] for i, img in enumerate(items)]
+        )
 
     def image_batches(self, images: list[ImageInput]) -> Iterator[Tensor]:
         """Preprocessed batches of at most ``batch_size`` images, on ``device``."""
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            yield torch.stack([self.image_transform(image=to_uint8_gray(img, f"images[{start + i}]"))["image"]
-                               for i, img in enumerate(chunk)]).to(self.device)
+            chunk = images[start : start + self.batch_size]
+            yield torch.stack(
+                [
+                    self.image_transform(image=to_uint8_gray(img, f"images[{start + i}]"))["image"]
+                    for i, img in enumerate(chunk)
+                ]
+            ).to(self.device)
 
     def image_embeddings(self, images: list[ImageInput]) -> Embeddings:
         """Embeddings of decoded / file images, batched."""
@@ -203,8 +216,9 @@ class ImageTextModel(ABC):
 
     def text_embeddings(self, texts: list[str]) -> Embeddings:
         """Embeddings of texts, batched."""
-        return Embeddings.cat([self.encode_text_embeddings(texts[s:s + self.batch_size])
-                               for s in range(0, len(texts), self.batch_size)])
+        return Embeddings.cat(
+            [self.encode_text_embeddings(texts[s : s + self.batch_size]) for s in range(0, len(texts), self.batch_size)]
+        )
 
     # ------------------------------------------------------------------ user-facing calls
     def encode_images(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
@@ -217,11 +231,16 @@ class ImageTextModel(ABC):
 
     def similarity(self, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str]) -> Tensor:
         """``[N_images, N_texts]`` :meth:`similarity_scores`."""
-        return self.similarity_scores(self.image_embeddings(as_image_list(images)),
-                                      self.text_embeddings(as_texts(texts)))
+        return self.similarity_scores(
+            self.image_embeddings(as_image_list(images)), self.text_embeddings(as_texts(texts))
+        )
 
-    def zero_shot(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str] | None = None,
-                  prompts: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> pd.DataFrame:
+    def zero_shot(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        labels: Sequence[str] | None = None,
+        prompts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    ) -> pd.DataFrame:
         """Per-label probabilities ``[N images, labels]`` from positive / negative prompt pairs (the evaluation
         suite's :func:`~cxr_vlp.eval.zeroshot.zeroshot_classify`; default prompts, per-label overrides or new
         labels via ``prompts={label: {"positive": [...], "negative": [...]}}``).
@@ -235,8 +254,9 @@ class ImageTextModel(ABC):
         items = as_image_list(images)
         emb = self.image_embeddings(items).mean
         probs = zeroshot_classify(self.encode_texts, emb, names, prompt_set, self.zero_shot_scale)
-        frame = pd.DataFrame(probs.numpy().astype(np.float64), columns=names,
-                             index=[image_name(img, i) for i, img in enumerate(items)])
+        frame = pd.DataFrame(
+            probs.numpy().astype(np.float64), columns=names, index=[image_name(img, i) for i, img in enumerate(items)]
+        )
         thresholds = self.thresholds
         frame.attrs["thresholds"] = {n: float(thresholds[n]) for n in names if n in thresholds.index}
         return frame
@@ -259,8 +279,12 @@ class ImageTextModel(ABC):
             names = [str(i) for i in ids]
         return Gallery(modality=modality, ids=names, embeddings=emb.mean, logvar=emb.logvar)
 
-    def retrieve(self, queries: str | Sequence[str] | ImageInput | Sequence[ImageInput],
-                 gallery: Gallery | Sequence[ImageInput] | Sequence[str], k: int = 5) -> pd.DataFrame:
+    def retrieve(
+        self,
+        queries: str | Sequence[str] | ImageInput | Sequence[ImageInput],
+        gallery: Gallery | Sequence[ImageInput] | Sequence[str],
+        k: int = 5,
+    ) -> pd.DataFrame:
         """The top ``k`` gallery items per query: text queries against an image gallery, image queries against a
         text gallery. Rows ``query, rank (1 = best), item, score`` (:meth:`similarity_scores`)."""
         if not isinstance(gallery, Gallery):
@@ -273,18 +297,32 @@ class ImageTextModel(ABC):
             q = self.image_embeddings(items)
             names = [image_name(x, i) for i, x in enumerate(items)]
         if self.probabilistic and gallery.logvar is None:
-            raise ValueError(f"{self.name} scores Gaussian embeddings: the gallery needs its logvar (embed it with "
-                             "this model's gallery())")
+            raise ValueError(
+                f"{self.name} scores Gaussian embeddings: the gallery needs its logvar (embed it with "
+                "this model's gallery())"
+            )
         scores = self.similarity_scores(q, Embeddings(gallery.embeddings, gallery.logvar))
         k = min(int(k), len(gallery))
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
         top = torch.topk(scores, k, dim=1)
-        rows = [{"query": names[i], "rank": r + 1, "item": gallery.ids[int(top.indices[i, r])],
-                 "score": float(top.values[i, r])} for i in range(len(names)) for r in range(k)]
+        rows = [
+            {
+                "query": names[i],
+                "rank": r + 1,
+                "item": gallery.ids[int(top.indices[i, r])],
+                "score": float(top.values[i, r]),
+            }
+            for i in range(len(names))
+            for r in range(k)
+        ]
         return pd.DataFrame(rows, columns=["query", "rank", "item", "score"])
 
     def describe(self) -> dict[str, Any]:
         """Name, fingerprint and capabilities (for reports and logs)."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "probabilistic": self.probabilistic,
-                "concepts": len(self.concept_names)}
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "probabilistic": self.probabilistic,
+            "concepts": len(self.concept_names),
+        }

@@ -63,20 +63,39 @@ def model_card(payload: Payload, repo_id: str | None = None) -> ModelCard:
 
     data = payload.training_data
     name, credentialed = data.get("name", "dataset"), bool(data.get("credentialed", False))
-    access = ("credentialed access (a data use agreement is required; the weights are derived from restricted data: "
-              "share them only as that agreement allows)" if credentialed else "openly available")
-    card_data = ModelCardData(library_name="cxr_vlp", tags=["chest-x-ray", "vision-language", "contrastive",
-                                                            "research-only", "cxr_vlp"],
-                              datasets=[name], pipeline_tag="zero-shot-image-classification")
+    access = (
+        "credentialed access (a data use agreement is required; the weights are derived from restricted data: "
+        "share them only as that agreement allows)"
+        if credentialed
+        else "openly available"
+    )
+    card_data = ModelCardData(
+        library_name="cxr_vlp",
+        tags=["chest-x-ray", "vision-language", "contrastive", "research-only", "cxr_vlp"],
+        datasets=[name],
+        pipeline_tag="zero-shot-image-classification",
+    )
     model = payload.hparams.get("model") or {}
     image = (model.get("image_encoder") or payload.hparams.get("image_encoder") or {}).get("name", "?")
-    config = json.dumps(scrub_paths({"kind": payload.kind, "hyper_parameters": exported_hparams(payload.hparams),
-                                     "preprocessing": payload.preprocessing}), indent=1, default=str)
-    thresholds = (f"Validation-fitted zero-shot thresholds are stored for {len(payload.thresholds)} labels and "
-                  "applied by `CXRModel.zero_shot`." if payload.thresholds else
-                  "No validation-fitted zero-shot thresholds were found for this run.")
+    config = json.dumps(
+        scrub_paths(
+            {
+                "kind": payload.kind,
+                "hyper_parameters": exported_hparams(payload.hparams),
+                "preprocessing": payload.preprocessing,
+            }
+        ),
+        indent=1,
+        default=str,
+    )
+    thresholds = (
+        f"Validation-fitted zero-shot thresholds are stored for {len(payload.thresholds)} labels and "
+        "applied by `CXRModel.zero_shot`."
+        if payload.thresholds
+        else "No validation-fitted zero-shot thresholds were found for this run."
+    )
     body = f"""
-# {repo_id or 'cxr_vlp chest X-ray model'}
+# {repo_id or "cxr_vlp chest X-ray model"}
 
 A chest X-ray vision-language model trained with cxr_vlp ({payload.kind}; loss head
 {_head_name(payload)}; image backbone `{image}`), exported with `python -m cxr_vlp.export`, version
@@ -84,7 +103,7 @@ A chest X-ray vision-language model trained with cxr_vlp ({payload.kind}; loss h
 
 ```python
 from cxr_vlp import CXRModel
-model = CXRModel.from_pretrained("{repo_id or '<folder or hub id>'}")
+model = CXRModel.from_pretrained("{repo_id or "<folder or hub id>"}")
 ```
 
 ## Intended use
@@ -102,14 +121,14 @@ may be miscalibrated outside the training distribution and can carry the biases 
 
 - Dataset: **{name}**, {access}.
 - Patient-level split (no patient in two splits); split fingerprint (sha256 of the subject ids per split):
-  `{payload.split_fingerprint or 'not available (no split.json next to the checkpoint)'}`.
+  `{payload.split_fingerprint or "not available (no split.json next to the checkpoint)"}`.
 - This card holds no patient content: no report text, no study or patient identifiers, no data paths.
 
 ## Preprocessing
 
 Grayscale, 8 bits (16-bit images keep their high byte), the run's evaluation transforms: shorter side resized to
-{payload.preprocessing.get('transforms', {}).get('image_size', 224)} px, centre crop, normalised; texts truncated
-to {payload.preprocessing.get('max_length')} tokens. `CXRModel.encode_images` applies them.
+{payload.preprocessing.get("transforms", {}).get("image_size", 224)} px, centre crop, normalised; texts truncated
+to {payload.preprocessing.get("max_length")} tokens. `CXRModel.encode_images` applies them.
 
 ## Evaluation (the run's held-out test split)
 

@@ -30,8 +30,10 @@ class Gallery:
         if self.modality not in MODALITIES:
             raise ValueError(f"gallery modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.ids):
-            raise ValueError(f"gallery embeddings must be [{len(self.ids)}, D] for {len(self.ids)} ids, got "
-                             f"{tuple(self.embeddings.shape)}")
+            raise ValueError(
+                f"gallery embeddings must be [{len(self.ids)}, D] for {len(self.ids)} ids, got "
+                f"{tuple(self.embeddings.shape)}"
+            )
         if self.logvar is not None and self.logvar.shape[0] != len(self.ids):
             raise ValueError(f"gallery logvar has {self.logvar.shape[0]} rows for {len(self.ids)} ids")
 
@@ -45,8 +47,11 @@ class Gallery:
         tensors = {"embeddings": self.embeddings.detach().cpu().contiguous()}
         if self.logvar is not None:
             tensors["logvar"] = self.logvar.detach().cpu().contiguous()
-        save_file(tensors, str(path), metadata={"format": GALLERY_FORMAT, "modality": self.modality,
-                                                "ids": json.dumps(self.ids)})
+        save_file(
+            tensors,
+            str(path),
+            metadata={"format": GALLERY_FORMAT, "modality": self.modality, "ids": json.dumps(self.ids)},
+        )
         return path
 
     @classmethod
@@ -58,8 +63,10 @@ class Gallery:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != GALLERY_FORMAT:
-                raise ValueError(f"{path}: not a cxr_vlp gallery (metadata format {meta.get('format')!r}, "
-                                 f"expected {GALLERY_FORMAT!r})")
+                raise ValueError(
+                    f"{path}: not a cxr_vlp gallery (metadata format {meta.get('format')!r}, "
+                    f"expected {GALLERY_FORMAT!r})"
+                )
             keys = set(f.keys())
             embeddings = f.get_tensor("embeddings")
             logvar = f.get_tensor("logvar") if "logvar" in keys else None

@@ -98,11 +98,16 @@ def save_folder(payload: Payload, tokenizer: PreTrainedTokenizerBase, out_dir: s
     save_file(_state_for_safetensors(payload.state_dict), str(weights), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(out))
     config = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "cxr_vlp_version": cxr_vlp.__version__,
-        "kind": payload.kind, "hyper_parameters": exported_hparams(payload.hparams),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cxr_vlp_version": cxr_vlp.__version__,
+        "kind": payload.kind,
+        "hyper_parameters": exported_hparams(payload.hparams),
         "preprocessing": payload.preprocessing,
-        "training_data": payload.training_data, "concepts": payload.concepts,
-        "zeroshot_thresholds": payload.thresholds, "metrics": payload.metrics,
+        "training_data": payload.training_data,
+        "concepts": payload.concepts,
+        "zeroshot_thresholds": payload.thresholds,
+        "metrics": payload.metrics,
         "split_fingerprint": payload.split_fingerprint,
         "files": {WEIGHTS_NAME: sha256_file(weights), TOKENIZER_NAME: sha256_file(out / TOKENIZER_NAME)},
     }
@@ -117,13 +122,17 @@ def _check_folder(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{folder}: no such model folder")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in PICKLE_SUFFIXES or _is_pickle(path):
-            raise FolderRefused(f"{path}: a pickle-format file in the model folder; cxr_vlp folders hold only "
-                                f"{WEIGHTS_NAME} and JSON / text files, and a pickle can run code when loaded. "
-                                "Remove the file (or re-export with `python -m cxr_vlp.export`)")
+            raise FolderRefused(
+                f"{path}: a pickle-format file in the model folder; cxr_vlp folders hold only "
+                f"{WEIGHTS_NAME} and JSON / text files, and a pickle can run code when loaded. "
+                "Remove the file (or re-export with `python -m cxr_vlp.export`)"
+            )
     for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME):
         if not (folder / name).is_file():
-            raise FolderRefused(f"{folder}: no {name}; not a cxr_vlp model folder (export one with "
-                                "`python -m cxr_vlp.export ckpt_path=... out_dir=...`)")
+            raise FolderRefused(
+                f"{folder}: no {name}; not a cxr_vlp model folder (export one with "
+                "`python -m cxr_vlp.export ckpt_path=... out_dir=...`)"
+            )
     try:
         config = json.loads((folder / CONFIG_NAME).read_text())
     except json.JSONDecodeError as err:
@@ -131,8 +140,10 @@ def _check_folder(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise FolderRefused(f"{folder / CONFIG_NAME}: key 'format' must be {FORMAT!r}: not a cxr_vlp model folder")
     if config.get("format_version") != FORMAT_VERSION:
-        raise FolderRefused(f"{folder / CONFIG_NAME}: format_version {config.get('format_version')!r} is not "
-                            f"supported by cxr_vlp {cxr_vlp.__version__} (reads version {FORMAT_VERSION})")
+        raise FolderRefused(
+            f"{folder / CONFIG_NAME}: format_version {config.get('format_version')!r} is not "
+            f"supported by cxr_vlp {cxr_vlp.__version__} (reads version {FORMAT_VERSION})"
+        )
     if config.get("kind") not in KINDS:
         raise FolderRefused(f"{folder / CONFIG_NAME}: key 'kind' is {config.get('kind')!r}, expected one of {KINDS}")
     for key in ("hyper_parameters", "preprocessing", "files"):
@@ -140,14 +151,18 @@ def _check_folder(folder: Path) -> dict[str, Any]:
             raise FolderRefused(f"{folder / CONFIG_NAME}: key {key!r} is missing or not a mapping")
     for where, target in _targets(config["hyper_parameters"]):
         if not isinstance(target, str) or not target.startswith(TARGET_PREFIX):
-            raise FolderRefused(f"{folder / CONFIG_NAME}: {where}._target_ = {target!r} is outside {TARGET_PREFIX}*; "
-                                "a model folder may only build cxr_vlp classes (the config was altered)")
+            raise FolderRefused(
+                f"{folder / CONFIG_NAME}: {where}._target_ = {target!r} is outside {TARGET_PREFIX}*; "
+                "a model folder may only build cxr_vlp classes (the config was altered)"
+            )
     for name in (WEIGHTS_NAME, TOKENIZER_NAME):
         expected = config["files"].get(name)
         actual = sha256_file(folder / name)
         if expected != actual:
-            raise FolderRefused(f"{folder / name}: sha256 {actual} differs from {expected!r} in {CONFIG_NAME} "
-                                f"(files.{name}): the file was changed or the config does not belong to it")
+            raise FolderRefused(
+                f"{folder / name}: sha256 {actual} differs from {expected!r} in {CONFIG_NAME} "
+                f"(files.{name}): the file was changed or the config does not belong to it"
+            )
     return config
 
 
@@ -158,10 +173,22 @@ def load_folder(folder: str | Path) -> Payload:
     thresholds = {str(k): float(v) for k, v in (config.get("zeroshot_thresholds") or {}).items()}
     metrics = {str(k): float(v) for k, v in (config.get("metrics") or {}).items()}
     hparams = config["hyper_parameters"]
-    record = CXRPayload(kind=config["kind"], hparams=hparams, tokenizer_json=(folder / TOKENIZER_NAME).read_text(),
-                        data=hparams.get("data"),
-                        concepts=config.get("concepts"), thresholds=thresholds or None, metrics=metrics or None,
-                        package_version=str(config.get("cxr_vlp_version", "")))
-    return Payload(record=record, state_dict=load_file(str(folder / WEIGHTS_NAME)),
-                   preprocessing=config["preprocessing"], training_data=config.get("training_data") or {},
-                   thresholds=thresholds, metrics=metrics, split_fingerprint=config.get("split_fingerprint"))
+    record = CXRPayload(
+        kind=config["kind"],
+        hparams=hparams,
+        tokenizer_json=(folder / TOKENIZER_NAME).read_text(),
+        data=hparams.get("data"),
+        concepts=config.get("concepts"),
+        thresholds=thresholds or None,
+        metrics=metrics or None,
+        package_version=str(config.get("cxr_vlp_version", "")),
+    )
+    return Payload(
+        record=record,
+        state_dict=load_file(str(folder / WEIGHTS_NAME)),
+        preprocessing=config["preprocessing"],
+        training_data=config.get("training_data") or {},
+        thresholds=thresholds,
+        metrics=metrics,
+        split_fingerprint=config.get("split_fingerprint"),
+    )

@@ -56,8 +56,10 @@ def _float_to_uint8(a: np.ndarray, where: str) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"{where}: unsupported pixel type {a.dtype}; give uint8, uint16 or float in [0, 1]")
     if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
-        raise ValueError(f"{where}: a float image must hold finite values in [0, 1] "
-                         f"(got range [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}])")
+        raise ValueError(
+            f"{where}: a float image must hold finite values in [0, 1] "
+            f"(got range [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}])"
+        )
     return np.rint(a * 255.0).astype(np.uint8)
 
 

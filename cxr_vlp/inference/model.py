@@ -68,8 +68,14 @@ class CXRModel(ImageTextModel):
     :meth:`from_pretrained` or, for a module in memory (the weights a training run just tested),
     :meth:`from_module`."""
 
-    def __init__(self, payload: Payload, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 batch_size: int = 32, module: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        payload: Payload,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 32,
+        module: torch.nn.Module | None = None,
+    ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         self.payload = payload
         self.module = (module if module is not None else build_module(payload)).to(self.device).eval()
@@ -109,8 +115,13 @@ class CXRModel(ImageTextModel):
 
         return save_folder(self.payload, self.tokenizer, out_dir, str(model_card(self.payload, repo_id)))
 
-    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
-                    commit_message: str = "Upload cxr_vlp model") -> Any:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload cxr_vlp model",
+    ) -> Any:
         """Export to a temporary folder and upload it to the hub repository ``repo_id`` (created if missing)."""
         from huggingface_hub import HfApi
 
@@ -118,8 +129,9 @@ class CXRModel(ImageTextModel):
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "model", repo_id=repo_id)
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                     commit_message=commit_message)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message
+            )
 
     # ------------------------------------------------------------------ what the checkpoint is
     @property
@@ -165,8 +177,10 @@ class CXRModel(ImageTextModel):
 
     def _require(self, method: str, ok: bool, needs: str) -> None:
         if not ok:
-            raise UnsupportedByModel(f"CXRModel.{method} is not available for this {self.kind} checkpoint with loss "
-                                     f"head {self.head_name}: it needs {needs}")
+            raise UnsupportedByModel(
+                f"CXRModel.{method} is not available for this {self.kind} checkpoint with loss "
+                f"head {self.head_name}: it needs {needs}"
+            )
 
     def _require_contrastive(self, method: str) -> None:
         self._require(method, self.kind == "contrastive", "a contrastive checkpoint (dual encoder)")
@@ -190,12 +204,21 @@ class CXRModel(ImageTextModel):
         with self.autocast():
             out = self.module.encoder.encode_image(pixels.to(self.device))
             scores = head.eval_scores(out.embeddings, inputs)
-        return ImageEncoding(embeddings=_cpu(out.embeddings), features=out.features.float().cpu(),
-                             concept_scores=None if scores is None else scores.float().cpu())
+        return ImageEncoding(
+            embeddings=_cpu(out.embeddings),
+            features=out.features.float().cpu(),
+            concept_scores=None if scores is None else scores.float().cpu(),
+        )
 
     def _tokens(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        tok = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="pt", return_token_type_ids=False)
+        tok = self.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
         return tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
 
     @torch.no_grad()
@@ -208,8 +231,10 @@ class CXRModel(ImageTextModel):
     def _pair(self, query: Embeddings, gallery: Embeddings) -> tuple[Embeddings, Embeddings]:
         self._require_contrastive("similarity")
         if self.probabilistic and (query.logvar is None or gallery.logvar is None):
-            raise ValueError(f"{self.head_name} scores Gaussian embeddings: the gallery needs its logvar (embed it "
-                             "with this model's CXRModel.gallery)")
+            raise ValueError(
+                f"{self.head_name} scores Gaussian embeddings: the gallery needs its logvar (embed it "
+                "with this model's CXRModel.gallery)"
+            )
         return query.to(self.device), gallery.to(self.device)
 
     @torch.no_grad()
@@ -241,8 +266,8 @@ class CXRModel(ImageTextModel):
     def explain(self, image: ImageInput, label_or_prompt: str) -> Explanation:
         """Grad-CAM (:func:`cxr_vlp.eval.gradcam.gradcam_maps`) of cos(image embedding, text embedding), the text
         being a label's positive prompt ensemble (a label with default prompts) or the given prompt itself."""
-        from pytorch_grad_cam.utils.image import show_cam_on_image
         from PIL import Image
+        from pytorch_grad_cam.utils.image import show_cam_on_image
 
         from cxr_vlp.eval.zeroshot import DEFAULT_PROMPTS, class_text_embeddings
 
@@ -280,11 +305,13 @@ class CXRModel(ImageTextModel):
         return uncertainty(logvar).float()
 
     @torch.no_grad()
-    def generate_report(self, images: ImageInput | Sequence[ImageInput], num_beams: int | None = None,
-                        max_new_tokens: int | None = None) -> list[GeneratedReport]:
+    def generate_report(
+        self, images: ImageInput | Sequence[ImageInput], num_beams: int | None = None, max_new_tokens: int | None = None
+    ) -> list[GeneratedReport]:
         """Reports for one or more images (report-generation checkpoints), with the prompts that conditioned them."""
-        self._require("generate_report", self.kind == "reportgen",
-                      "a report-generation checkpoint (+experiment=reportgen_*)")
+        self._require(
+            "generate_report", self.kind == "reportgen", "a report-generation checkpoint (+experiment=reportgen_*)"
+        )
         if max_new_tokens is not None:
             self.module.gen_cfg["max_new_tokens"] = int(max_new_tokens)
         out: list[GeneratedReport] = []

@@ -88,7 +88,7 @@ def zeroshot_thresholds(metrics: dict[str, float]) -> dict[str, float]:
     """Validation-fitted zero-shot thresholds per label from a run's metrics (``eval/`` after training, else
     ``test/`` of ``python -m cxr_vlp.eval``)."""
     for prefix in ("eval/zeroshot/threshold/", "test/zeroshot/threshold/"):
-        found = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and math.isfinite(v)}
+        found = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and math.isfinite(v)}
         if found:
             return {label: found[label] for label in CHEXPERT_LABELS if label in found}
     return {}
@@ -117,13 +117,19 @@ def payload_from_checkpoint(ckpt_path: str | Path) -> Payload:
     if not data:
         raise CheckpointFormatError(
             f"{path} carries no data config (written before cxr_vlp stored it), so its evaluation preprocessing is "
-            "unknown: train it again with `python -m cxr_vlp.train +experiment=<name>`")
+            "unknown: train it again with `python -m cxr_vlp.train +experiment=<name>`"
+        )
     metrics, fingerprint = _run_files(path)
     thresholds = dict(record.thresholds or {}) if record.kind == "contrastive" else {}
     return Payload(
-        record=record, state_dict=dict(checkpoint["state_dict"]), preprocessing=preprocessing(data),
-        training_data=training_data(data), thresholds=thresholds or zeroshot_thresholds(metrics),
-        metrics=held_out_metrics(metrics), split_fingerprint=fingerprint)
+        record=record,
+        state_dict=dict(checkpoint["state_dict"]),
+        preprocessing=preprocessing(data),
+        training_data=training_data(data),
+        thresholds=thresholds or zeroshot_thresholds(metrics),
+        metrics=held_out_metrics(metrics),
+        split_fingerprint=fingerprint,
+    )
 
 
 def preprocessing(data: dict[str, Any]) -> dict[str, Any]:
@@ -141,8 +147,12 @@ def payload_from_module(module: torch.nn.Module, data: dict[str, Any]) -> Payloa
     run's data config ``data``."""
     if not data:
         raise ValueError("payload_from_module needs the run's data config (transforms, max_length)")
-    return Payload(record=module.payload(), state_dict=module.state_dict(), preprocessing=preprocessing(data),
-                   training_data=training_data(data))
+    return Payload(
+        record=module.payload(),
+        state_dict=module.state_dict(),
+        preprocessing=preprocessing(data),
+        training_data=training_data(data),
+    )
 
 
 def build_module(payload: Payload) -> torch.nn.Module:

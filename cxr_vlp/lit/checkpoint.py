@@ -54,16 +54,19 @@ class RunCheckpoint(ModelCheckpoint):
         if self.step_interval < 0:
             raise ValueError(f"every_n_train_steps must be >= 0 (0 or null: off), got {every_n_train_steps}")
         if self.step_interval and self.monitor is not None:
-            raise ValueError(f"every_n_train_steps={self.step_interval} is for the monitor-less last checkpoint; "
-                             f"the checkpoint that monitors {self.monitor!r} saves after validation")
+            raise ValueError(
+                f"every_n_train_steps={self.step_interval} is for the monitor-less last checkpoint; "
+                f"the checkpoint that monitors {self.monitor!r} saves after validation"
+            )
         self._stage: str | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._stage = stage
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n = self.step_interval
         if n < 1 or trainer.global_step % n != 0 or self._should_skip_saving_checkpoint(trainer):
@@ -106,12 +109,18 @@ class RunCheckpoint(ModelCheckpoint):
         record = dict(state_dict)
         record.update(
             dirpath=self.dirpath,
-            best_k_models={moved[p]: score for p, score in (state_dict.get("best_k_models") or {}).items()
-                           if p in moved},
+            best_k_models={
+                moved[p]: score for p, score in (state_dict.get("best_k_models") or {}).items() if p in moved
+            },
             best_model_path=moved.get(best, ""),
             kth_best_model_path=moved.get(state_dict.get("kth_best_model_path") or "", ""),
             last_model_path="",
         )
         super().load_state_dict(record)
-        log.info("best checkpoint continued from %s: %s (%s=%s)", Path(source_dir), self.best_model_path,
-                 self.monitor, self.best_model_score)
+        log.info(
+            "best checkpoint continued from %s: %s (%s=%s)",
+            Path(source_dir),
+            self.best_model_path,
+            self.monitor,
+            self.best_model_score,
+        )

@@ -101,11 +101,20 @@ class ResumableCSVLogger(CSVLogger):
         writer = self.experiment
         writer.save()  # nothing is pending before a fit starts; flush in case
         if source is None or not Path(source).is_file():
-            log.warning("resuming without the earlier metrics rows: %s is not a file; %s starts at step %d",
-                        source, self.metrics_file, next_step)
+            log.warning(
+                "resuming without the earlier metrics rows: %s is not a file; %s starts at step %d",
+                source,
+                self.metrics_file,
+                next_step,
+            )
             return
         header, rows = read_metric_rows(source)
         kept = [row for row in rows if row_step(row) < next_step]
         writer.seed(header, kept)
-        log.info("metrics: %d rows before step %d from %s (%d later rows dropped: the resumed run logs them again)",
-                 len(kept), next_step, source, len(rows) - len(kept))
+        log.info(
+            "metrics: %d rows before step %d from %s (%d later rows dropped: the resumed run logs them again)",
+            len(kept),
+            next_step,
+            source,
+            len(rows) - len(kept),
+        )

@@ -61,12 +61,18 @@ class BadStep:
 
 def _norm_buffers(module: nn.Module) -> list[Tensor]:
     """The running statistics of every BatchNorm layer that updates them in training mode."""
-    return [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats for b in m.buffers(recurse=False) if b is not None]
+    return [
+        b
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for b in m.buffers(recurse=False)
+        if b is not None
+    ]
 
 
 def non_finite_entries(state_dict: dict[str, Any]) -> tuple[list[str], int]:
-    """Names of the floating-point tensors of ``state_dict`` holding a NaN or ±inf, and how many tensors were checked."""
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or ±inf, and how many tensors were
+    checked."""
     names = [k for k, v in state_dict.items() if isinstance(v, Tensor) and v.is_floating_point() and v.numel()]
     if not names:
         return [], 0
@@ -80,8 +86,13 @@ def _format(value: float) -> str:
 
 def last_checkpoint(trainer: L.Trainer) -> str | None:
     """The most recently written checkpoint file among the trainer's ``ModelCheckpoint`` callbacks, if any."""
-    paths = {Path(p) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
-             for p in (c.best_model_path, c.last_model_path) if p}
+    paths = {
+        Path(p)
+        for c in trainer.checkpoint_callbacks
+        if isinstance(c, ModelCheckpoint)
+        for p in (c.best_model_path, c.last_model_path)
+        if p
+    }
     existing = [p for p in paths if p.is_file()]
     return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
 
@@ -91,8 +102,9 @@ def learning_rates(trainer: L.Trainer) -> list[float]:
     return sorted({float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
 
 
-def check_gradients_before_clipping(trainer: L.Trainer, pl_module: L.LightningModule,
-                                    optimizer: torch.optim.Optimizer) -> None:
+def check_gradients_before_clipping(
+    trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+) -> None:
     """Manual optimisation: run the :class:`DivergenceGuard` checks (if the trainer has one) on the unclipped
     gradients; call before ``clip_gradients`` and ``optimizer.step()``, which then skips its own check."""
     for callback in trainer.callbacks:
@@ -110,12 +122,18 @@ class DivergenceGuard(Callback):
         check_checkpoints: refuse to write checkpoints with non-finite tensors in their ``state_dict``.
     """
 
-    def __init__(self, max_consecutive_bad_steps: int = 3, val_loss_key: str | None = "val/loss",
-                 check_checkpoints: bool = True) -> None:
-        if isinstance(max_consecutive_bad_steps, bool) or not isinstance(max_consecutive_bad_steps, int) \
-                or max_consecutive_bad_steps < 1:
-            raise ValueError("callbacks.divergence.max_consecutive_bad_steps must be an integer >= 1, got "
-                             f"{max_consecutive_bad_steps!r}")
+    def __init__(
+        self, max_consecutive_bad_steps: int = 3, val_loss_key: str | None = "val/loss", check_checkpoints: bool = True
+    ) -> None:
+        if (
+            isinstance(max_consecutive_bad_steps, bool)
+            or not isinstance(max_consecutive_bad_steps, int)
+            or max_consecutive_bad_steps < 1
+        ):
+            raise ValueError(
+                "callbacks.divergence.max_consecutive_bad_steps must be an integer >= 1, got "
+                f"{max_consecutive_bad_steps!r}"
+            )
         self.max_consecutive_bad_steps = max_consecutive_bad_steps
         self.val_loss_key = val_loss_key
         self.check_checkpoints = check_checkpoints
@@ -137,8 +155,9 @@ class DivergenceGuard(Callback):
         self.consecutive = [BadStep(**b) for b in state_dict.get("consecutive", [])]
 
     # ------------------------------------------------------------------ per-step checks
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if not self._window_open:
             self._saved_buffers = [(b, b.detach().clone()) for b in _norm_buffers(pl_module)]
             self._window_open = True
@@ -148,8 +167,9 @@ class DivergenceGuard(Callback):
         finite = torch.isfinite(loss.detach()).all()
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         if self._checked:  # manual optimisation: checked before clipping (check_gradients_before_clipping)
             self._checked = False
             return
@@ -175,11 +195,17 @@ class DivergenceGuard(Callback):
             return
         for p in params:
             p.grad = None
-        self._bad = BadStep(step=trainer.global_step, epoch=trainer.current_epoch, batch_idx=-1,
-                            loss_finite=flags[0] >= 0.5, grad_norm=grad_norm)
+        self._bad = BadStep(
+            step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            batch_idx=-1,
+            loss_finite=flags[0] >= 0.5,
+            grad_norm=grad_norm,
+        )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._stepped:
             return
         self._window_open = False
@@ -213,14 +239,17 @@ class DivergenceGuard(Callback):
             return
         value = trainer.callback_metrics.get(self.val_loss_key)
         if value is not None and not math.isfinite(float(value)):
-            when = "in the sanity check before training" if trainer.sanity_checking else \
-                f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+            when = (
+                "in the sanity check before training"
+                if trainer.sanity_checking
+                else f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+            )
             raise TrainingDivergedError(
                 f"training diverged: validation loss {self.val_loss_key}={float(value)} {when}. "
-                + self.report(trainer, header=False))
+                + self.report(trainer, header=False)
+            )
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if not self.check_checkpoints:
             return
         bad, total = non_finite_entries(checkpoint.get("state_dict", {}))
@@ -228,7 +257,8 @@ class DivergenceGuard(Callback):
             shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
             raise NonFiniteCheckpointError(
                 f"refusing to write a checkpoint at step {trainer.global_step} (epoch {trainer.current_epoch}): "
-                f"{len(bad)} of {total} tensors hold NaN or inf ({shown}). " + self.report(trainer, header=False))
+                f"{len(bad)} of {total} tensors hold NaN or inf ({shown}). " + self.report(trainer, header=False)
+            )
 
     # ------------------------------------------------------------------ the message
     def report(self, trainer: L.Trainer, header: bool = True) -> str:
@@ -236,21 +266,31 @@ class DivergenceGuard(Callback):
         lines = []
         if header:
             first, last = self.consecutive[0], self.consecutive[-1]
-            lines.append(f"training diverged: {len(self.consecutive)} consecutive optimizer steps with a non-finite "
-                         f"loss or gradient norm (steps {first.step}-{last.step}; last at step {last.step}, epoch "
-                         f"{last.epoch}, batch {last.batch_idx}: {last.reason()}); these steps were skipped.")
+            lines.append(
+                f"training diverged: {len(self.consecutive)} consecutive optimizer steps with a non-finite "
+                f"loss or gradient norm (steps {first.step}-{last.step}; last at step {last.step}, epoch "
+                f"{last.epoch}, batch {last.batch_idx}: {last.reason()}); these steps were skipped."
+            )
         elif self.consecutive:
-            lines.append(f"The last {len(self.consecutive)} optimizer step(s) were skipped (steps "
-                         f"{self.consecutive[0].step}-{self.consecutive[-1].step}: {self.consecutive[-1].reason()}).")
+            lines.append(
+                f"The last {len(self.consecutive)} optimizer step(s) were skipped (steps "
+                f"{self.consecutive[0].step}-{self.consecutive[-1].step}: {self.consecutive[-1].reason()})."
+            )
         if self.consecutive and self.consecutive[-1].losses:
             losses = ", ".join(f"{k}={_format(v)}" for k, v in sorted(self.consecutive[-1].losses.items()))
             lines.append(f"Loss components at step {self.consecutive[-1].step}: {losses}.")
         rates = learning_rates(trainer)
         if rates:
-            lines.append("Learning rate: " + ", ".join(f"{r:.4g}" for r in rates)
-                         + " (optim.lr, scheduler; trainer.gradient_clip_val limits the step size).")
+            lines.append(
+                "Learning rate: "
+                + ", ".join(f"{r:.4g}" for r in rates)
+                + " (optim.lr, scheduler; trainer.gradient_clip_val limits the step size)."
+            )
         lines.append(f"Skipped steps in this run: {self.skipped_steps}.")
         ckpt = last_checkpoint(trainer)
-        lines.append(f"Last good checkpoint: {ckpt} (resume with ckpt_path=<file> and a lower optim.lr)." if ckpt
-                     else "Last good checkpoint: none written yet.")
+        lines.append(
+            f"Last good checkpoint: {ckpt} (resume with ckpt_path=<file> and a lower optim.lr)."
+            if ckpt
+            else "Last good checkpoint: none written yet."
+        )
         return "\n".join(lines)

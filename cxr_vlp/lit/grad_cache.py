@@ -70,8 +70,15 @@ def _replayed_rng(state: tuple[Tensor, Tensor | None], device: torch.device) -> 
 @contextlib.contextmanager
 def kept_norm_statistics(module: nn.Module | None) -> Iterator[None]:
     """Restore the running statistics of every BatchNorm layer of ``module`` on exit."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats and m.training] if module is not None else []
+    norms = (
+        [
+            m
+            for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training
+        ]
+        if module is not None
+        else []
+    )
     saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms]
     try:
         yield
@@ -124,8 +131,9 @@ def cached_contrastive_step(
         last = k == len(chunks) - 1
         with _replayed_rng(states[k], device):
             flat = _flatten(encode(chunk))
-        surrogate = sum((emb * grads[k].to(emb.dtype)).sum() for emb, grads in zip(flat, per_chunk)
-                        if grads[k] is not None)
+        surrogate = sum(
+            (emb * grads[k].to(emb.dtype)).sum() for emb, grads in zip(flat, per_chunk) if grads[k] is not None
+        )
         if last:  # the loss graph once more: the head's own parameters, and one synchronised backward
             backward(surrogate + out.loss)
         else:

@@ -75,19 +75,23 @@ class EvalSplit:
     scores: torch.Tensor | None = None
 
     def cpu(self) -> EvalSplit:
-        return EvalSplit(self.index.cpu(), self.image.cpu(), self.text.cpu(),
-                         None if self.scores is None else self.scores.cpu())
+        return EvalSplit(
+            self.index.cpu(), self.image.cpu(), self.text.cpu(), None if self.scores is None else self.scores.cpu()
+        )
 
 
 @torch.no_grad()
-def head_retrieval(head: LossHead, image: Embeddings, text: Embeddings, prefix: str = "",
-                   chunk_size: int = 1024) -> dict[str, float]:
+def head_retrieval(
+    head: LossHead, image: Embeddings, text: Embeddings, prefix: str = "", chunk_size: int = 1024
+) -> dict[str, float]:
     """Exact-pair retrieval both ways ranked by ``head.similarity`` (row chunks of ``chunk_size`` queries), with
     ``num_studies``, ``rsum`` (sum of the R@K) and the head's :meth:`~LossHead.eval_metrics`, keys ``{prefix}...``."""
     metrics: dict[str, float] = {}
     for name, (q, g) in {"i2t": (image, text), "t2i": (text, image)}.items():
-        ranks = [ranks_in_block(head.ranking_scores(q.rows(slice(s, s + chunk_size)), g), s).cpu()
-                 for s in range(0, len(q), chunk_size)]
+        ranks = [
+            ranks_in_block(head.ranking_scores(q.rows(slice(s, s + chunk_size)), g), s).cpu()
+            for s in range(0, len(q), chunk_size)
+        ]
         for key, value in metrics_from_ranks(RankCounts.cat(ranks)).items():
             metrics[f"{prefix}{name}/{key}"] = value
     metrics[f"{prefix}num_studies"] = float(len(image))
@@ -120,14 +124,22 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
     tokenizer.
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict, data: dict | None = None,
-                 gradient_clip: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optim: dict,
+        scheduler: dict,
+        data: dict | None = None,
+        gradient_clip: dict | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.encoder = build_dual_encoder(model)
         self.loss_head: LossHead = instantiate_node(loss)
-        self.loss_head.spec.check_encoder(self.encoder.embedding_kind, type(self.loss_head).__name__,
-                                          loss.get("_target_"))
+        self.loss_head.spec.check_encoder(
+            self.encoder.embedding_kind, type(self.loss_head).__name__, loss.get("_target_")
+        )
         # the last gathered eval split, by stage
         self.eval_splits: dict[str, EvalSplit] = {}
         self._eval_inputs: dict[str, torch.Tensor] | None = None
@@ -184,9 +196,12 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
         tokenizer = self.run_tokenizer()
         local = self.hparams["model"]["text_encoder"].get("tokenizer", {}).get("kind") == "wordpiece"
         return CXRPayload(
-            kind="contrastive", hparams=dict(self.hparams),
+            kind="contrastive",
+            hparams=dict(self.hparams),
             tokenizer_json=tokenizer_to_json(tokenizer) if local and tokenizer is not None else None,
-            data=self.data_config, concepts=list(self.loss_head.concept_names) or None)
+            data=self.data_config,
+            concepts=list(self.loss_head.concept_names) or None,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         write_payload(checkpoint, self.payload())
@@ -245,8 +260,9 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
         return [self.loss_head.loss_view(e) for e in image], [self.loss_head.loss_view(e) for e in text]
 
     def _head_loss(self, image_views: list, text_views: list, labels: torch.Tensor) -> LossOutput:
-        return self.loss_head(image_views, text_views, labels=labels,
-                              **self.loss_head.loss_inputs(self.encode_text_embedding))
+        return self.loss_head(
+            image_views, text_views, labels=labels, **self.loss_head.loss_inputs(self.encode_text_embedding)
+        )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.micro_batch_size is not None:
@@ -263,10 +279,14 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         out = cached_contrastive_step(
-            batch.split(int(self.micro_batch_size)), self._loss_views,
+            batch.split(int(self.micro_batch_size)),
+            self._loss_views,
             lambda image_views, text_views: self._head_loss(image_views, text_views, batch.labels),
-            backward=self.manual_backward, no_sync=getattr(self.trainer.strategy, "block_backward_sync", nullcontext),
-            norm_module=self.encoder, device=batch.images.device)
+            backward=self.manual_backward,
+            no_sync=getattr(self.trainer.strategy, "block_backward_sync", nullcontext),
+            norm_module=self.encoder,
+            device=batch.images.device,
+        )
         # the divergence guard sees the unclipped gradients (as with automatic optimisation)
         check_gradients_before_clipping(self.trainer, self, optimizer)
         clip_value, clip_algorithm = self.manual_gradient_clip
@@ -278,10 +298,12 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.automatic_optimization and self.trainer.accumulate_grad_batches > 1:
-            log.warning("trainer.accumulate_grad_batches=%d averages the losses of small batches: each sees only its "
-                        "own negatives. For the contrastive loss of the full batch with less memory, raise "
-                        "data.batch_size and set optim.micro_batch_size instead (feature cache)",
-                        self.trainer.accumulate_grad_batches)
+            log.warning(
+                "trainer.accumulate_grad_batches=%d averages the losses of small batches: each sees only its "
+                "own negatives. For the contrastive loss of the full batch with less memory, raise "
+                "data.batch_size and set optim.micro_batch_size instead (feature cache)",
+                self.trainer.accumulate_grad_batches,
+            )
 
     # ------------------------------------------------------------------ FLOPs for Lightning's ThroughputMonitor (MFU)
     @property
@@ -332,8 +354,9 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
         out = head([head.loss_view(image[0])], [head.loss_view(text[0])], labels=batch.labels, **self._eval_inputs)
         self.log(f"{stage}/loss", out.loss, sync_dist=True, batch_size=len(batch))
         img, txt = image[0].detach(), text[0].detach()
-        self._eval_outputs[stage].append((batch.index, img.mean, txt.mean, img.logvar, txt.logvar,
-                                          head.eval_scores(img, self._eval_inputs)))
+        self._eval_outputs[stage].append(
+            (batch.index, img.mean, txt.mean, img.logvar, txt.logvar, head.eval_scores(img, self._eval_inputs))
+        )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -344,8 +367,9 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
     def gathered_eval_split(self, stage: str) -> EvalSplit:
         """The eval outputs of the whole split across ranks, each study once, ordered by study index."""
         outputs = self._eval_outputs.pop(stage, [])
-        tensors = [None if outputs[0][k] is None else torch.cat([o[k] for o in outputs])
-                   for k in range(len(outputs[0]))]
+        tensors = [
+            None if outputs[0][k] is None else torch.cat([o[k] for o in outputs]) for k in range(len(outputs[0]))
+        ]
         if self.trainer.world_size > 1:
             tensors = [None if t is None else self.all_gather(t).flatten(0, 1) for t in tensors]
         first = _first_occurrence(tensors[0])
@@ -357,15 +381,24 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
         """Per-sample uncertainty Σσ² of the last gathered split, by stage (splits with log-variances only)."""
         from cxr_vlp.losses.probabilistic import uncertainty
 
-        return {stage: {"index": e.index.cpu(), "image": uncertainty(e.image.logvar).cpu(),
-                        "text": uncertainty(e.text.logvar).cpu()}
-                for stage, e in self.eval_splits.items() if e.image.logvar is not None}
+        return {
+            stage: {
+                "index": e.index.cpu(),
+                "image": uncertainty(e.image.logvar).cpu(),
+                "text": uncertainty(e.text.logvar).cpu(),
+            }
+            for stage, e in self.eval_splits.items()
+            if e.image.logvar is not None
+        }
 
     @property
     def eval_concept_scores(self) -> dict[str, dict[str, torch.Tensor]]:
         """The head's per-study scores (image concept scores f Cᵀ ``[N, K]``) of the last gathered split, by stage."""
-        return {stage: {"index": e.index.cpu(), "scores": e.scores.float().cpu()}
-                for stage, e in self.eval_splits.items() if e.scores is not None}
+        return {
+            stage: {"index": e.index.cpu(), "scores": e.scores.float().cpu()}
+            for stage, e in self.eval_splits.items()
+            if e.scores is not None
+        }
 
     def _log_retrieval(self, stage: str) -> None:
         if not self._eval_outputs.get(stage):
@@ -384,8 +417,13 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_with_cosine(self.named_parameters(), self.optim_cfg, self.scheduler_cfg,
-                                 int(self.trainer.estimated_stepping_batches), no_decay_prefixes=("loss_head.",))
+        return adamw_with_cosine(
+            self.named_parameters(),
+            self.optim_cfg,
+            self.scheduler_cfg,
+            int(self.trainer.estimated_stepping_batches),
+            no_decay_prefixes=("loss_head.",),
+        )
 
 
 def _first_occurrence(index: torch.Tensor) -> torch.Tensor:

@@ -70,8 +70,9 @@ class ResumeState(Callback):
         its ``on_train_batch_end`` and the end-of-epoch validation)."""
         return int(trainer.fit_loop.epoch_loop._batches_that_stepped) + int(self._step_increment_pending)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._step_increment_pending = not trainer.fit_loop._should_accumulate()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -97,8 +98,9 @@ class ResumeState(Callback):
         for i, logger in enumerate(csv_loggers):
             logger.resume(sources[i] if i < len(sources) else None, int(state["next_log_step"]))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step_increment_pending = False
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)

@@ -29,8 +29,9 @@ def resolve_warmup(warmup: float | int, total_steps: int) -> int:
     return int(warmup) if warmup >= 1 else int(round(warmup * total_steps))
 
 
-def adamw_with_cosine(named_parameters, optim: dict, scheduler: dict, total_steps: int,
-                      no_decay_prefixes: tuple[str, ...] = ()) -> dict:
+def adamw_with_cosine(
+    named_parameters, optim: dict, scheduler: dict, total_steps: int, no_decay_prefixes: tuple[str, ...] = ()
+) -> dict:
     """AdamW (no weight decay on biases, norms and ``no_decay_prefixes``) with :func:`cosine_with_warmup` stepped
     per optimizer step, as Lightning's ``configure_optimizers`` returns it."""
     decay, no_decay = [], []
@@ -38,11 +39,24 @@ def adamw_with_cosine(named_parameters, optim: dict, scheduler: dict, total_step
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or name.startswith(no_decay_prefixes) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": optim.get("weight_decay", 0.0)},
-              {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim.get("betas", (0.9, 0.999))),
-                                  eps=optim.get("eps", 1e-8), fused=optim.get("fused") or None)
-    lr_lambda = partial(cosine_with_warmup, warmup_steps=resolve_warmup(scheduler.get("warmup", 0), total_steps),
-                        total_steps=total_steps, min_lr_ratio=scheduler.get("min_lr_ratio", 0.0))
-    return {"optimizer": optimizer,
-            "lr_scheduler": {"scheduler": LambdaLR(optimizer, lr_lambda), "interval": "step", "frequency": 1}}
+    groups = [
+        {"params": decay, "weight_decay": optim.get("weight_decay", 0.0)},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=optim["lr"],
+        betas=tuple(optim.get("betas", (0.9, 0.999))),
+        eps=optim.get("eps", 1e-8),
+        fused=optim.get("fused") or None,
+    )
+    lr_lambda = partial(
+        cosine_with_warmup,
+        warmup_steps=resolve_warmup(scheduler.get("warmup", 0), total_steps),
+        total_steps=total_steps,
+        min_lr_ratio=scheduler.get("min_lr_ratio", 0.0),
+    )
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": LambdaLR(optimizer, lr_lambda), "interval": "step", "frequency": 1},
+    }

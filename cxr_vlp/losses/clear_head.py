@@ -99,7 +99,11 @@ def clear_loss(
     text_views = [F.normalize(v, dim=-1) for v in _as_views(text_emb)]
     if not image_views or not text_views:
         raise ValueError("need at least one image view and one text view")
-    if concept_tower_emb.ndim != 2 or concept_llm_emb.ndim != 2 or concept_tower_emb.shape[0] != concept_llm_emb.shape[0]:
+    if (
+        concept_tower_emb.ndim != 2
+        or concept_llm_emb.ndim != 2
+        or concept_tower_emb.shape[0] != concept_llm_emb.shape[0]
+    ):
         raise ValueError(
             f"expected C [K, D] and E [K, E_dim] with the same K, got {tuple(concept_tower_emb.shape)} and "
             f"{tuple(concept_llm_emb.shape)}"
@@ -118,8 +122,9 @@ def clear_loss(
         stats = {
             "concept_score_max": _mean_over_views([s.max(dim=1).values.mean() for s in s_img]),
             "concept_score_mean": _mean_over_views([s.mean() for s in s_img]),
-            "concept_score_std": _mean_over_views([s.std(dim=1).mean() if s.shape[1] > 1 else s.new_zeros(())
-                                                   for s in s_img]),
+            "concept_score_std": _mean_over_views(
+                [s.std(dim=1).mean() if s.shape[1] > 1 else s.new_zeros(()) for s in s_img]
+            ),
         }
     return {"loss": loss, "clip": clip, **clip_terms, "concept": concept, **stats}
 
@@ -151,13 +156,20 @@ def validate_embedder(embedder: Mapping[str, Any] | None) -> dict[str, Any]:
         return {"kind": "hashing", "dim": dim}
     name = cfg.get("name_or_path")
     if not name:
-        raise ValueError("embedder.kind=hf needs embedder.name_or_path (a Hugging Face embedding model or a "
-                         "local model directory), e.g. NeuML/pubmedbert-base-embeddings")
+        raise ValueError(
+            "embedder.kind=hf needs embedder.name_or_path (a Hugging Face embedding model or a "
+            "local model directory), e.g. NeuML/pubmedbert-base-embeddings"
+        )
     if not cfg.get("cache_dir"):
         raise ValueError("embedder.kind=hf needs embedder.cache_dir (where the [K, E] concept embeddings are cached)")
-    return {"kind": "hf", "name_or_path": str(name), "cache_dir": str(cfg["cache_dir"]),
-            "batch_size": int(cfg.get("batch_size") or 64), "max_length": int(cfg.get("max_length") or 64),
-            "device": str(cfg.get("device") or "cpu")}
+    return {
+        "kind": "hf",
+        "name_or_path": str(name),
+        "cache_dir": str(cfg["cache_dir"]),
+        "batch_size": int(cfg.get("batch_size") or 64),
+        "max_length": int(cfg.get("max_length") or 64),
+        "device": str(cfg.get("device") or "cpu"),
+    }
 
 
 def compute_llm_embeddings(concepts: Sequence[str], embedder: Mapping[str, Any]) -> Tensor:
@@ -173,8 +185,14 @@ def compute_llm_embeddings(concepts: Sequence[str], embedder: Mapping[str, Any])
     if cfg["kind"] == "hashing":
         out = emb.hashing_embeddings(concepts, dim=cfg["dim"])
     else:
-        out = emb.embed_concepts(concepts, cfg["name_or_path"], os.path.expanduser(cfg["cache_dir"]),
-                                 batch_size=cfg["batch_size"], device=cfg["device"], max_length=cfg["max_length"])
+        out = emb.embed_concepts(
+            concepts,
+            cfg["name_or_path"],
+            os.path.expanduser(cfg["cache_dir"]),
+            batch_size=cfg["batch_size"],
+            device=cfg["device"],
+            max_length=cfg["max_length"],
+        )
     return torch.nn.functional.normalize(out.detach().float().cpu(), dim=-1)
 
 
@@ -227,8 +245,14 @@ class ClearHead(ClipHead):
         w_t2t: float = 0.0,
         gather: bool = True,
     ) -> None:
-        super().__init__(temperature_init=temperature_init, max_scale=max_scale,
-                         learn_temperature=learn_temperature, w_i2i=w_i2i, w_t2t=w_t2t, gather=gather)
+        super().__init__(
+            temperature_init=temperature_init,
+            max_scale=max_scale,
+            learn_temperature=learn_temperature,
+            w_i2i=w_i2i,
+            w_t2t=w_t2t,
+            gather=gather,
+        )
         if concept_temperature_init <= 0:
             raise ValueError(f"concept_temperature_init must be > 0, got {concept_temperature_init}")
         if concept_max_scale <= 0:
@@ -272,8 +296,14 @@ class ClearHead(ClipHead):
                 raise RuntimeError(f"embedder returned {tuple(emb.shape)} for {self.num_concepts} concepts")
             self.concept_llm_emb = emb.to(self.concept_llm_emb.device)
         if tokenizer is not None and (tokenizer is not self._concept_tokenizer or self.concept_input_ids.numel() == 0):
-            tokens = tokenizer(list(self.concept_names), padding="longest", truncation=True,
-                               max_length=CONCEPT_MAX_LENGTH, return_tensors="pt", return_token_type_ids=False)
+            tokens = tokenizer(
+                list(self.concept_names),
+                padding="longest",
+                truncation=True,
+                max_length=CONCEPT_MAX_LENGTH,
+                return_tensors="pt",
+                return_token_type_ids=False,
+            )
             device = self.concept_input_ids.device
             self.concept_input_ids = tokens["input_ids"].to(device)
             self.concept_attention_mask = tokens["attention_mask"].to(device)
@@ -283,8 +313,10 @@ class ClearHead(ClipHead):
     def concept_embeddings(self, encode_text: EncodeText) -> Tensor:
         """C ``[K, D]``: the text tower's L2-normalised embeddings of the concepts (gradients as the context)."""
         if self.concept_input_ids.numel() == 0:
-            raise RuntimeError("ClearHead concepts are not tokenised: call head.prepare(tokenizer) with the data "
-                               "module's tokenizer first (the LightningModule does at fit / validation / test start)")
+            raise RuntimeError(
+                "ClearHead concepts are not tokenised: call head.prepare(tokenizer) with the data "
+                "module's tokenizer first (the LightningModule does at fit / validation / test start)"
+            )
         return encode_text(self.concept_input_ids, self.concept_attention_mask)
 
     def loss_inputs(self, encode_text: EncodeText) -> dict[str, Tensor]:
@@ -307,14 +339,26 @@ class ClearHead(ClipHead):
     ) -> LossOutput:
         """:func:`clear_loss` with the head's scales, weights and E; ``concepts`` (C ``[K, D]``) is required."""
         if concepts is None:
-            raise ValueError("ClearHead needs concepts=C [K, D] (the text tower's embeddings of head.concept_names); "
-                             "ContrastiveModule passes loss_head.loss_inputs(...)")
+            raise ValueError(
+                "ClearHead needs concepts=C [K, D] (the text tower's embeddings of head.concept_names); "
+                "ContrastiveModule passes loss_head.loss_inputs(...)"
+            )
         if concepts.ndim != 2 or concepts.shape[0] != self.num_concepts:
             raise ValueError(f"concepts must be [K={self.num_concepts}, D], got {tuple(concepts.shape)}")
         clip_scale, concept_scale = self.similarity_scale(), self.concept_similarity_scale()
-        terms = clear_loss(image_views, text_views, concepts, self.prepare(), clip_scale, concept_scale,
-                           w_clip=self.w_clip, w_concept=self.w_concept, w_i2i=self.w_i2i, w_t2t=self.w_t2t,
-                           gather=self.gather)
+        terms = clear_loss(
+            image_views,
+            text_views,
+            concepts,
+            self.prepare(),
+            clip_scale,
+            concept_scale,
+            w_clip=self.w_clip,
+            w_concept=self.w_concept,
+            w_i2i=self.w_i2i,
+            w_t2t=self.w_t2t,
+            gather=self.gather,
+        )
         logs = {k: v.detach() for k, v in terms.items()}
         logs["logit_scale"] = clip_scale.detach()
         logs["temperature"] = 1.0 / clip_scale.detach()
@@ -322,8 +366,9 @@ class ClearHead(ClipHead):
         logs["concept_temperature"] = 1.0 / concept_scale.detach()
         return LossOutput(loss=terms["loss"], logs=logs)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         """Give the E buffer the checkpoint's shape before loading (it is ``[0]`` until prepared)."""
         key = prefix + "concept_llm_emb"
         saved = state_dict.get(key)
@@ -331,12 +376,17 @@ class ClearHead(ClipHead):
             if saved.ndim == 2 and saved.shape[0] == self.num_concepts:
                 self.concept_llm_emb = torch.empty(saved.shape, dtype=saved.dtype, device=self.concept_llm_emb.device)
             else:
-                error_msgs.append(f"{key}: checkpoint has concept embeddings of shape {tuple(saved.shape)} but the "
-                                  f"head has {self.num_concepts} concepts (different concept bank?)")
+                error_msgs.append(
+                    f"{key}: checkpoint has concept embeddings of shape {tuple(saved.shape)} but the "
+                    f"head has {self.num_concepts} concepts (different concept bank?)"
+                )
                 state_dict = {k: v for k, v in state_dict.items() if k != key}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
-        return (f"num_concepts={self.num_concepts}, embedder={self.embedder_cfg['kind']}, w_clip={self.w_clip}, "
-                f"w_concept={self.w_concept}, {super().extra_repr()}")
+        return (
+            f"num_concepts={self.num_concepts}, embedder={self.embedder_cfg['kind']}, w_clip={self.w_clip}, "
+            f"w_concept={self.w_concept}, {super().extra_repr()}"
+        )

@@ -55,9 +55,7 @@ def _as_float(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def contrastive_ce(
-    queries: Tensor, keys: Tensor, logit_scale: Tensor | float, offset: int = 0
-) -> Tensor:
+def contrastive_ce(queries: Tensor, keys: Tensor, logit_scale: Tensor | float, offset: int = 0) -> Tensor:
     """One InfoNCE direction: mean_i CE( s · queries_i · keysᵀ, target = i + offset ).
 
     Args:
@@ -69,9 +67,7 @@ def contrastive_ce(
     if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
         raise ValueError(f"expected [B, D] and [M, D], got {tuple(queries.shape)}, {tuple(keys.shape)}")
     if offset + queries.shape[0] > keys.shape[0]:
-        raise ValueError(
-            f"targets {offset}..{offset + queries.shape[0] - 1} out of range for {keys.shape[0]} keys"
-        )
+        raise ValueError(f"targets {offset}..{offset + queries.shape[0] - 1} out of range for {keys.shape[0]} keys")
     q, k = _as_float(queries), _as_float(keys)
     logits = logit_scale * (q @ k.transpose(0, 1))
     targets = torch.arange(q.shape[0], device=q.device) + offset
@@ -92,8 +88,7 @@ def symmetric_infonce(
     gathered the columns (``a_all``, ``b_all``) and knows its row offset.
     """
     return 0.5 * (
-        contrastive_ce(a_local, b_all, logit_scale, offset)
-        + contrastive_ce(b_local, a_all, logit_scale, offset)
+        contrastive_ce(a_local, b_all, logit_scale, offset) + contrastive_ce(b_local, a_all, logit_scale, offset)
     )
 
 
@@ -110,9 +105,7 @@ def _offset(batch: int, gather: bool, device: torch.device) -> int:
     return _dist.rank_offset(batch, device=device) if gather else 0
 
 
-def clip_loss(
-    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, gather: bool = True
-) -> Tensor:
+def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, gather: bool = True) -> Tensor:
     """CLIP loss ½ [CE_i2t + CE_t2i].
 
     Single process: logits = s · I Tᵀ and loss = ½ [CE(logits, diag) + CE(logitsᵀ, diag)].
@@ -177,14 +170,10 @@ def multi_view_clip_loss(
     out: dict[str, Tensor] = {"contrastive": contrastive}
     total = contrastive
     if w_i2i != 0.0 and len(image_views) >= 2:
-        out["i2i"] = symmetric_infonce(
-            image_views[0], image_views[1], img_all[0], img_all[1], logit_scale, off
-        )
+        out["i2i"] = symmetric_infonce(image_views[0], image_views[1], img_all[0], img_all[1], logit_scale, off)
         total = total + w_i2i * out["i2i"]
     if w_t2t != 0.0 and len(text_views) >= 2:
-        out["t2t"] = symmetric_infonce(
-            text_views[0], text_views[1], txt_all[0], txt_all[1], logit_scale, off
-        )
+        out["t2t"] = symmetric_infonce(text_views[0], text_views[1], txt_all[0], txt_all[1], logit_scale, off)
         total = total + w_t2t * out["t2t"]
     out["loss"] = total
     return {"loss": out.pop("loss"), **out}

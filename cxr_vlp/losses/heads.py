@@ -51,10 +51,15 @@ class HeadSpec:
         if encoder_kind == self.embedding:
             return
         if self.embedding == "gaussian":
-            raise ValueError(f"loss head {head_name} (loss._target_={loss_target}) needs Gaussian embeddings (mu, "
-                             "logvar) but model.probabilistic=false: set model.probabilistic=true")
-        log.warning("model.probabilistic=true but loss head %s ignores the log-variance heads (unused parameters: "
-                    "DDP will fail unless find_unused_parameters)", head_name)
+            raise ValueError(
+                f"loss head {head_name} (loss._target_={loss_target}) needs Gaussian embeddings (mu, "
+                "logvar) but model.probabilistic=false: set model.probabilistic=true"
+            )
+        log.warning(
+            "model.probabilistic=true but loss head %s ignores the log-variance heads (unused parameters: "
+            "DDP will fail unless find_unused_parameters)",
+            head_name,
+        )
 
 
 @dataclass
@@ -208,11 +213,13 @@ class ClipHead(LossHead):
         logs["temperature"] = 1.0 / scale.detach()
         return LossOutput(loss=terms["loss"], logs=logs)
 
-    def _terms(self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor | None,
-               scale: Tensor) -> dict[str, Tensor]:
+    def _terms(
+        self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor | None, scale: Tensor
+    ) -> dict[str, Tensor]:
         """The loss terms (``loss`` plus components); ``labels`` is ignored by CLIP. Subclasses override."""
-        return multi_view_clip_loss(image_views, text_views, scale, w_i2i=self.w_i2i, w_t2t=self.w_t2t,
-                                    gather=self.gather)
+        return multi_view_clip_loss(
+            image_views, text_views, scale, w_i2i=self.w_i2i, w_t2t=self.w_t2t, gather=self.gather
+        )
 
     def extra_repr(self) -> str:
         return f"max_scale={self.max_scale}, w_i2i={self.w_i2i}, w_t2t={self.w_t2t}, gather={self.gather}"

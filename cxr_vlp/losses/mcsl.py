@@ -183,9 +183,7 @@ def soft_contrastive_ce(
         logit_scale: scalar s.
     """
     if queries_local.ndim != 2 or keys_global.ndim != 2 or queries_local.shape[1] != keys_global.shape[1]:
-        raise ValueError(
-            f"expected [B, D] and [M, D], got {tuple(queries_local.shape)}, {tuple(keys_global.shape)}"
-        )
+        raise ValueError(f"expected [B, D] and [M, D], got {tuple(queries_local.shape)}, {tuple(keys_global.shape)}")
     expected = (queries_local.shape[0], keys_global.shape[0])
     if tuple(targets.shape) != expected:
         raise ValueError(f"targets must be {expected}, got {tuple(targets.shape)}")
@@ -233,9 +231,7 @@ def mcsl_loss(
     views = image_embs + text_embs
     for v in views:
         if v.ndim != 2 or v.shape != views[0].shape:
-            raise ValueError(
-                f"expected views of equal shape [B, D], got {[tuple(x.shape) for x in views]}"
-            )
+            raise ValueError(f"expected views of equal shape [B, D], got {[tuple(x.shape) for x in views]}")
     batch = views[0].shape[0]
     if labels is None or labels.ndim != 2 or labels.shape[0] != batch:
         shape = None if labels is None else tuple(labels.shape)
@@ -325,17 +321,27 @@ class McslHead(ClipHead):
         self.concept_temperature = float(concept_temperature)
         self.empty_row = _check_empty_row(empty_row)
 
-    def _terms(self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor | None,
-               scale: Tensor) -> dict[str, Tensor]:
+    def _terms(
+        self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor | None, scale: Tensor
+    ) -> dict[str, Tensor]:
         """The MCSL terms; raises ``ValueError`` without labels."""
         if labels is None:
             raise ValueError(
                 "McslHead needs the batch's CheXpert labels ([B, 14], NaN = unknown); got labels=None "
                 "(use a dataset with label columns, or the clip loss)"
             )
-        return mcsl_loss(image_views, text_views, labels, scale, lam=self.lam,
-                         concept_temperature=self.concept_temperature, empty_row=self.empty_row,
-                         w_i2i=self.w_i2i, w_t2t=self.w_t2t, gather=self.gather)
+        return mcsl_loss(
+            image_views,
+            text_views,
+            labels,
+            scale,
+            lam=self.lam,
+            concept_temperature=self.concept_temperature,
+            empty_row=self.empty_row,
+            w_i2i=self.w_i2i,
+            w_t2t=self.w_t2t,
+            gather=self.gather,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -27,7 +27,8 @@ The deterministic CLIP term is there because from scratch the CSD distances can 
 #4); the demo mixes it in with weight 1.
 
 Retrieval / ranking: :meth:`ProbClipHead.similarity` (on :class:`~cxr_vlp.models.outputs.Embeddings`) is the
-match logit −a·d + b between two sets of Gaussians (:meth:`ProbClipHead.match_logit` on tensors). It is *not* equivalent to ranking by μ cosine: d contains Σσ² of the gallery item, so an
+match logit −a·d + b between two sets of Gaussians (:meth:`ProbClipHead.match_logit` on tensors). It is *not*
+equivalent to ranking by μ cosine: d contains Σσ² of the gallery item, so an
 uncertain gallery item ranks lower. ``similarity_scale()`` (for cosine-only consumers such as zero-shot
 on μ) is 2a, since −a‖μa − μb‖² = 2a·cos − 2a for unit μ.
 
@@ -48,10 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxr_vlp.losses import distributed as _dist
-
 from cxr_vlp.losses.functional import multi_view_clip_loss
 from cxr_vlp.losses.heads import GaussianEmbedding, HeadSpec, LossHead, LossOutput
-from cxr_vlp.models.outputs import Embeddings
 from cxr_vlp.losses.probabilistic import (
     KL_REDUCTIONS,
     csd_distance,
@@ -60,6 +59,7 @@ from cxr_vlp.losses.probabilistic import (
     uncertainty,
     vib_kl,
 )
+from cxr_vlp.models.outputs import Embeddings
 
 __all__ = ["DISTANCES", "ProbClipHead", "medprobclip_infonce"]
 
@@ -77,8 +77,9 @@ def medprobclip_infonce(
     """
     batch = x.mu.shape[0]
     offset = _dist.rank_offset(batch, device=x.mu.device) if gather else 0
-    gathered = [(_dist.gather_with_grad(v.mu), _dist.gather_with_grad(v.logvar)) if gather else (v.mu, v.logvar)
-                for v in (x, y)]
+    gathered = [
+        (_dist.gather_with_grad(v.mu), _dist.gather_with_grad(v.logvar)) if gather else (v.mu, v.logvar) for v in (x, y)
+    ]
     (x_mu, x_lv), (y_mu, y_lv) = gathered
     z_xy = -a * medprobclip_distance(x.mu, x.logvar, y_mu, y_lv) + b
     z_yx = -a * medprobclip_distance(y.mu, y.logvar, x_mu, x_lv) + b
@@ -88,8 +89,12 @@ def medprobclip_infonce(
         positive = F.one_hot(target, z_xy.shape[1]).bool()
         n_neg = max(z_xy.numel() - batch, 1)
         zero = torch.zeros((), dtype=z_xy.dtype, device=z_xy.device)
-        stats = {"pseudo": zero, "pseudo_share": zero, "pos_logit": z_xy[positive].mean(),
-                 "neg_logit": z_xy.masked_fill(positive, 0.0).sum() / n_neg}
+        stats = {
+            "pseudo": zero,
+            "pseudo_share": zero,
+            "pos_logit": z_xy[positive].mean(),
+            "neg_logit": z_xy.masked_fill(positive, 0.0).sum() / n_neg,
+        }
     return {"loss": loss, "match": loss, **stats}
 
 
@@ -104,8 +109,10 @@ def _as_gaussian_views(views: GaussianEmbedding | Sequence, name: str) -> list[G
     out = []
     for v in views:
         if isinstance(v, Tensor) or len(v) != 2:
-            raise TypeError(f"ProbClipHead needs each {name} view as (mu, logvar), got {type(v).__name__}: "
-                            "build the model with model.probabilistic=true")
+            raise TypeError(
+                f"ProbClipHead needs each {name} view as (mu, logvar), got {type(v).__name__}: "
+                "build the model with model.probabilistic=true"
+            )
         out.append(GaussianEmbedding(*v))
     if not out:
         raise ValueError(f"need at least one {name} view")
@@ -167,8 +174,11 @@ class ProbClipHead(LossHead):
         self.kl_reduction = kl_reduction
         if a_init <= 0:
             raise ValueError(f"a_init must be > 0, got {a_init}")
-        for name, value in (("pseudo_positive_weight", pseudo_positive_weight), ("kl_weight", kl_weight),
-                            ("clip_weight", clip_weight)):
+        for name, value in (
+            ("pseudo_positive_weight", pseudo_positive_weight),
+            ("kl_weight", kl_weight),
+            ("clip_weight", clip_weight),
+        ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.a_log = nn.Parameter(torch.tensor(math.log(a_init)), requires_grad=learn_ab)
@@ -203,15 +213,20 @@ class ProbClipHead(LossHead):
     def loss_view(self, embeddings: Embeddings) -> GaussianEmbedding:
         """One view as ``(μ, log σ²)``; embeddings without a log-variance are refused."""
         if embeddings.logvar is None:
-            raise TypeError("ProbClipHead needs Gaussian embeddings (mu, logvar) but the dual encoder has no "
-                            "log-variance heads: build the model with model.probabilistic=true")
+            raise TypeError(
+                "ProbClipHead needs Gaussian embeddings (mu, logvar) but the dual encoder has no "
+                "log-variance heads: build the model with model.probabilistic=true"
+            )
         return GaussianEmbedding(embeddings.mean, embeddings.logvar)
 
     def eval_metrics(self, image: Embeddings, text: Embeddings) -> dict[str, float]:
         """Mean per-sample uncertainty Σσ² of an evaluated split, per modality and their mean."""
         unc_img, unc_txt = float(uncertainty(image.logvar).mean()), float(uncertainty(text.logvar).mean())
-        return {"uncertainty_image_mean": unc_img, "uncertainty_text_mean": unc_txt,
-                "uncertainty_mean": 0.5 * (unc_img + unc_txt)}
+        return {
+            "uncertainty_image_mean": unc_img,
+            "uncertainty_text_mean": unc_txt,
+            "uncertainty_mean": 0.5 * (unc_img + unc_txt),
+        }
 
     def similarity_scale(self) -> Tensor:
         """2a: the scale of μ-cosine similarities in the CSD match logit (−a‖μa−μb‖² = 2a·cos − 2a).
@@ -223,8 +238,16 @@ class ProbClipHead(LossHead):
     def _match(self, x: GaussianEmbedding, y: GaussianEmbedding, a: Tensor) -> dict[str, Tensor]:
         if self.distance == "medprobclip":
             return medprobclip_infonce(x, y, a, self.b, gather=self.gather)
-        return prob_match_loss(x.mu, x.logvar, y.mu, y.logvar, a, self.b,
-                               pseudo_positive_weight=self.pseudo_positive_weight, gather=self.gather)
+        return prob_match_loss(
+            x.mu,
+            x.logvar,
+            y.mu,
+            y.logvar,
+            a,
+            self.b,
+            pseudo_positive_weight=self.pseudo_positive_weight,
+            gather=self.gather,
+        )
 
     def _kl(self, views: list[GaussianEmbedding]) -> Tensor:
         return torch.stack([vib_kl(v.mu, v.logvar, reduction=self.kl_reduction) for v in views]).mean()
@@ -262,8 +285,9 @@ class ProbClipHead(LossHead):
             total = total + self.kl_weight * kl
         if self.clip_weight != 0.0:
             scale = self.logit_scale_log.exp().clamp(max=self.max_scale)
-            logs["clip"] = multi_view_clip_loss([v.mu for v in imgs], [v.mu for v in txts], scale,
-                                                gather=self.gather)["loss"]
+            logs["clip"] = multi_view_clip_loss([v.mu for v in imgs], [v.mu for v in txts], scale, gather=self.gather)[
+                "loss"
+            ]
             logs["logit_scale"] = scale
             total = total + self.clip_weight * logs["clip"]
         logs["loss"] = total
@@ -275,7 +299,9 @@ class ProbClipHead(LossHead):
         return LossOutput(loss=total, logs={k: v.detach() for k, v in logs.items()})
 
     def extra_repr(self) -> str:
-        return (f"distance={self.distance!r}, pseudo_positive_weight={self.pseudo_positive_weight}, "
-                f"w_i2i={self.w_i2i}, w_t2t={self.w_t2t}, "
-                f"kl_weight={self.kl_weight}, kl_reduction={self.kl_reduction!r}, "
-                f"clip_weight={self.clip_weight}, gather={self.gather}")
+        return (
+            f"distance={self.distance!r}, pseudo_positive_weight={self.pseudo_positive_weight}, "
+            f"w_i2i={self.w_i2i}, w_t2t={self.w_t2t}, "
+            f"kl_weight={self.kl_weight}, kl_reduction={self.kl_reduction!r}, "
+            f"clip_weight={self.clip_weight}, gather={self.gather}"
+        )

@@ -152,8 +152,10 @@ def prob_match_loss(
         true_logit_all = _dist.gather_no_grad(true_logit) if gather else true_logit  # [M], column order
         pseudo_i2t = (logits >= true_logit.unsqueeze(1)) & ~positive
         pseudo_t2i = (logits >= true_logit_all.unsqueeze(0)) & ~positive
-    pseudo = 0.5 * (F.binary_cross_entropy_with_logits(logits, (positive | pseudo_i2t).to(logits.dtype))
-                    + F.binary_cross_entropy_with_logits(logits, (positive | pseudo_t2i).to(logits.dtype)))
+    pseudo = 0.5 * (
+        F.binary_cross_entropy_with_logits(logits, (positive | pseudo_i2t).to(logits.dtype))
+        + F.binary_cross_entropy_with_logits(logits, (positive | pseudo_t2i).to(logits.dtype))
+    )
     loss = match + pseudo_positive_weight * pseudo if pseudo_positive_weight != 0.0 else match
 
     n_neg = max(logits.numel() - batch, 1)  # 0 negatives (B_global == 1) reports 0, not NaN

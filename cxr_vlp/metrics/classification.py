@@ -142,7 +142,7 @@ def bootstrap_auroc_samples(probs, labels, n_resamples: int = 1000, seed: int = 
         for c in range(n_labels):
             rows = known[c]
             if rows.size and _two_classes(y[rows, c]):
-                out[done:done + b, c] = _weighted_auroc(p[rows, c], y[rows, c] == 1, counts[:, rows])
+                out[done : done + b, c] = _weighted_auroc(p[rows, c], y[rows, c] == 1, counts[:, rows])
         done += b
     return out
 
@@ -158,8 +158,9 @@ def _percentile_ci(samples: np.ndarray, alpha: float) -> tuple[np.ndarray, np.nd
     return low, high
 
 
-def bootstrap_auroc_ci(probs, labels, n_resamples: int = 1000, seed: int = 0,
-                       alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_auroc_ci(
+    probs, labels, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap ``(1 − alpha)`` CI of each label's AUROC: ``(low [C], high [C])``.
 
     NaN for a label with no usable resample. Deterministic for a seed.
@@ -330,9 +331,17 @@ class ClassificationReport:
     def roc_curve(self, label_index: int) -> RocCurve:
         """The test ROC curve of one label with its AUROC, CI and validation-threshold operating point."""
         i = label_index
-        return RocCurve(self.label_names[i], self.roc_fpr[i], self.roc_tpr[i], float(self.auroc[i]),
-                        float(self.ci_low[i]), float(self.ci_high[i]), float(self.threshold[i]),
-                        float(self.op_fpr[i]), float(self.op_tpr[i]))
+        return RocCurve(
+            self.label_names[i],
+            self.roc_fpr[i],
+            self.roc_tpr[i],
+            float(self.auroc[i]),
+            float(self.ci_low[i]),
+            float(self.ci_high[i]),
+            float(self.threshold[i]),
+            float(self.op_fpr[i]),
+            float(self.op_tpr[i]),
+        )
 
     def to_flat(self, prefix: str = "") -> dict[str, float]:
         """``{f"{prefix}{metric}/{label}": value, f"{prefix}{metric}_mean": value, ...}`` as floats."""
@@ -363,23 +372,37 @@ class ClassificationReport:
                 return "–"
             return f"{v:.3f} ({lo:.3f}–{hi:.3f})" if math.isfinite(lo) and math.isfinite(hi) else f"{v:.3f}"
 
-        lines = ["| label | pos / known | AUROC (95% CI) | threshold | sensitivity | specificity | F1 | accuracy |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| label | pos / known | AUROC (95% CI) | threshold | sensitivity | specificity | F1 | accuracy |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for i, name in enumerate(self.label_names):
-            lines.append(f"| {name} | {int(self.n_pos[i])} / {int(self.n_known[i])} | "
-                         f"{auc(self.auroc[i], self.ci_low[i], self.ci_high[i])} | {f(self.threshold[i])} | "
-                         f"{f(self.sensitivity[i])} | {f(self.specificity[i])} | {f(self.f1[i])} | "
-                         f"{f(self.accuracy[i])} |")
+            lines.append(
+                f"| {name} | {int(self.n_pos[i])} / {int(self.n_known[i])} | "
+                f"{auc(self.auroc[i], self.ci_low[i], self.ci_high[i])} | {f(self.threshold[i])} | "
+                f"{f(self.sensitivity[i])} | {f(self.specificity[i])} | {f(self.f1[i])} | "
+                f"{f(self.accuracy[i])} |"
+            )
         n_def = int(self.defined.sum())
         mean_auc = auc(self.mean("auroc"), self.mean_ci_low, self.mean_ci_high)
-        lines.append(f"| **mean ({n_def} labels)** | | **{mean_auc}** "
-                     f"| | {f(self.mean('sensitivity'))} | {f(self.mean('specificity'))} | {f(self.mean('f1'))} | "
-                     f"{f(self.mean('accuracy'))} |")
+        lines.append(
+            f"| **mean ({n_def} labels)** | | **{mean_auc}** "
+            f"| | {f(self.mean('sensitivity'))} | {f(self.mean('specificity'))} | {f(self.mean('f1'))} | "
+            f"{f(self.mean('accuracy'))} |"
+        )
         return "\n".join(lines)
 
 
-def evaluate_binary(val_probs, val_labels, test_probs, test_labels, label_names: Sequence[str],
-                    n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> ClassificationReport:
+def evaluate_binary(
+    val_probs,
+    val_labels,
+    test_probs,
+    test_labels,
+    label_names: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> ClassificationReport:
     """Youden thresholds from the validation split, applied to the test split; test AUROC with bootstrap CI.
 
     The thresholds are computed from ``val_probs``/``val_labels`` alone, before the test arrays are read.
@@ -417,9 +440,22 @@ def evaluate_binary(val_probs, val_labels, test_probs, test_labels, label_names:
         roc_fpr.append(fpr)
         roc_tpr.append(tpr)
     return ClassificationReport(
-        label_names=names, auroc=auroc, ci_low=ci_low, ci_high=ci_high, threshold=thresholds,
-        accuracy=metrics["accuracy"], f1=metrics["f1"], sensitivity=metrics["sensitivity"],
-        specificity=metrics["specificity"], n_pos=(known & (np.nan_to_num(ty) == 1)).sum(0), n_known=known.sum(0),
-        op_fpr=1.0 - metrics["specificity"], op_tpr=metrics["sensitivity"], roc_fpr=roc_fpr, roc_tpr=roc_tpr,
-        mean_ci_low=mean_low, mean_ci_high=mean_high, n_resamples=int(n_resamples),
+        label_names=names,
+        auroc=auroc,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        threshold=thresholds,
+        accuracy=metrics["accuracy"],
+        f1=metrics["f1"],
+        sensitivity=metrics["sensitivity"],
+        specificity=metrics["specificity"],
+        n_pos=(known & (np.nan_to_num(ty) == 1)).sum(0),
+        n_known=known.sum(0),
+        op_fpr=1.0 - metrics["specificity"],
+        op_tpr=metrics["sensitivity"],
+        roc_fpr=roc_fpr,
+        roc_tpr=roc_tpr,
+        mean_ci_low=mean_low,
+        mean_ci_high=mean_high,
+        n_resamples=int(n_resamples),
     )

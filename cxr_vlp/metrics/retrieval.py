@@ -108,8 +108,15 @@ def _groups(n: int) -> int:
     return n // _GROUP
 
 
-def _count_slice(x: np.ndarray, targets: np.ndarray, strict: Sequence[bool], gmax: np.ndarray,
-                 have_gmax: bool, counts: np.ndarray, top: tuple[np.ndarray, np.ndarray] | None) -> bool:
+def _count_slice(
+    x: np.ndarray,
+    targets: np.ndarray,
+    strict: Sequence[bool],
+    gmax: np.ndarray,
+    have_gmax: bool,
+    counts: np.ndarray,
+    top: tuple[np.ndarray, np.ndarray] | None,
+) -> bool:
     """:func:`_count_pass` on one cache-sized slice of rows (numpy, one thread), with the top-k into ``top``
     (values, indices) when given; True if the slice holds a NaN."""
     rows, n = x.shape
@@ -134,8 +141,9 @@ def _count_slice(x: np.ndarray, targets: np.ndarray, strict: Sequence[bool], gma
             hit[d] = False
         r, g = np.nonzero(hit)
         if len(r):
-            c += np.bincount(r, weights=np.count_nonzero(above(grouped[r, :, g], t[r]), axis=1),
-                             minlength=rows).astype(np.int64)
+            c += np.bincount(r, weights=np.count_nonzero(above(grouped[r, :, g], t[r]), axis=1), minlength=rows).astype(
+                np.int64
+            )
         counts[:, j] = c
     if top is not None and not has_nan:
         k = top[0].shape[1]
@@ -161,8 +169,9 @@ class _Pass:
     top: tuple[Tensor, Tensor] | None = None
 
 
-def _count_pass(block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Tensor | None = None,
-                k: int = 0) -> _Pass:
+def _count_pass(
+    block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Tensor | None = None, k: int = 0
+) -> _Pass:
     """Per row of ``block`` ``[b, Ng]``: ``counts[:, j]`` = number of scores ``> targets[:, j]`` where ``strict[j]``,
     else ``>= targets[:, j]`` (LongTensor); the maxima of the row's groups, computed here unless given; whether the
     block holds a NaN; and with ``k`` > 0 the top-k (see :func:`_topk_rows`) where the CPU pass can take it from
@@ -180,20 +189,40 @@ def _count_pass(block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Te
     with_top = 0 < k and 4 * k * _GROUP <= n
     top = (np.empty((b, k), dtype=x.dtype), np.empty((b, k), dtype=np.int64)) if with_top else None
     step = max(1, _SLICE_BYTES // (n * x.itemsize))
-    jobs = [_pool().submit(_count_slice, x[r : r + step], t[r : r + step], strict, gm[r : r + step], have,
-                           counts[r : r + step], None if top is None else (top[0][r : r + step], top[1][r : r + step]))
-            for r in range(0, b, step)]
+    jobs = [
+        _pool().submit(
+            _count_slice,
+            x[r : r + step],
+            t[r : r + step],
+            strict,
+            gm[r : r + step],
+            have,
+            counts[r : r + step],
+            None if top is None else (top[0][r : r + step], top[1][r : r + step]),
+        )
+        for r in range(0, b, step)
+    ]
     has_nan = any([job.result() for job in jobs])
-    return _Pass(torch.from_numpy(counts), gmax if have else torch.from_numpy(gm), has_nan,
-                 None if top is None else (torch.from_numpy(top[0]), torch.from_numpy(top[1])))
+    return _Pass(
+        torch.from_numpy(counts),
+        gmax if have else torch.from_numpy(gm),
+        has_nan,
+        None if top is None else (torch.from_numpy(top[0]), torch.from_numpy(top[1])),
+    )
 
 
-def _count_pass_dense(block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Tensor | None
-                      ) -> tuple[Tensor, Tensor | None, bool]:
+def _count_pass_dense(
+    block: Tensor, targets: Tensor, strict: Sequence[bool], gmax: Tensor | None
+) -> tuple[Tensor, Tensor | None, bool]:
     """:func:`_count_pass` with whole-block torch comparisons (GPU, other dtypes, short rows)."""
     ng = _groups(block.shape[1])
-    counts = torch.stack([((block > targets[:, j : j + 1]) if s else (block >= targets[:, j : j + 1])).sum(dim=1)
-                          for j, s in enumerate(strict)], dim=1)
+    counts = torch.stack(
+        [
+            ((block > targets[:, j : j + 1]) if s else (block >= targets[:, j : j + 1])).sum(dim=1)
+            for j, s in enumerate(strict)
+        ],
+        dim=1,
+    )
     if gmax is not None:
         return counts, gmax, False
     gmax = block[:, : ng * _GROUP].unflatten(1, (_GROUP, ng)).amax(dim=1) if ng else None
@@ -202,8 +231,9 @@ def _count_pass_dense(block: Tensor, targets: Tensor, strict: Sequence[bool], gm
     return counts, gmax, has_nan
 
 
-def _rank_pass(block: Tensor, target: Tensor, k: int = 0) -> tuple[Tensor, Tensor, Tensor | None,
-                                                                     tuple[Tensor, Tensor] | None]:
+def _rank_pass(
+    block: Tensor, target: Tensor, k: int = 0
+) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
     """``(higher, at_target, group maxima, top-k or None)``: per row the scores ``> target`` and ``== target``
     (``target`` ``[b]``), in one pass that also raises on NaN."""
     p = _count_pass(block, target[:, None].expand(-1, 2), (True, False), k=k)
@@ -263,8 +293,9 @@ class _Members:
         return rows, self.order[first + torch.arange(len(rows), device=rows.device)], per_row
 
 
-def _grouped_ranks(block: Tensor, query_group: Tensor, gallery_group: Tensor, members: _Members, k: int = 0
-                   ) -> tuple[RankCounts, Tensor | None, tuple[Tensor, Tensor] | None]:
+def _grouped_ranks(
+    block: Tensor, query_group: Tensor, gallery_group: Tensor, members: _Members, k: int = 0
+) -> tuple[RankCounts, Tensor | None, tuple[Tensor, Tensor] | None]:
     """:func:`grouped_ranks_in_block` from the relevant pairs only (the best relevant score, then one counting
     pass), and the group maxima for :func:`_topk_rows`; dense when the pairs are a large share of the block."""
     b, n = block.shape
@@ -277,13 +308,15 @@ def _grouped_ranks(block: Tensor, query_group: Tensor, gallery_group: Tensor, me
     best = torch.full((b,), -torch.inf, dtype=block.dtype, device=block.device)
     best = best.scatter_reduce(0, rows, values, "amax", include_self=False)
     relevant_at_best = torch.zeros(b, dtype=torch.long, device=block.device).index_add_(
-        0, rows, (values == best[rows]).long())
+        0, rows, (values == best[rows]).long()
+    )
     higher, at_best, gmax, top = _rank_pass(block, best, k)  # relevant items score <= best: none is above it
     return RankCounts(higher, at_best - relevant_at_best), gmax, top
 
 
-def _precision_from_topk(block: Tensor, values: Tensor, idx: Tensor, q_pos: Tensor, g_pos: Tensor,
-                         ks: Sequence[int], gmax: Tensor | None) -> Tensor:
+def _precision_from_topk(
+    block: Tensor, values: Tensor, idx: Tensor, q_pos: Tensor, g_pos: Tensor, ks: Sequence[int], gmax: Tensor | None
+) -> Tensor:
     """:func:`precision_in_block` from the top list (``values``, ``idx`` ``[b, K]``, K ≥ every k capped at Ng) and
     one pass counting the scores at or above each k-th score; rows whose tie at a k-th score reaches past the
     list are computed densely."""
@@ -358,10 +391,14 @@ class RankCounts:
 
     def expected_gain(self, k: int) -> Tensor:
         """E[1/log2(position + 1) · [position ≤ k]] per query (float64): the tie-averaged nDCG@k."""
-        discounts = torch.cat([torch.zeros(1, dtype=torch.float64),
-                               (1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))).cumsum(0)])
-        lo = self.higher.clamp(max=k)                                   # positions ≤ higher are not the match's
-        hi = (self.higher + 1 + self.tied).clamp(max=k)                 # last possible position, capped at k
+        discounts = torch.cat(
+            [
+                torch.zeros(1, dtype=torch.float64),
+                (1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))).cumsum(0),
+            ]
+        )
+        lo = self.higher.clamp(max=k)  # positions ≤ higher are not the match's
+        hi = (self.higher + 1 + self.tied).clamp(max=k)  # last possible position, capped at k
         return (discounts[hi] - discounts[lo]) / (self.tied.double() + 1.0)
 
 
@@ -496,8 +533,9 @@ def grouped_ranks_in_block(block: Tensor, query_group: Tensor, gallery_group: Te
     relevant = query_group[:, None] == gallery_group[None, :]
     if not bool(relevant.any(dim=1).all()):
         missing = int((~relevant.any(dim=1)).nonzero()[0, 0])
-        raise ValueError(f"query {missing} of the block has no relevant gallery item "
-                         f"(group {int(query_group[missing])})")
+        raise ValueError(
+            f"query {missing} of the block has no relevant gallery item (group {int(query_group[missing])})"
+        )
     best = torch.where(relevant, block, torch.full_like(block, -torch.inf)).amax(dim=1)[:, None]
     return RankCounts(((block > best) & ~relevant).sum(dim=1), ((block == best) & ~relevant).sum(dim=1))
 
@@ -542,22 +580,27 @@ def scan_retrieval(
     identity = query_group is None and gallery_group is None
     if query_group is None:
         if num_queries != num_gallery:
-            raise ValueError(f"without groups query i matches gallery i: need Nq == Ng, got {num_queries} and "
-                             f"{num_gallery}")
+            raise ValueError(
+                f"without groups query i matches gallery i: need Nq == Ng, got {num_queries} and {num_gallery}"
+            )
         query_group = torch.arange(num_queries)
     if gallery_group is None:
         gallery_group = torch.arange(num_gallery)
     if len(query_group) != num_queries or len(gallery_group) != num_gallery:
-        raise ValueError(f"query_group has {len(query_group)} entries for {num_queries} queries and gallery_group "
-                         f"{len(gallery_group)} for {num_gallery} gallery items")
+        raise ValueError(
+            f"query_group has {len(query_group)} entries for {num_queries} queries and gallery_group "
+            f"{len(gallery_group)} for {num_gallery} gallery items"
+        )
     with_labels = query_labels is not None or gallery_labels is not None
     if with_labels:
         if query_labels is None or gallery_labels is None:
             raise ValueError("class-based precision needs both query_labels and gallery_labels")
         qpos, gpos = positive_sets(query_labels), positive_sets(gallery_labels)
         if len(qpos) != num_queries or len(gpos) != num_gallery:
-            raise ValueError(f"query_labels has {len(qpos)} rows for {num_queries} queries and gallery_labels "
-                             f"{len(gpos)} rows for {num_gallery} gallery items")
+            raise ValueError(
+                f"query_labels has {len(qpos)} rows for {num_queries} queries and gallery_labels "
+                f"{len(gpos)} rows for {num_gallery} gallery items"
+            )
         pks = tuple(int(p) for p in precision_ks)
         k = max(int(k), *pks)
     kk = min(int(k), num_gallery)
@@ -581,8 +624,9 @@ def scan_retrieval(
             ranks.append(RankCounts(higher.cpu(), (at_match - 1).cpu()))
         else:
             members = members.to(block.device)
-            counts, gmax, found = _grouped_ranks(block, query_group[s:e].to(block.device),
-                                                 gallery_group.to(block.device), members, kk)
+            counts, gmax, found = _grouped_ranks(
+                block, query_group[s:e].to(block.device), gallery_group.to(block.device), members, kk
+            )
             ranks.append(counts.cpu())
         values, idx = found if found is not None else _topk_rows(block, kk, gmax)
         top.append(idx.cpu())
@@ -592,8 +636,13 @@ def scan_retrieval(
             p = _precision_from_topk(block, values, idx, q_block, gpos.to(block.device), pks, gmax).cpu()
             p[~q_block.any(dim=1).cpu()] = float("nan")
             precision.append(p)
-    return RetrievalScan(RankCounts.cat(ranks), torch.cat(top), torch.cat(top_scores),
-                         torch.cat(precision) if with_labels else None, pks if with_labels else ())
+    return RetrievalScan(
+        RankCounts.cat(ranks),
+        torch.cat(top),
+        torch.cat(top_scores),
+        torch.cat(precision) if with_labels else None,
+        pks if with_labels else (),
+    )
 
 
 class DotScoreRows:
@@ -647,10 +696,18 @@ def class_precision_at_k(
     sim = _as_tensor(similarity)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be [Nq, Ng], got shape {tuple(sim.shape)}")
-    scan = scan_retrieval(lambda s, e: sim[s:e], sim.shape[0], sim.shape[1],
-                          torch.zeros(sim.shape[0], dtype=torch.long), torch.zeros(sim.shape[1], dtype=torch.long),
-                          k=1, chunk_size=chunk_size, query_labels=query_labels, gallery_labels=gallery_labels,
-                          precision_ks=ks)
+    scan = scan_retrieval(
+        lambda s, e: sim[s:e],
+        sim.shape[0],
+        sim.shape[1],
+        torch.zeros(sim.shape[0], dtype=torch.long),
+        torch.zeros(sim.shape[1], dtype=torch.long),
+        k=1,
+        chunk_size=chunk_size,
+        query_labels=query_labels,
+        gallery_labels=gallery_labels,
+        precision_ks=ks,
+    )
     assert scan.precision is not None
     return precision_summary(scan.precision, scan.precision_ks)
 
@@ -719,8 +776,18 @@ def evaluate_retrieval(
             if proto and u == n:  # no duplicate texts: the de-duplicated protocol is the full one
                 scans[proto + name] = scans[name]
             else:
-                scans[proto + name] = _scan_direction(emb[name], name, q_rows, g_rows, None if u == n else (qg, gg),
-                                                      lab, ks, precision_ks, chunk_size, score_fn)
+                scans[proto + name] = _scan_direction(
+                    emb[name],
+                    name,
+                    q_rows,
+                    g_rows,
+                    None if u == n else (qg, gg),
+                    lab,
+                    ks,
+                    precision_ks,
+                    chunk_size,
+                    score_fn,
+                )
             scan = scans[proto + name]
             for key, value in metrics_from_ranks(scan.ranks, ks).items():
                 metrics[f"{prefix}{proto}{name}/{key}"] = value
@@ -732,9 +799,18 @@ def evaluate_retrieval(
     return metrics, scans
 
 
-def _scan_direction(embeddings: tuple[Tensor, Tensor], direction: str, q_rows: Tensor, g_rows: Tensor,
-                    groups: tuple[Tensor, Tensor] | None, labels: Tensor | None, ks: Sequence[int],
-                    precision_ks: Sequence[int], chunk_size: int, score_fn: ScoreFn | None) -> RetrievalScan:
+def _scan_direction(
+    embeddings: tuple[Tensor, Tensor],
+    direction: str,
+    q_rows: Tensor,
+    g_rows: Tensor,
+    groups: tuple[Tensor, Tensor] | None,
+    labels: Tensor | None,
+    ks: Sequence[int],
+    precision_ks: Sequence[int],
+    chunk_size: int,
+    score_fn: ScoreFn | None,
+) -> RetrievalScan:
     q_emb, g_emb = embeddings
     if score_fn is None:
         q_sel, g_sel = q_emb[q_rows.to(q_emb.device)], g_emb[g_rows.to(g_emb.device)]
@@ -742,6 +818,9 @@ def _scan_direction(embeddings: tuple[Tensor, Tensor], direction: str, q_rows: T
     else:
         rows = lambda s, e: score_fn(direction, q_rows[s:e], g_rows)  # noqa: E731
     qg, gg = groups if groups is not None else (None, None)
-    label_kw = {} if labels is None else {"query_labels": labels[q_rows], "gallery_labels": labels[g_rows],
-                                          "precision_ks": precision_ks}
+    label_kw = (
+        {}
+        if labels is None
+        else {"query_labels": labels[q_rows], "gallery_labels": labels[g_rows], "precision_ks": precision_ks}
+    )
     return scan_retrieval(rows, len(q_rows), len(g_rows), qg, gg, k=max(ks), chunk_size=chunk_size, **label_kw)

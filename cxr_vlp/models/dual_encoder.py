@@ -49,9 +49,17 @@ class DualEncoder(nn.Module):
     state-dict keys) and ``logvar`` is ``None``.
     """
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, embed_dim: int = 256,
-                 projection: str = "linear", projection_dropout: float = 0.0, probabilistic: bool = False,
-                 logvar_dim: str | int = "embed", logvar_init: float = -4.0) -> None:
+    def __init__(
+        self,
+        image_encoder: ImageEncoder,
+        text_encoder: TextEncoder,
+        embed_dim: int = 256,
+        projection: str = "linear",
+        projection_dropout: float = 0.0,
+        probabilistic: bool = False,
+        logvar_dim: str | int = "embed",
+        logvar_init: float = -4.0,
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -68,20 +76,30 @@ class DualEncoder(nn.Module):
         """``"gaussian"`` with log-variance heads, else ``"deterministic"`` (compared with a loss head's spec)."""
         return "gaussian" if self.probabilistic else "deterministic"
 
-    def _output(self, features: torch.Tensor, proj: nn.Module, logvar: nn.Module | None,
-                normalize: bool) -> EncoderOutput:
+    def _output(
+        self, features: torch.Tensor, proj: nn.Module, logvar: nn.Module | None, normalize: bool
+    ) -> EncoderOutput:
         z = proj(features)
-        return EncoderOutput(embedding=F.normalize(z.float(), dim=-1) if normalize else z, features=features,
-                             logvar=None if logvar is None else logvar(features).float())
+        return EncoderOutput(
+            embedding=F.normalize(z.float(), dim=-1) if normalize else z,
+            features=features,
+            logvar=None if logvar is None else logvar(features).float(),
+        )
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> EncoderOutput:
         """Images ``[B, C, H, W]`` -> :class:`EncoderOutput`: embedding ``[B, D]`` (L2-normalised, float32), pooled
         backbone features ``[B, F]``, log σ² ``[B, D]`` or ``[B, 1]`` (float32) when probabilistic."""
-        return self._output(self.image_encoder(images), self.image_proj,
-                            self.image_logvar if self.probabilistic else None, normalize)
+        return self._output(
+            self.image_encoder(images), self.image_proj, self.image_logvar if self.probabilistic else None, normalize
+        )
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                    normalize: bool = True) -> EncoderOutput:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, normalize: bool = True
+    ) -> EncoderOutput:
         """Token ids ``[B, L]`` -> :class:`EncoderOutput` of the texts, as :meth:`encode_image`."""
-        return self._output(self.text_encoder(input_ids, attention_mask), self.text_proj,
-                            self.text_logvar if self.probabilistic else None, normalize)
+        return self._output(
+            self.text_encoder(input_ids, attention_mask),
+            self.text_proj,
+            self.text_logvar if self.probabilistic else None,
+            normalize,
+        )

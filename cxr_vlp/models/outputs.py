@@ -65,8 +65,7 @@ class Embeddings:
         logvars = [p.logvar for p in parts]
         if any(v is None for v in logvars) and not all(v is None for v in logvars):
             raise ValueError("Embeddings.cat: some parts have a log-variance and some do not")
-        return Embeddings(torch.cat([p.mean for p in parts]),
-                          None if logvars[0] is None else torch.cat(logvars))  # type: ignore[arg-type]
+        return Embeddings(torch.cat([p.mean for p in parts]), None if logvars[0] is None else torch.cat(logvars))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

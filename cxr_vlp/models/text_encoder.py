@@ -12,8 +12,13 @@ from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from cxr_vlp.utils.hub import resolve_hf_model
 
-LOCAL_BERT_DEFAULTS = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "intermediate_size": 512, "max_position_embeddings": 256}
+LOCAL_BERT_DEFAULTS = {
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 512,
+    "max_position_embeddings": 256,
+}
 
 
 class TextEncoder(nn.Module):
@@ -38,7 +43,9 @@ class TextEncoder(nn.Module):
         if name_or_path is None:
             if vocab_size is None:
                 raise ValueError("the local BERT needs vocab_size (the size of the trained tokenizer)")
-            config = BertConfig(vocab_size=vocab_size, pad_token_id=0, **{**LOCAL_BERT_DEFAULTS, **(local_config or {})})
+            config = BertConfig(
+                vocab_size=vocab_size, pad_token_id=0, **{**LOCAL_BERT_DEFAULTS, **(local_config or {})}
+            )
             self.model = BertModel(config, add_pooling_layer=False)
         else:
             path = resolve_hf_model(name_or_path, allow_download=allow_download)

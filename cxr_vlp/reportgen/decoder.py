@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, BertLMHeadModel
 
-from cxr_vlp.utils.hub import resolve_hf_model
 from cxr_vlp.models.text_encoder import LOCAL_BERT_DEFAULTS
+from cxr_vlp.utils.hub import resolve_hf_model
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +44,46 @@ class ReportDecoder(nn.Module):
     ``local_config`` is ignored for hub models.
     """
 
-    def __init__(self, vocab_size: int, memory_dim: int, name_or_path: str | None = None, pretrained: bool = True,
-                 local_config: dict | None = None, allow_download: bool = True, pad_token_id: int = 0,
-                 gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        memory_dim: int,
+        name_or_path: str | None = None,
+        pretrained: bool = True,
+        local_config: dict | None = None,
+        allow_download: bool = True,
+        pad_token_id: int = 0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.pad_token_id = pad_token_id
         if name_or_path is None:
-            config = BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, is_decoder=True,
-                                add_cross_attention=True, **{**LOCAL_BERT_DEFAULTS, **(local_config or {})})
+            config = BertConfig(
+                vocab_size=vocab_size,
+                pad_token_id=pad_token_id,
+                is_decoder=True,
+                add_cross_attention=True,
+                **{**LOCAL_BERT_DEFAULTS, **(local_config or {})},
+            )
             self.model = BertLMHeadModel(config)
         else:
             path = resolve_hf_model(name_or_path, allow_download=allow_download)
             config = AutoConfig.from_pretrained(path, is_decoder=True, add_cross_attention=True)
             if config.model_type not in SUPPORTED_MODEL_TYPES:
-                raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model; the report decoder supports "
-                                 f"BERT-architecture checkpoints ({', '.join(SUPPORTED_MODEL_TYPES)})")
+                raise ValueError(
+                    f"{name_or_path!r} is a {config.model_type!r} model; the report decoder supports "
+                    f"BERT-architecture checkpoints ({', '.join(SUPPORTED_MODEL_TYPES)})"
+                )
             if pretrained:
                 self.model, info = AutoModelForCausalLM.from_pretrained(path, config=config, output_loading_info=True)
                 new = info.get("missing_keys", [])
-                log.info("report decoder from %s: %d weight tensors are new (randomly initialised): the cross-"
-                         "attention of every layer%s", name_or_path, len(new),
-                         " and the LM head" if any(k.startswith("cls.") for k in new) else "")
+                log.info(
+                    "report decoder from %s: %d weight tensors are new (randomly initialised): the cross-"
+                    "attention of every layer%s",
+                    name_or_path,
+                    len(new),
+                    " and the LM head" if any(k.startswith("cls.") for k in new) else "",
+                )
             else:
                 self.model = AutoModelForCausalLM.from_config(config)
             if vocab_size > self.model.config.vocab_size:
@@ -88,17 +107,35 @@ class ReportDecoder(nn.Module):
             raise ValueError(f"memory must be [B, M, {self.memory_dim}], got {tuple(memory.shape)}")
         return self.memory_proj(memory)
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder_states: torch.Tensor,
-             memory_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
-             cache: object | None = None, use_cache: bool = False):
+    def _run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        encoder_states: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
+        cache: object | None = None,
+        use_cache: bool = False,
+    ):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          encoder_hidden_states=encoder_states, encoder_attention_mask=memory_mask,
-                          past_key_values=cache, use_cache=use_cache)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            encoder_hidden_states=encoder_states,
+            encoder_attention_mask=memory_mask,
+            past_key_values=cache,
+            use_cache=use_cache,
+        )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, memory: torch.Tensor,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Next-token logits at every position; padding may be on either side."""
         return self._run(input_ids, attention_mask, self.project_memory(memory), memory_mask).logits
 
@@ -111,17 +148,27 @@ class ReportDecoder(nn.Module):
         """
         pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
         target = labels[:, 1:].reshape(-1)
-        per_token = F.cross_entropy(pred, target, ignore_index=-100, reduction="none",
-                                    label_smoothing=label_smoothing)
+        per_token = F.cross_entropy(pred, target, ignore_index=-100, reduction="none", label_smoothing=label_smoothing)
         return per_token.sum() / (target != -100).sum().clamp_min(1)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, prefix_ids: torch.Tensor,
-                 prefix_mask: torch.Tensor, *, max_new_tokens: int = 100, min_new_tokens: int = 0,
-                 num_beams: int = 1, length_penalty: float = 1.0, eos_token_id: int,
-                 no_repeat_ngram_size: int = 0, suppress_token_ids: Sequence[int] = (),
-                 use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        prefix_ids: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        *,
+        max_new_tokens: int = 100,
+        min_new_tokens: int = 0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        eos_token_id: int,
+        no_repeat_ngram_size: int = 0,
+        suppress_token_ids: Sequence[int] = (),
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """The continuation after each prefix, ``[B, T]`` with ``T <= max_new_tokens``, pad after EOS.
 
         Greedy when ``num_beams == 1``, else beam search; a hypothesis scores ``sum log p / length **
@@ -141,8 +188,9 @@ class ReportDecoder(nn.Module):
             if max_new_tokens == 0:
                 return ids.new_zeros((ids.shape[0], 0))
             banned = sorted({self.pad_token_id, *suppress_token_ids} - {eos_token_id})
-            search = _Search(self, enc, memory_mask, banned, eos_token_id, min_new_tokens, no_repeat_ngram_size,
-                             use_cache)
+            search = _Search(
+                self, enc, memory_mask, banned, eos_token_id, min_new_tokens, no_repeat_ngram_size, use_cache
+            )
             if num_beams == 1:
                 return search.greedy(ids, mask, max_new_tokens)
             return search.beam(ids, mask, max_new_tokens, num_beams, length_penalty)
@@ -153,8 +201,17 @@ class ReportDecoder(nn.Module):
 class _Search:
     """Greedy and beam search over a ReportDecoder, with or without the KV cache."""
 
-    def __init__(self, decoder: ReportDecoder, enc: torch.Tensor, memory_mask: torch.Tensor | None,
-                 banned: list[int], eos: int, min_new_tokens: int, ngram: int, use_cache: bool) -> None:
+    def __init__(
+        self,
+        decoder: ReportDecoder,
+        enc: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        banned: list[int],
+        eos: int,
+        min_new_tokens: int,
+        ngram: int,
+        use_cache: bool,
+    ) -> None:
         self.decoder, self.enc, self.memory_mask = decoder, enc, memory_mask
         self.banned, self.eos, self.pad = banned, eos, decoder.pad_token_id
         self.min_new_tokens, self.ngram, self.use_cache = min_new_tokens, ngram, use_cache
@@ -184,8 +241,9 @@ class _Search:
             logits = self.decoder._run(self.ids, self.mask, self.enc, self.memory_mask).logits[:, -1]
         else:
             position = positions_from_mask(self.mask)[:, -1:]
-            logits = self.decoder._run(self.ids[:, -1:], self.mask, self.enc, self.memory_mask, position,
-                                       self.cache, use_cache=True).logits[:, -1]
+            logits = self.decoder._run(
+                self.ids[:, -1:], self.mask, self.enc, self.memory_mask, position, self.cache, use_cache=True
+            ).logits[:, -1]
         return F.log_softmax(logits.float(), dim=-1)
 
     def _constrain(self, logp: torch.Tensor, step: int, history: list[list[int]]) -> torch.Tensor:
@@ -196,8 +254,8 @@ class _Search:
         n = self.ngram
         if n > 0 and step >= n - 1:
             for row, hist in enumerate(history):
-                key = tuple(hist[len(hist) - n + 1:]) if n > 1 else ()
-                seen = [hist[i + n - 1] for i in range(len(hist) - n + 1) if tuple(hist[i:i + n - 1]) == key]
+                key = tuple(hist[len(hist) - n + 1 :]) if n > 1 else ()
+                seen = [hist[i + n - 1] for i in range(len(hist) - n + 1) if tuple(hist[i : i + n - 1]) == key]
                 if seen:
                     logp[row, seen] = -math.inf
         return logp
@@ -221,8 +279,9 @@ class _Search:
             logp = self._step(token)
         return torch.stack(out, 1)
 
-    def beam(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, k: int,
-             length_penalty: float) -> torch.Tensor:
+    def beam(
+        self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, k: int, length_penalty: float
+    ) -> torch.Tensor:
         """Beam search with a store of finished hypotheses per sample (EOS kept when ranked within the top k).
 
         A sample stops when no live beam can still beat its best finished hypothesis: scores only fall as
@@ -239,7 +298,7 @@ class _Search:
         done = [False] * batch
 
         def norm(score: float, length: int) -> float:
-            return score / length ** length_penalty
+            return score / length**length_penalty
 
         def offer(b: int, score: float, tokens: list[int]) -> None:
             value = norm(score, len(tokens))

@@ -86,8 +86,9 @@ def bleu_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[st
     refs = [[normalize_report(r) for r in references]]
     out = {}
     for n in range(1, MAX_BLEU_ORDER + 1):
-        bleu = BLEU(max_ngram_order=n, tokenize="13a", lowercase=True, smooth_method="none",
-                    effective_order=False, force=True)
+        bleu = BLEU(
+            max_ngram_order=n, tokenize="13a", lowercase=True, smooth_method="none", effective_order=False, force=True
+        )
         out[f"bleu{n}"] = bleu.corpus_score(hyps, refs).score / 100.0
     return out
 
@@ -136,10 +137,14 @@ def clinical_metrics(
     y_true = np.isin(label_reports(references)[:, columns], present).astype(int)
 
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
-    out = {f"{CLINICAL}/micro_precision": float(p), f"{CLINICAL}/micro_recall": float(r),
-           f"{CLINICAL}/micro_f1": float(f)}
-    ps, rs, fs, _ = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0,
-                                                    labels=list(range(len(columns))))
+    out = {
+        f"{CLINICAL}/micro_precision": float(p),
+        f"{CLINICAL}/micro_recall": float(r),
+        f"{CLINICAL}/micro_f1": float(f),
+    }
+    ps, rs, fs, _ = precision_recall_fscore_support(
+        y_true, y_pred, average=None, zero_division=0, labels=list(range(len(columns)))
+    )
     support = y_true.sum(axis=0)
     occurring = support > 0
     out[f"{CLINICAL}/macro_f1"] = float(np.mean(fs[occurring])) if occurring.any() else math.nan
@@ -199,11 +204,19 @@ def write_generation_report(
     main_keys = {key for key, _ in MAIN_METRICS}
     lines = [f"# {title}", "", "## Metrics", "", "| Metric | Value |", "|---|---:|"]
     lines += [f"| {name} | {_fmt(metrics[key])} |" for key, name in MAIN_METRICS if key in metrics]
-    lines += [f"| {key} | {_fmt(value)} |" for key, value in metrics.items()
-              if key not in main_keys and key not in per_label_keys]
+    lines += [
+        f"| {key} | {_fmt(value)} |"
+        for key, value in metrics.items()
+        if key not in main_keys and key not in per_label_keys
+    ]
     if per_label:
-        lines += ["", "## Clinical metrics per label", "",
-                  "| Label | Precision | Recall | F1 | Support |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Clinical metrics per label",
+            "",
+            "| Label | Precision | Recall | F1 | Support |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for name, row in per_label.items():
             cells = [_fmt(row.get(stat, math.nan)) for stat in _PER_LABEL_STATS[:3]]
             support = float(row.get("support", math.nan))
@@ -211,10 +224,20 @@ def write_generation_report(
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"## Example generations ({len(examples)})"]
     for i, example in enumerate(examples, start=1):
-        lines += ["", f"### {i}. Study {example.get('study_id', '-')}", "",
-                  f"**Prompt:** {example.get('prompt', '-')}", "", "**Generated:**", "",
-                  _quote(example.get("generated", "-")), "",
-                  "**Reference:**", "", _quote(example.get("reference", "-"))]
+        lines += [
+            "",
+            f"### {i}. Study {example.get('study_id', '-')}",
+            "",
+            f"**Prompt:** {example.get('prompt', '-')}",
+            "",
+            "**Generated:**",
+            "",
+            _quote(example.get("generated", "-")),
+            "",
+            "**Reference:**",
+            "",
+            _quote(example.get("reference", "-")),
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

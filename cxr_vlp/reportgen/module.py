@@ -23,11 +23,11 @@ import torch
 
 from cxr_vlp.checkpoint import CXRPayload, read_checkpoint, write_payload
 from cxr_vlp.data.batch import Batch
-from cxr_vlp.metrics.classification import f1_thresholds, youden_thresholds
+from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_to_json
 from cxr_vlp.lit.module import instantiate_node
 from cxr_vlp.lit.schedule import adamw_with_cosine
 from cxr_vlp.lit.transfer import BatchTransferMixin
-from cxr_vlp.data.tokenizer import build_tokenizer, tokenizer_to_json
+from cxr_vlp.metrics.classification import f1_thresholds, youden_thresholds
 from cxr_vlp.reportgen.decoder import ReportDecoder
 from cxr_vlp.reportgen.metrics import bleu_scores, clinical_metrics, rouge_l, write_generation_report
 from cxr_vlp.reportgen.prompts import (
@@ -51,8 +51,17 @@ from cxr_vlp.utils.checkpoint import is_remote
 log = logging.getLogger(__name__)
 # per-label decision thresholds of the concept classifier, fitted on each validation epoch
 THRESHOLD_RULES = {"f1": f1_thresholds, "youden": youden_thresholds}
-HEADLINE = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "clinical/micro_precision", "clinical/micro_recall",
-            "clinical/micro_f1", "clinical/macro_f1")
+HEADLINE = (
+    "bleu1",
+    "bleu2",
+    "bleu3",
+    "bleu4",
+    "rougeL",
+    "clinical/micro_precision",
+    "clinical/micro_recall",
+    "clinical/micro_f1",
+    "clinical/macro_f1",
+)
 
 
 class ReportGenModule(BatchTransferMixin, L.LightningModule):
@@ -72,16 +81,31 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
         output_dir: where test writes ``reportgen/`` (default: the trainer's ``default_root_dir``).
     """
 
-    def __init__(self, image_encoder: dict, embed_dim: int, projection: str, decoder: dict, classifier: dict,
-                 prompts: dict, generation: dict, optim: dict, scheduler: dict, memory_grid: bool = False,
-                 label_smoothing: float = 0.1, max_length: int = 160, pretrained_ckpt: str | None = None,
-                 data: dict | None = None, output_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        image_encoder: dict,
+        embed_dim: int,
+        projection: str,
+        decoder: dict,
+        classifier: dict,
+        prompts: dict,
+        generation: dict,
+        optim: dict,
+        scheduler: dict,
+        memory_grid: bool = False,
+        label_smoothing: float = 0.1,
+        max_length: int = 160,
+        pretrained_ckpt: str | None = None,
+        data: dict | None = None,
+        output_dir: str | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         tower_cfg = {**image_encoder, "pretrained": False, "checkpoint_path": None}
         self.tower = FrozenImageTower(instantiate_node(tower_cfg), embed_dim, projection, grid=memory_grid)
-        self.classifier = ConceptClassifier(embed_dim, hidden=classifier.get("hidden"),
-                                            dropout=classifier.get("dropout", 0.0))
+        self.classifier = ConceptClassifier(
+            embed_dim, hidden=classifier.get("hidden"), dropout=classifier.get("dropout", 0.0)
+        )
         self.decoder = ReportDecoder(memory_dim=embed_dim, **decoder)
         self.register_buffer("thresholds", torch.full((NUM_LABELS,), float(prompts.get("threshold", 0.5))))
         self.prompt_cfg, self.gen_cfg = dict(prompts), dict(generation)
@@ -94,28 +118,42 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
 
     # ------------------------------------------------------------------ construction and checkpoints
     @classmethod
-    def from_pretrained(cls, pretrained_ckpt: str | None, reportgen: dict, optim: dict, scheduler: dict,
-                        data: dict | None = None, output_dir: str | None = None) -> ReportGenModule:
+    def from_pretrained(
+        cls,
+        pretrained_ckpt: str | None,
+        reportgen: dict,
+        optim: dict,
+        scheduler: dict,
+        data: dict | None = None,
+        output_dir: str | None = None,
+    ) -> ReportGenModule:
         """A fresh module on the image tower of a contrastive checkpoint (``python -m cxr_vlp.train`` output).
 
         The decoder uses the checkpoint's own report tokenizer (local WordPiece) unless ``decoder.name_or_path``
         names a Hugging Face model, whose tokenizer it then uses; ``<report>`` is added to it.
         """
         if not pretrained_ckpt:
-            raise ValueError("report generation needs pretrained_ckpt=<contrastive checkpoint> (e.g. the best .ckpt "
-                             "of `python -m cxr_vlp.train +experiment=demo`)")
+            raise ValueError(
+                "report generation needs pretrained_ckpt=<contrastive checkpoint> (e.g. the best .ckpt "
+                "of `python -m cxr_vlp.train +experiment=demo`)"
+            )
         path = str(pretrained_ckpt)
         if not is_remote(path) and not Path(path).is_file():
-            raise FileNotFoundError(f"pretrained_ckpt={pretrained_ckpt}: no such checkpoint (train one with "
-                                    "`python -m cxr_vlp.train +experiment=<contrastive experiment>`)")
+            raise FileNotFoundError(
+                f"pretrained_ckpt={pretrained_ckpt}: no such checkpoint (train one with "
+                "`python -m cxr_vlp.train +experiment=<contrastive experiment>`)"
+            )
         checkpoint, payload = read_checkpoint(path)
         model = payload.hparams.get("model")
         if payload.kind != "contrastive" or model is None or "image_encoder" not in model:
             raise KeyError(f"{path} has no model.image_encoder hyper-parameters: not a cxr_vlp contrastive checkpoint")
         decoder_cfg = dict(reportgen["decoder"])
         if decoder_cfg.get("name_or_path"):
-            tokenizer = build_tokenizer("pretrained", name_or_path=decoder_cfg["name_or_path"],
-                                        allow_download=decoder_cfg.get("allow_download", True))
+            tokenizer = build_tokenizer(
+                "pretrained",
+                name_or_path=decoder_cfg["name_or_path"],
+                allow_download=decoder_cfg.get("allow_download", True),
+            )
         elif payload.tokenizer_json:
             tokenizer = payload.tokenizer()
         else:
@@ -123,18 +161,32 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
             tokenizer = build_tokenizer(tok.pop("kind"), **tok)
         add_report_token(tokenizer)
         decoder_cfg.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        module = cls(image_encoder=model["image_encoder"], embed_dim=model.get("embed_dim", 256),
-                     projection=model.get("projection", "linear"), decoder=decoder_cfg,
-                     classifier=reportgen.get("classifier", {}), prompts=reportgen.get("prompts", {}),
-                     generation=reportgen.get("generation", {}), optim=optim, scheduler=scheduler,
-                     memory_grid=reportgen.get("memory_grid", False),
-                     label_smoothing=reportgen.get("label_smoothing", 0.1),
-                     max_length=reportgen.get("max_length", 160), pretrained_ckpt=path, data=data,
-                     output_dir=output_dir)
+        module = cls(
+            image_encoder=model["image_encoder"],
+            embed_dim=model.get("embed_dim", 256),
+            projection=model.get("projection", "linear"),
+            decoder=decoder_cfg,
+            classifier=reportgen.get("classifier", {}),
+            prompts=reportgen.get("prompts", {}),
+            generation=reportgen.get("generation", {}),
+            optim=optim,
+            scheduler=scheduler,
+            memory_grid=reportgen.get("memory_grid", False),
+            label_smoothing=reportgen.get("label_smoothing", 0.1),
+            max_length=reportgen.get("max_length", 160),
+            pretrained_ckpt=path,
+            data=data,
+            output_dir=output_dir,
+        )
         module.tower.load_from_contrastive(checkpoint["state_dict"])
         module.tokenizer = tokenizer
-        log.info("report generation on the frozen image tower of %s (%s, %d-d); decoder vocabulary %d",
-                 path, model["image_encoder"].get("name"), module.tower.embed_dim, len(tokenizer))
+        log.info(
+            "report generation on the frozen image tower of %s (%s, %d-d); decoder vocabulary %d",
+            path,
+            model["image_encoder"].get("name"),
+            module.tower.embed_dim,
+            len(tokenizer),
+        )
         return module
 
     @classmethod
@@ -153,8 +205,12 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
 
     def payload(self) -> CXRPayload:
         """What a checkpoint of this module carries besides its weights (see :mod:`cxr_vlp.checkpoint`)."""
-        return CXRPayload(kind="reportgen", hparams=dict(self.hparams), data=self.data_config,
-                          tokenizer_json=tokenizer_to_json(self.tokenizer))
+        return CXRPayload(
+            kind="reportgen",
+            hparams=dict(self.hparams),
+            data=self.data_config,
+            tokenizer_json=tokenizer_to_json(self.tokenizer),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         write_payload(checkpoint, self.payload())
@@ -179,17 +235,27 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
     def _losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         memory, _, logits = self._encode(batch)
         prompts = self._prompts(logits, batch.labels, self.prompt_cfg.get("train_source", "labels"))
-        inputs = build_decoder_inputs(self.tokenizer, prompts, self._reports(batch),
-                                      self.hparams.max_length).to(self.device)
+        inputs = build_decoder_inputs(self.tokenizer, prompts, self._reports(batch), self.hparams.max_length).to(
+            self.device
+        )
         token_logits = self.decoder(inputs.input_ids, inputs.attention_mask, memory)
         lm = self.decoder.loss(token_logits, inputs.labels, self.hparams.label_smoothing)
         cls = masked_bce(logits.float(), batch.labels)
-        return {"loss": lm + self.hparams.classifier.get("weight", 1.0) * cls, "lm_loss": lm, "cls_loss": cls,
-                "logits": logits}
+        return {
+            "loss": lm + self.hparams.classifier.get("weight", 1.0) * cls,
+            "lm_loss": lm,
+            "cls_loss": cls,
+            "logits": logits,
+        }
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, labels: torch.Tensor | None = None, oracle: bool = False,
-                 num_beams: int | None = None) -> tuple[list[str] | None, list[str]]:
+    def generate(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        oracle: bool = False,
+        num_beams: int | None = None,
+    ) -> tuple[list[str] | None, list[str]]:
         """Reports for ``images [B, C, H, W]``: ``(prompts, texts)``. Prompts from the classifier (thresholds
         tuned on validation), or from ``labels`` with ``oracle=True``; ``None`` when prompts are disabled."""
         memory, global_emb = self.tower(images)
@@ -198,19 +264,29 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
         prefix_ids, prefix_mask = build_prefix(self.tokenizer, prompts, images.shape[0])
         g = self.gen_cfg
         ids = self.decoder.generate(
-            memory, None, prefix_ids.to(self.device), prefix_mask.to(self.device),
-            max_new_tokens=g.get("max_new_tokens", 100), min_new_tokens=g.get("min_new_tokens", 0),
-            num_beams=num_beams or g.get("num_beams", 1), length_penalty=g.get("length_penalty", 1.0),
-            eos_token_id=self.tokenizer.sep_token_id, no_repeat_ngram_size=g.get("no_repeat_ngram_size", 0),
-            suppress_token_ids=suppressed_token_ids(self.tokenizer))
+            memory,
+            None,
+            prefix_ids.to(self.device),
+            prefix_mask.to(self.device),
+            max_new_tokens=g.get("max_new_tokens", 100),
+            min_new_tokens=g.get("min_new_tokens", 0),
+            num_beams=num_beams or g.get("num_beams", 1),
+            length_penalty=g.get("length_penalty", 1.0),
+            eos_token_id=self.tokenizer.sep_token_id,
+            no_repeat_ngram_size=g.get("no_repeat_ngram_size", 0),
+            suppress_token_ids=suppressed_token_ids(self.tokenizer),
+        )
         return prompts, decode_reports(self.tokenizer, ids)
 
     def score(self, generated: list[str], references: list[str]) -> dict[str, float]:
         """BLEU / ROUGE-L against the references as this tokenizer writes them (lower case, WordPiece spacing),
         clinical precision / recall / F1 against the original references."""
         normalized = normalize_reports(self.tokenizer, references)
-        return {**bleu_scores(generated, normalized), "rougeL": rouge_l(generated, normalized),
-                **clinical_metrics(generated, references)}
+        return {
+            **bleu_scores(generated, normalized),
+            "rougeL": rouge_l(generated, normalized),
+            **clinical_metrics(generated, references),
+        }
 
     # ------------------------------------------------------------------ training and validation
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -221,8 +297,11 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out = self._losses(batch)
-        self.log_dict({"val/loss": out["loss"], "val/lm_loss": out["lm_loss"], "val/cls_loss": out["cls_loss"]},
-                      batch_size=len(batch), sync_dist=True)
+        self.log_dict(
+            {"val/loss": out["loss"], "val/lm_loss": out["lm_loss"], "val/cls_loss": out["cls_loss"]},
+            batch_size=len(batch),
+            sync_dist=True,
+        )
         self._val["probs"].append(torch.sigmoid(out["logits"].float()))
         self._val["labels"].append(batch.labels.float())
         if batch_idx < self.gen_cfg.get("val_batches", 2):
@@ -252,11 +331,21 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         images, references = batch.images[:, 0], self._reports(batch)
         prompts, texts = self.generate(images)
-        oracle = (self.generate(images, batch.labels, oracle=True)[1]
-                  if self.gen_cfg.get("oracle", True) and self.prompt_cfg.get("enabled", True) else [None] * len(texts))
+        oracle = (
+            self.generate(images, batch.labels, oracle=True)[1]
+            if self.gen_cfg.get("oracle", True) and self.prompt_cfg.get("enabled", True)
+            else [None] * len(texts)
+        )
         for i, study in enumerate(batch.study_ids):
-            self._test.append({"study_id": study, "prompt": prompts[i] if prompts else "", "generated": texts[i],
-                               "oracle": oracle[i] or "", "reference": references[i]})
+            self._test.append(
+                {
+                    "study_id": study,
+                    "prompt": prompts[i] if prompts else "",
+                    "generated": texts[i],
+                    "oracle": oracle[i] or "",
+                    "reference": references[i],
+                }
+            )
 
     def on_test_epoch_end(self) -> None:
         rows = _gather_lists(self._test) if self.trainer.world_size > 1 else self._test
@@ -282,14 +371,22 @@ class ReportGenModule(BatchTransferMixin, L.LightningModule):
             writer.writerows(rows)
         extra = {k.removeprefix("test/"): v for k, v in logged.items() if k.startswith("test/oracle/")}
         title = "Report generation — " + ("concept prompts" if self.prompt_cfg.get("enabled", True) else "no prompts")
-        write_generation_report(out / "report.md", {**metrics, **extra},
-                                rows[: self.gen_cfg.get("examples", 5)], title=title)
-        log.info("report generation: %d test studies, BLEU-4 %.3f, ROUGE-L %.3f, clinical micro F1 %.3f -> %s",
-                 len(rows), metrics["bleu4"], metrics["rougeL"], metrics["clinical/micro_f1"], out)
+        write_generation_report(
+            out / "report.md", {**metrics, **extra}, rows[: self.gen_cfg.get("examples", 5)], title=title
+        )
+        log.info(
+            "report generation: %d test studies, BLEU-4 %.3f, ROUGE-L %.3f, clinical micro F1 %.3f -> %s",
+            len(rows),
+            metrics["bleu4"],
+            metrics["rougeL"],
+            metrics["clinical/micro_f1"],
+            out,
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_with_cosine(self.named_parameters(), self.optim_cfg, self.scheduler_cfg,
-                                 int(self.trainer.estimated_stepping_batches))
+        return adamw_with_cosine(
+            self.named_parameters(), self.optim_cfg, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches)
+        )
 
 
 def _gather_lists(items: list) -> list:

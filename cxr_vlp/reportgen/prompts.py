@@ -73,15 +73,21 @@ class ConceptClassifier(nn.Module):
     input features.
     """
 
-    def __init__(self, in_dim: int, num_labels: int = NUM_LABELS, hidden: int | None = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, num_labels: int = NUM_LABELS, hidden: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.in_dim, self.num_labels = in_dim, num_labels
         if hidden is None:
             self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_labels))
         else:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, num_labels))
+            self.net = nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(in_dim, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_labels),
+            )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)

@@ -80,12 +80,14 @@ class DecoderInputs:
     prefix_lengths: torch.Tensor  # [B] long
 
     def to(self, device: torch.device | str) -> DecoderInputs:
-        return DecoderInputs(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels,
-                                                          self.prefix_lengths)))
+        return DecoderInputs(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.prefix_lengths))
+        )
 
 
-def build_decoder_inputs(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None, reports: list[str],
-                         max_length: int = 128) -> DecoderInputs:
+def build_decoder_inputs(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None, reports: list[str], max_length: int = 128
+) -> DecoderInputs:
     """``[CLS] prompt <report> report [SEP]`` per row, right-padded to the longest row (at most ``max_length``).
 
     Truncation shortens the report only; the prompt, ``<report>`` and the final ``[SEP]`` are always kept
@@ -99,8 +101,9 @@ def build_decoder_inputs(tokenizer: PreTrainedTokenizerBase, prompts: list[str] 
         prefix = [cls_id, *prompt, rep_id]
         budget = max_length - len(prefix) - 1
         if budget < 0:
-            raise ValueError(f"the prompt takes {len(prefix) + 1} tokens with the specials, more than "
-                             f"max_length={max_length}")
+            raise ValueError(
+                f"the prompt takes {len(prefix) + 1} tokens with the specials, more than max_length={max_length}"
+            )
         target = [*report[:budget], sep_id]
         rows.append(prefix + target)
         label_rows.append([IGNORE_INDEX] * len(prefix) + target)
@@ -116,8 +119,9 @@ def build_decoder_inputs(tokenizer: PreTrainedTokenizerBase, prompts: list[str] 
     return DecoderInputs(input_ids, attention_mask, labels, torch.tensor(prefix_lengths, dtype=torch.long))
 
 
-def build_prefix(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None,
-                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def build_prefix(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generation prefixes ``[CLS] prompt <report>``, LEFT-padded: ``(ids [B, P], mask [B, P])``."""
     cls_id, _, pad_id, rep_id = _special_ids(tokenizer)
     rows = [[cls_id, *p, rep_id] for p in _prompt_ids(tokenizer, prompts, batch_size)]
@@ -125,8 +129,8 @@ def build_prefix(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None,
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, length - len(row):] = torch.tensor(row)
-        mask[i, length - len(row):] = 1
+        ids[i, length - len(row) :] = torch.tensor(row)
+        mask[i, length - len(row) :] = 1
     return ids, mask
 
 

@@ -20,8 +20,9 @@ class FrozenImageTower(nn.Module):
     have ``requires_grad=False`` and the tower stays in eval mode (BatchNorm statistics and dropout frozen).
     """
 
-    def __init__(self, image_encoder: nn.Module, embed_dim: int, projection: str = "linear",
-                 grid: bool = False) -> None:
+    def __init__(
+        self, image_encoder: nn.Module, embed_dim: int, projection: str = "linear", grid: bool = False
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.image_proj = projection_head(image_encoder.num_features, embed_dim, projection)
@@ -35,8 +36,11 @@ class FrozenImageTower(nn.Module):
 
     def load_from_contrastive(self, state_dict: dict[str, Any], prefix: str = "encoder.") -> None:
         """Copy ``<prefix>image_encoder.*`` and ``<prefix>image_proj.*`` of a ContrastiveModule state dict."""
-        own = {k: v for k, v in state_dict.items()
-               if k.startswith(f"{prefix}image_encoder.") or k.startswith(f"{prefix}image_proj.")}
+        own = {
+            k: v
+            for k, v in state_dict.items()
+            if k.startswith(f"{prefix}image_encoder.") or k.startswith(f"{prefix}image_proj.")
+        }
         if not own:
             raise KeyError(f"no '{prefix}image_encoder.*' weights in the checkpoint: is it a contrastive checkpoint?")
         self.load_state_dict({k.removeprefix(prefix): v for k, v in own.items()}, strict=True)

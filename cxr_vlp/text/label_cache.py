@@ -94,8 +94,9 @@ def _save(path: Path, entries: dict[bytes, np.ndarray]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def derive_raw_labels(texts: Sequence[str | None], cache_dir: str | os.PathLike[str] | None = None,
-                      **options: bool) -> tuple[np.ndarray, CacheStats]:
+def derive_raw_labels(
+    texts: Sequence[str | None], cache_dir: str | os.PathLike[str] | None = None, **options: bool
+) -> tuple[np.ndarray, CacheStats]:
     """Raw labeler output ``[n, 14]`` (1 / 0 / -1 / NaN) for ``texts``, each distinct text labelled once.
 
     With ``cache_dir`` the labels are looked up in and added to the cache file (module docstring). ``options`` go
@@ -119,15 +120,24 @@ def derive_raw_labels(texts: Sequence[str | None], cache_dir: str | os.PathLike[
         out[idx] = cached[key] if key in cached else fresh[key]
     if path is not None and fresh:
         _save(path, {**_load(path), **fresh})  # re-read: keep what another run added meanwhile
-    stats = CacheStats(reports=sum(map(len, rows.values())), distinct=len(rows), hits=len(rows) - len(todo),
-                       labelled=len(todo), path=path)
+    stats = CacheStats(
+        reports=sum(map(len, rows.values())),
+        distinct=len(rows),
+        hits=len(rows) - len(todo),
+        labelled=len(todo),
+        path=path,
+    )
     return out, stats
 
 
-def derive_labels(findings: Sequence[str | None], impression: Sequence[str | None],
-                  uncertain: UncertainPolicy | str = UncertainPolicy.UNKNOWN,
-                  cache_dir: str | os.PathLike[str] | None = None, source: str = "reports",
-                  no_finding_negative: bool = True) -> np.ndarray:
+def derive_labels(
+    findings: Sequence[str | None],
+    impression: Sequence[str | None],
+    uncertain: UncertainPolicy | str = UncertainPolicy.UNKNOWN,
+    cache_dir: str | os.PathLike[str] | None = None,
+    source: str = "reports",
+    no_finding_negative: bool = True,
+) -> np.ndarray:
     """Labels for reports without annotations: the labeler on findings + impression, then the one label policy.
 
     ``no_finding_negative=False``: CheXpert's No Finding convention (1 or blank, never 0); it is part of the cache
@@ -142,5 +152,12 @@ def derive_labels(findings: Sequence[str | None], impression: Sequence[str | Non
 def log_stats(source: str, stats: CacheStats) -> None:
     """One log line: how many reports were labelled from text and how many came from the cache."""
     where = f"; cache {stats.path}: {stats.hits} found, {stats.labelled} added" if stats.path is not None else ""
-    log.info("%s: labels of %d reports (%d distinct texts) derived from the report text by the rule-based labeler "
-             "(version %s)%s", source, stats.reports, stats.distinct, labeler.LABELER_VERSION, where)
+    log.info(
+        "%s: labels of %d reports (%d distinct texts) derived from the report text by the rule-based labeler "
+        "(version %s)%s",
+        source,
+        stats.reports,
+        stats.distinct,
+        labeler.LABELER_VERSION,
+        where,
+    )

@@ -50,9 +50,13 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def label_csv(in_csv: str | os.PathLike[str], out_csv: str | os.PathLike[str],
-              text_columns: list[str] | tuple[str, ...] = ("findings", "impression"),
-              overwrite: bool = False, no_finding_negative: bool = True) -> pd.DataFrame:
+def label_csv(
+    in_csv: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    text_columns: list[str] | tuple[str, ...] = ("findings", "impression"),
+    overwrite: bool = False,
+    no_finding_negative: bool = True,
+) -> pd.DataFrame:
     """Label ``in_csv`` and write the copy to ``out_csv`` (see the module docstring); returns the written table.
 
     Raises ``FileNotFoundError`` (no input), ``FileExistsError`` (output exists, ``overwrite`` false),
@@ -74,8 +78,10 @@ def label_csv(in_csv: str | os.PathLike[str], out_csv: str | os.PathLike[str],
     present = [c for c in CHEXPERT_LABELS if c in df.columns]
     if present:
         log.warning("%s: replacing existing label column(s) %s in the copy", src, present)
-    texts = ["\n\n".join(cell.strip() for cell in row if cell and cell.strip()) for row in
-             df[list(text_columns)].itertuples(index=False, name=None)]
+    texts = [
+        "\n\n".join(cell.strip() for cell in row if cell and cell.strip())
+        for row in df[list(text_columns)].itertuples(index=False, name=None)
+    ]
     labels = label_reports(texts, no_finding_negative=no_finding_negative)
     for j, name in enumerate(CHEXPERT_LABELS):
         column = labels[:, j]
@@ -96,16 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     try:
-        df = label_csv(args["in_csv"], args["out_csv"], args["text_columns"], bool(args["overwrite"]),
-                       no_finding_negative=bool(args["no_finding_negative"]))
+        df = label_csv(
+            args["in_csv"],
+            args["out_csv"],
+            args["text_columns"],
+            bool(args["overwrite"]),
+            no_finding_negative=bool(args["no_finding_negative"]),
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"labelled {len(df)} reports from {args['in_csv']} in {time.perf_counter() - t0:.1f}s -> {args['out_csv']}")
     for name in CHEXPERT_LABELS:
         col = df[name]
-        print(f"  {name:28s} pos {int((col == 1).sum()):6d}  neg {int((col == 0).sum()):6d}  "
-              f"unc {int((col == -1).sum()):6d}  blank {int(col.isna().sum()):6d}")
+        print(
+            f"  {name:28s} pos {int((col == 1).sum()):6d}  neg {int((col == 0).sum()):6d}  "
+            f"unc {int((col == -1).sum()):6d}  blank {int(col.isna().sum()):6d}"
+        )
     return 0
 
 

@@ -259,7 +259,8 @@ def _find_cues(sentence: str) -> list[_Cue]:
     pseudo = [m.span() for m in _PSEUDO_RX.finditer(sentence)]
     unc = [_Cue(*m.span(), m.group(), "pre_unc") for m in _PRE_UNC_RX.finditer(sentence)]
     unc = [
-        c for c in unc
+        c
+        for c in unc
         if not re.fullmatch(r"represent(?:s|ing)?", c.text, re.IGNORECASE)
         or _HEDGED_REPRESENT.search(sentence[: c.start])
     ]
@@ -267,15 +268,18 @@ def _find_cues(sentence: str) -> list[_Cue]:
     hedge_spans = [(c.start, c.end) for c in unc + post_unc]
     masked = pseudo + hedge_spans
     neg = [
-        _Cue(*m.span(), m.group(), "pre_neg") for m in _PRE_NEG_RX.finditer(sentence)
-        if not _overlaps(m.span(), masked)
+        _Cue(*m.span(), m.group(), "pre_neg") for m in _PRE_NEG_RX.finditer(sentence) if not _overlaps(m.span(), masked)
     ]
     # "not" alone is only a pre-negation when it directly negates a noun phrase ("not pneumonia");
     # elsewhere ("is not enlarged", "not seen") it is handled by the post cues and qualifiers.
-    neg = [c for c in neg if c.text.lower() != "not" or not re.match(r"\s*(?:be|been|\w+ed|\w+ly)\b",
-                                                                      sentence[c.end:], re.IGNORECASE)]
+    neg = [
+        c
+        for c in neg
+        if c.text.lower() != "not" or not re.match(r"\s*(?:be|been|\w+ed|\w+ly)\b", sentence[c.end :], re.IGNORECASE)
+    ]
     post_neg = [
-        _Cue(*m.span(), m.group(), "post_neg") for m in _POST_NEG_RX.finditer(sentence)
+        _Cue(*m.span(), m.group(), "post_neg")
+        for m in _POST_NEG_RX.finditer(sentence)
         if not _overlaps(m.span(), pseudo)
     ]
     return neg + post_neg + unc + post_unc
@@ -346,8 +350,11 @@ def _attribute_mentions(label: str, sentence: str, cues: list[_Cue], taken: list
     excluded = [m.span() for m in _ATTR_EXCL_RX.finditer(sentence)]
     found = [(m, False) for m in _ATTR_RX[label].finditer(sentence)]
     if label in _NORMAL_ONLY_RX:
-        found += [(m, True) for m in _NORMAL_ONLY_RX[label].finditer(sentence)
-                  if not any(_overlaps(m.span(), [a.span()]) for a, _ in found)]
+        found += [
+            (m, True)
+            for m in _NORMAL_ONLY_RX[label].finditer(sentence)
+            if not any(_overlaps(m.span(), [a.span()]) for a, _ in found)
+        ]
     for m, normal_only in found:
         if _overlaps(m.span(), excluded) or _overlaps(m.span(), taken):
             continue
@@ -441,8 +448,11 @@ def _aggregate(mentions: list[Mention], no_finding_negative: bool) -> np.ndarray
     for label, status in best.items():
         if label != OTHER_FINDING:
             labels[CHEXPERT_LABELS.index(label)] = status
-    findings = [best.get(label) in (POSITIVE, UNCERTAIN) for label in (*CHEXPERT_LABELS[1:], OTHER_FINDING)
-                if label != "Support Devices"]
+    findings = [
+        best.get(label) in (POSITIVE, UNCERTAIN)
+        for label in (*CHEXPERT_LABELS[1:], OTHER_FINDING)
+        if label != "Support Devices"
+    ]
     if not any(findings):
         labels[NO_FINDING] = 1.0
     elif no_finding_negative:

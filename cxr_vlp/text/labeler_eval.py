@@ -129,8 +129,9 @@ def _equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def score(expected: np.ndarray, predicted: np.ndarray) -> Scores:
     """Scores of ``predicted`` against ``expected`` (both ``[n, 14]``, NaN = blank)."""
     if expected.shape != predicted.shape or expected.ndim != 2 or expected.shape[1] != NUM_LABELS:
-        raise ValueError(f"expected and predicted must both be [n, {NUM_LABELS}], got {expected.shape} and "
-                         f"{predicted.shape}")
+        raise ValueError(
+            f"expected and predicted must both be [n, {NUM_LABELS}], got {expected.shape} and {predicted.shape}"
+        )
     equal = _equal(expected, predicted)
     per_label = {name: float(equal[:, j].mean()) for j, name in enumerate(CHEXPERT_LABELS)}
     exp, pred = expected[:, PATHOLOGIES], predicted[:, PATHOLOGIES]
@@ -142,8 +143,14 @@ def score(expected: np.ndarray, predicted: np.ndarray) -> Scores:
         recall = tp / n_true if n_true else 0.0
         f1[name] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         support[name] = n_true
-    return Scores(reports=len(expected), per_label=per_label, pathology_accuracy=float(equal[:, PATHOLOGIES].mean()),
-                  no_finding_accuracy=per_label[CHEXPERT_LABELS[NO_FINDING]], f1=f1, support=support)
+    return Scores(
+        reports=len(expected),
+        per_label=per_label,
+        pathology_accuracy=float(equal[:, PATHOLOGIES].mean()),
+        no_finding_accuracy=per_label[CHEXPERT_LABELS[NO_FINDING]],
+        f1=f1,
+        support=support,
+    )
 
 
 def wrong_cells(fixture: Fixture, predicted: np.ndarray) -> list[str]:
@@ -153,8 +160,11 @@ def wrong_cells(fixture: Fixture, predicted: np.ndarray) -> list[str]:
         return "blank" if np.isnan(v) else f"{int(v)}"
 
     equal = _equal(fixture.expected, predicted)
-    return [f"{fixture.ids[i]:8s} {CHEXPERT_LABELS[j]:27s} expected {show(fixture.expected[i, j]):5s} "
-            f"got {show(predicted[i, j])}" for i, j in zip(*np.nonzero(~equal))]
+    return [
+        f"{fixture.ids[i]:8s} {CHEXPERT_LABELS[j]:27s} expected {show(fixture.expected[i, j]):5s} "
+        f"got {show(predicted[i, j])}"
+        for i, j in zip(*np.nonzero(~equal))
+    ]
 
 
 def format_table(columns: Sequence[tuple[str, Scores]]) -> str:
@@ -163,8 +173,9 @@ def format_table(columns: Sequence[tuple[str, Scores]]) -> str:
     lines = [head, "|---|" + "---|" * len(columns)]
     for name in CHEXPERT_LABELS:
         lines.append(f"| {name} | " + " | ".join(f"{s.per_label[name]:.2%}" for _, s in columns) + " |")
-    lines.append("| **13 pathology labels** | " + " | ".join(f"**{s.pathology_accuracy:.2%}**" for _, s in columns)
-                 + " |")
+    lines.append(
+        "| **13 pathology labels** | " + " | ".join(f"**{s.pathology_accuracy:.2%}**" for _, s in columns) + " |"
+    )
     for value in _VALUES.values():
         n = columns[0][1].support[value]
         lines.append(f"| F1 {value} ({n} cells) | " + " | ".join(f"{s.f1[value]:.3f}" for _, s in columns) + " |")
@@ -176,8 +187,12 @@ _KEYS = {"fixture": str, "labeler_file": str, "errors": bool}
 
 def main(argv: list[str] | None = None) -> int:
     """Score the labeler (and ``labeler_file``, when given, side by side) and print the table."""
-    args = parse_key_values(sys.argv[1:] if argv is None else argv, _KEYS,
-                            {"fixture": str(DEFAULT_FIXTURE), "labeler_file": "", "errors": False}, doc=__doc__)
+    args = parse_key_values(
+        sys.argv[1:] if argv is None else argv,
+        _KEYS,
+        {"fixture": str(DEFAULT_FIXTURE), "labeler_file": "", "errors": False},
+        doc=__doc__,
+    )
     try:
         fixture = load_fixture(args["fixture"])
     except (OSError, ValueError) as err:
@@ -186,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     columns = []
     if args["labeler_file"]:
         other = _load_module(args["labeler_file"])
-        columns.append((Path(args["labeler_file"]).name, score(fixture.expected,
-                                                                label_fixture(fixture, other.label_reports))))
+        columns.append(
+            (Path(args["labeler_file"]).name, score(fixture.expected, label_fixture(fixture, other.label_reports)))
+        )
     predicted = label_fixture(fixture)
     columns.append(("cxr_vlp.text.labeler", score(fixture.expected, predicted)))
     print(f"{len(fixture.ids)} reports from {args['fixture']}; cell accuracy (blank == blank counts as right)\n")

@@ -38,9 +38,12 @@ def checkpoint_metadata(path: str | Path, callback: Any) -> dict[str, Any]:
     """Metadata of one checkpoint file of a ``ModelCheckpoint``: its monitor, mode and score, and the epoch / step
     read from its name (``epoch003-step120.ckpt``) where the name has them."""
     path = Path(path)
-    meta: dict[str, Any] = {"file": path.name, "monitor": getattr(callback, "monitor", None),
-                            "mode": getattr(callback, "mode", None),
-                            "score": _score(getattr(callback, "best_k_models", {}).get(str(path)))}
+    meta: dict[str, Any] = {
+        "file": path.name,
+        "monitor": getattr(callback, "monitor", None),
+        "mode": getattr(callback, "mode", None),
+        "score": _score(getattr(callback, "best_k_models", {}).get(str(path))),
+    }
     m = _EPOCH_STEP.search(path.stem)
     if m:
         meta.update(epoch=int(m["epoch"]), step=int(m["step"]))
@@ -94,8 +97,9 @@ def log_best_model(logger: Any, callback: Any, best_path: str | Path) -> list[st
     run = logger.experiment
     metadata = checkpoint_metadata(path, callback)
     if logger.best is not None and logger.best.value is not None:
-        metadata.update({"best_value": logger.best.value, "best_step": logger.best.step,
-                         "best_epoch": logger.best.epoch})
+        metadata.update(
+            {"best_value": logger.best.value, "best_step": logger.best.step, "best_epoch": logger.best.epoch}
+        )
     names = [f"model-{run.id}"]
     if logger._uploaded.get(str(path)) != path.stat().st_mtime:
         _log_checkpoint(logger, path, metadata, ["latest", "best"])
@@ -103,8 +107,9 @@ def log_best_model(logger: Any, callback: Any, best_path: str | Path) -> list[st
     try:
         names.append(_log_exported_folder(logger, path, metadata))
     except Exception as err:  # noqa: BLE001 - the checkpoint is uploaded; the folder is a convenience
-        log.warning("log_model: exporting %s as a Hugging Face folder failed (%s); only the checkpoint is "
-                    "uploaded", path, err)
+        log.warning(
+            "log_model: exporting %s as a Hugging Face folder failed (%s); only the checkpoint is uploaded", path, err
+        )
     return names
 
 
@@ -118,9 +123,16 @@ def _log_exported_folder(logger: Any, ckpt: Path, metadata: dict[str, Any]) -> s
     with tempfile.TemporaryDirectory(prefix="cxr_vlp_export_") as tmp:
         folder = model.save_pretrained(Path(tmp) / "model")
         card = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else None
-        artifact = wandb.Artifact(name=name, type="model", description=card,
-                                  metadata={**metadata, "format": "cxr_vlp Hugging Face folder",
-                                            "load": "cxr_vlp.CXRModel.from_pretrained(<downloaded folder>)"})
+        artifact = wandb.Artifact(
+            name=name,
+            type="model",
+            description=card,
+            metadata={
+                **metadata,
+                "format": "cxr_vlp Hugging Face folder",
+                "load": "cxr_vlp.CXRModel.from_pretrained(<downloaded folder>)",
+            },
+        )
         artifact.add_dir(str(folder), policy="mutable")
         logger.experiment.log_artifact(artifact, aliases=["latest", "best"])
     return name

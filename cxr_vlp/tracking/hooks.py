@@ -31,16 +31,20 @@ def after_training(cfg: Any, trainer: Any, output_dir: str | Path, metrics: Mapp
         logger.experiment.summary.update(summary)
     data = cfg.get("data") or {}
     evaluation = cfg.get("evaluation") or {}
-    log_reportgen_examples(loggers, Path(output_dir) / "reportgen" / "generations.csv",
-                           credentialed=bool(data.get("credentialed", False)),
-                           allow_upload=bool(evaluation.get("allow_patient_content_upload", False)))
+    log_reportgen_examples(
+        loggers,
+        Path(output_dir) / "reportgen" / "generations.csv",
+        credentialed=bool(data.get("credentialed", False)),
+        allow_upload=bool(evaluation.get("allow_patient_content_upload", False)),
+    )
     callback = _monitored_checkpoint(trainer)
     for logger in loggers:
         if not isinstance(logger, WandbRunLogger) or not logger.upload_allowed():
             continue
         if callback is None or not callback.best_model_path:
-            log.warning("logger.wandb.log_model=%s: no best checkpoint (no validation?); nothing uploaded",
-                        logger.model_upload)
+            log.warning(
+                "logger.wandb.log_model=%s: no best checkpoint (no validation?); nothing uploaded", logger.model_upload
+            )
             continue
         from cxr_vlp.tracking.artifacts import log_best_model, upload_checkpoints
 

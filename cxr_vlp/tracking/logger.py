@@ -44,9 +44,17 @@ class WandbRunLogger(WandbLogger):
     Other arguments go to ``WandbLogger`` / ``wandb.init``.
     """
 
-    def __init__(self, *args: Any, best_metric: str | None = "val/rsum", best_mode: str = "max",
-                 log_model: Any = False, credentialed: bool | None = False,
-                 allow_credentialed_model_upload: bool = False, examples: int = 16, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        best_metric: str | None = "val/rsum",
+        best_mode: str = "max",
+        log_model: Any = False,
+        credentialed: bool | None = False,
+        allow_credentialed_model_upload: bool = False,
+        examples: int = 16,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, log_model=False, **kwargs)
         self.model_upload: LogModel = parse_log_model(log_model)
         self.credentialed = bool(credentialed)
@@ -113,10 +121,15 @@ class WandbRunLogger(WandbLogger):
                     "access (data.credentialed=true) and trained weights (and the exported folder's config, which "
                     "names the data) may fall under its data use agreement; set "
                     "logger.wandb.allow_credentialed_model_upload=true only where that agreement allows sharing "
-                    "them", self.model_upload)
+                    "them",
+                    self.model_upload,
+                )
             elif self.credentialed:
-                log.warning("logger.wandb.log_model=%s: uploading models trained on credentialed data "
-                            "(logger.wandb.allow_credentialed_model_upload=true)", self.model_upload)
+                log.warning(
+                    "logger.wandb.log_model=%s: uploading models trained on credentialed data "
+                    "(logger.wandb.allow_credentialed_model_upload=true)",
+                    self.model_upload,
+                )
         return self._upload_checked
 
     @rank_zero_only

@@ -48,7 +48,7 @@ def read_records(path: str | Path) -> Iterator[bytes]:
             continue
         if pos + length > len(data):  # a run still writing: its last record is not complete yet
             return
-        chunk = data[pos:pos + length]
+        chunk = data[pos : pos + length]
         pos += length
         if kind == _FULL:
             yield chunk
@@ -128,8 +128,13 @@ def read_run(run_dir: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.id, run.name, run.group, run.job_type, run.project = (r.run_id, r.display_name, r.run_group,
-                                                                      r.job_type, r.project)
+            run.id, run.name, run.group, run.job_type, run.project = (
+                r.run_id,
+                r.display_name,
+                r.run_group,
+                r.job_type,
+                r.project,
+            )
             for item in r.config.update:
                 _set_nested(run.config, list(item.nested_key) or [item.key], json.loads(item.value_json))
         elif kind == "config":
@@ -147,16 +152,30 @@ def read_run(run_dir: str | Path) -> OfflineRun:
                 _remove_nested(run.summary, list(item.nested_key) or [item.key])
         elif kind == "metric":
             m = record.metric
-            summary = [s for s in ("min", "max", "mean", "best", "last", "none", "first")
-                       if getattr(m.summary, s, False)]
-            run.metrics.append({"name": m.name, "glob_name": m.glob_name, "step_metric": m.step_metric,
-                                "summary": summary, "goal": int(m.goal)})
+            summary = [
+                s for s in ("min", "max", "mean", "best", "last", "none", "first") if getattr(m.summary, s, False)
+            ]
+            run.metrics.append(
+                {
+                    "name": m.name,
+                    "glob_name": m.glob_name,
+                    "step_metric": m.step_metric,
+                    "summary": summary,
+                    "goal": int(m.goal),
+                }
+            )
         elif kind == "artifact":
             a = record.artifact
-            run.artifacts.append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
-                                  "description": a.description,
-                                  "metadata": json.loads(a.metadata) if a.metadata else {},
-                                  "files": sorted(c.path for c in a.manifest.contents)})
+            run.artifacts.append(
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "aliases": list(a.aliases),
+                    "description": a.description,
+                    "metadata": json.loads(a.metadata) if a.metadata else {},
+                    "files": sorted(c.path for c in a.manifest.contents),
+                }
+            )
     return run
 
 

@@ -19,8 +19,7 @@ from typing import Any
 from cxr_vlp.tracking.offline import find_runs
 from cxr_vlp.tracking.wandb_tables import Rows
 
-__all__ = ["JOB_TYPE", "SWEEP_TABLE", "log_sweep_summary", "sweep_group", "sweep_rows", "table_metrics",
-           "wandb_node"]
+__all__ = ["JOB_TYPE", "SWEEP_TABLE", "log_sweep_summary", "sweep_group", "sweep_rows", "table_metrics", "wandb_node"]
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +78,30 @@ def sweep_rows(sweep_dir: str | Path, optimized: str | None = None) -> tuple[Row
     data = []
     for _, rec in df.iterrows():
         job = int(rec["job"])
-        data.append([job, str(rec["status"]), job_run_id(sweep_dir / str(job)), *(_cell(rec[c]) for c in swept),
-                     None if rec["error"] is None or (isinstance(rec["error"], float)) else str(rec["error"]),
-                     *(_cell(rec[m]) for m in metrics)])
+        data.append(
+            [
+                job,
+                str(rec["status"]),
+                job_run_id(sweep_dir / str(job)),
+                *(_cell(rec[c]) for c in swept),
+                None if rec["error"] is None or (isinstance(rec["error"], float)) else str(rec["error"]),
+                *(_cell(rec[m]) for m in metrics),
+            ]
+        )
     ok = df[df["status"] == "ok"]
     best_job = None
     if optimized and optimized in df.columns and ok[optimized].notna().any():
         best_job = int(ok.loc[ok[optimized].idxmax(), "job"])
-    info = {"sweep_dir": str(sweep_dir), "swept": swept, "metrics": metrics, "optimized_metric": optimized,
-            "fixed": sorted({str(f) for f in df["fixed"].dropna() if str(f)}), "jobs": len(df),
-            "failed": [int(j) for j in df.loc[df["status"] == "failed", "job"]], "best_job": best_job}
+    info = {
+        "sweep_dir": str(sweep_dir),
+        "swept": swept,
+        "metrics": metrics,
+        "optimized_metric": optimized,
+        "fixed": sorted({str(f) for f in df["fixed"].dropna() if str(f)}),
+        "jobs": len(df),
+        "failed": [int(j) for j in df.loc[df["status"] == "failed", "job"]],
+        "best_job": best_job,
+    }
     return Rows(columns, data), info
 
 
@@ -135,10 +148,19 @@ def _log(config: Any, path: str, node: Mapping[str, Any], sweep_dir: Path) -> st
     rows, info = sweep_rows(sweep_dir, config.get("optimized_metric"))
     offline = bool(_resolved(config, f"{path}.offline"))
     settings = wandb.Settings(console="off")
-    run = wandb.init(project=_resolved(config, f"{path}.project") or "cxr_vlp",
-                     entity=_resolved(config, f"{path}.entity"), group=str(group), job_type=JOB_TYPE,
-                     name=f"{group}-summary"[:128], dir=str(sweep_dir), config=info, tags=["sweep-summary"],
-                     mode="offline" if offline else None, settings=settings, reinit="create_new")
+    run = wandb.init(
+        project=_resolved(config, f"{path}.project") or "cxr_vlp",
+        entity=_resolved(config, f"{path}.entity"),
+        group=str(group),
+        job_type=JOB_TYPE,
+        name=f"{group}-summary"[:128],
+        dir=str(sweep_dir),
+        config=info,
+        tags=["sweep-summary"],
+        mode="offline" if offline else None,
+        settings=settings,
+        reinit="create_new",
+    )
     try:
         run.log({SWEEP_TABLE: wandb.Table(columns=rows.columns, data=rows.data)})
         run.summary.update({"jobs": info["jobs"], "failed_jobs": len(info["failed"]), "best_job": info["best_job"]})

@@ -25,8 +25,10 @@ Mode = Literal["max", "min"]
 # lower is better: losses, rank statistics, the share of tied matches, calibration / risk areas
 _LOWER = re.compile(r"(^|/)(loss\w*|MedR|MeanR|tied_match_share|aurc|ece|skipped_steps)$")
 # higher is better: recalls, precisions, ranking gains, R-sum, AUROC, F1, text-overlap scores
-_HIGHER = re.compile(r"(^|/)(rsum|R@\d+|P@\d+|nDCG@\d+|auroc\w*|f1\w*|micro_f1|macro_f1|accuracy\w*|bleu\w*|"
-                     r"rouge\w*|meteor|cider|sensitivity\w*|specificity\w*)$")
+_HIGHER = re.compile(
+    r"(^|/)(rsum|R@\d+|P@\d+|nDCG@\d+|auroc\w*|f1\w*|micro_f1|macro_f1|accuracy\w*|bleu\w*|"
+    r"rouge\w*|meteor|cider|sensitivity\w*|specificity\w*)$"
+)
 _FINAL_PREFIXES = ("test/", "eval/")
 
 

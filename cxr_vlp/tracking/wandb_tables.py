@@ -27,9 +27,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LABEL_COLUMNS", "LABEL_TABLE", "PATIENT_TABLES", "REPORTGEN_TABLE", "RETRIEVAL_TABLE", "Rows",
-           "label_metric_rows", "log_eval_tables", "log_reportgen_examples", "patient_content_allowed",
-           "reportgen_example_rows", "retrieval_example_rows"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "LABEL_TABLE",
+    "PATIENT_TABLES",
+    "REPORTGEN_TABLE",
+    "RETRIEVAL_TABLE",
+    "Rows",
+    "label_metric_rows",
+    "log_eval_tables",
+    "log_reportgen_examples",
+    "patient_content_allowed",
+    "reportgen_example_rows",
+    "retrieval_example_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +49,19 @@ RETRIEVAL_TABLE = "eval/retrieval_examples"
 REPORTGEN_TABLE = "reportgen/examples"
 # tables that show patient images or report text
 PATIENT_TABLES = frozenset({RETRIEVAL_TABLE, REPORTGEN_TABLE})
-LABEL_COLUMNS = ("task", "label", "n_pos", "auroc", "ci_low", "ci_high", "threshold", "sensitivity", "specificity",
-                 "f1", "accuracy")
+LABEL_COLUMNS = (
+    "task",
+    "label",
+    "n_pos",
+    "auroc",
+    "ci_low",
+    "ci_high",
+    "threshold",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "accuracy",
+)
 _AUROC_KEY = re.compile(r"^(?:test|eval)/(?P<task>[^/]+)/auroc/(?P<label>[^/]+)$")
 REPORTGEN_COLUMNS = ("study_id", "prompt", "generated", "reference")
 
@@ -81,18 +103,26 @@ def label_metric_rows(metrics: Mapping[str, Any]) -> Rows:
             root.setdefault((key.split("/", 1)[0], m["task"], m["label"]), None)
     data = []
     for prefix, task, label in root:
+
         def value(metric: str) -> Any:
             v = metrics.get(f"{prefix}/{task}/{metric}/{label}")
             return None if v is None else _cell(float(v))
 
         n_pos = value("n_pos")
-        data.append([task, label, None if n_pos is None else int(n_pos),
-                     *(value(c) for c in LABEL_COLUMNS[3:])])
+        data.append([task, label, None if n_pos is None else int(n_pos), *(value(c) for c in LABEL_COLUMNS[3:])])
     return Rows(list(LABEL_COLUMNS), data)
 
 
-def retrieval_example_rows(study_ids: Sequence[str], texts: Sequence[str], topk: Any, topk_scores: Any,
-                           true_rank: Any, images: Sequence[Any] | None, n: int, k: int) -> Rows:
+def retrieval_example_rows(
+    study_ids: Sequence[str],
+    texts: Sequence[str],
+    topk: Any,
+    topk_scores: Any,
+    true_rank: Any,
+    images: Sequence[Any] | None,
+    n: int,
+    k: int,
+) -> Rows:
     """Rows of the first ``n`` test queries of image→text retrieval: ``study_id``, ``image`` (omitted when
     ``images`` is None), ``true_report``, ``true_rank`` (expected 1-based rank, ties split), ``hit@k``, then
     ``report_1, score_1, ..., report_k, score_k`` (gallery order of the scan, best first)."""
@@ -186,32 +216,42 @@ def log_eval_tables(evaluator: Any) -> list[str]:
     allowed = patient_content_allowed(evaluator.credentialed, evaluator.cfg.get("allow_patient_content_upload", False))
     scans = getattr(evaluator, "_scans", None)
     if scans is not None and "i2t" in scans and not allowed:
-        log.info("table %s not uploaded: the dataset is under credentialed access (set "
-                 "evaluation.allow_patient_content_upload=true to override)", RETRIEVAL_TABLE)
+        log.info(
+            "table %s not uploaded: the dataset is under credentialed access (set "
+            "evaluation.allow_patient_content_upload=true to override)",
+            RETRIEVAL_TABLE,
+        )
     elif scans is not None and "i2t" in scans:
         test = evaluator.embeddings("test")
         scan = scans["i2t"]
         n = min(_examples(loggers), len(test))
         import wandb
 
-        images = [wandb.Image(_display_uint8(img), caption=str(test.study_ids[r]))
-                  for r, img in enumerate(evaluator._images("test", list(range(n))))]
-        tables[RETRIEVAL_TABLE] = retrieval_example_rows(test.study_ids, test.texts, scan.topk, scan.topk_scores,
-                                                         scan.ranks.mid_rank(), images, n, k=5)
+        images = [
+            wandb.Image(_display_uint8(img), caption=str(test.study_ids[r]))
+            for r, img in enumerate(evaluator._images("test", list(range(n))))
+        ]
+        tables[RETRIEVAL_TABLE] = retrieval_example_rows(
+            test.study_ids, test.texts, scan.topk, scan.topk_scores, scan.ranks.mid_rank(), images, n, k=5
+        )
     log_tables(loggers, tables)
     return [k for k, v in tables.items() if len(v)]
 
 
-def log_reportgen_examples(loggers: Sequence[Any], generations_csv: str | Path, credentialed: bool,
-                           allow_upload: bool) -> list[str]:
+def log_reportgen_examples(
+    loggers: Sequence[Any], generations_csv: str | Path, credentialed: bool, allow_upload: bool
+) -> list[str]:
     """``reportgen/examples`` from a report-generation test's ``generations.csv``, where the guard allows it."""
     loggers = wandb_loggers(loggers)
     path = Path(generations_csv)
     if not loggers or not path.is_file():
         return []
     if not patient_content_allowed(credentialed, allow_upload):
-        log.info("table %s not uploaded: the dataset is under credentialed access (set "
-                 "evaluation.allow_patient_content_upload=true to override)", REPORTGEN_TABLE)
+        log.info(
+            "table %s not uploaded: the dataset is under credentialed access (set "
+            "evaluation.allow_patient_content_upload=true to override)",
+            REPORTGEN_TABLE,
+        )
         return []
     rows = reportgen_example_rows(path, _examples(loggers))
     log_tables(loggers, {REPORTGEN_TABLE: rows})

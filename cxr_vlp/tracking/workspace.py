@@ -30,8 +30,13 @@ TEMPERATURE = ["train/temperature", "train/logit_scale", "train/concept_temperat
 LEARNING_RATE = r"^lr-.*"
 THROUGHPUT = ["train/device/samples_per_sec", "train/samples_per_sec", "train/device/batches_per_sec"]
 RECALLS = ["val/i2t/R@1", "val/i2t/R@5", "val/i2t/R@10", "val/t2i/R@1", "val/t2i/R@5", "val/t2i/R@10"]
-DEFAULT_SWEEP_METRICS = ["val/rsum.best", "test/i2t/R@10", "test/t2i/R@10", "eval/zeroshot/auroc_mean",
-                         "eval/probe_mlp/auroc_mean"]
+DEFAULT_SWEEP_METRICS = [
+    "val/rsum.best",
+    "test/i2t/R@10",
+    "test/t2i/R@10",
+    "eval/zeroshot/auroc_mean",
+    "eval/probe_mlp/auroc_mean",
+]
 
 
 @dataclass
@@ -53,8 +58,10 @@ class WorkspaceSpec:
             raise ValueError("project=... is required (the W&B project of the runs)")
         bad = [k for k in self.swept if "/" in k]
         if bad:
-            raise ValueError(f"swept={bad}: config-group choices (a/b=c) are not config values; give the keys "
-                             "they set (e.g. model.image_encoder.name)")
+            raise ValueError(
+                f"swept={bad}: config-group choices (a/b=c) are not config values; give the keys "
+                "they set (e.g. model.image_encoder.name)"
+            )
 
     @property
     def title(self) -> str:
@@ -72,29 +79,46 @@ def _sections(spec: WorkspaceSpec) -> list[Any]:
     import wandb_workspaces.workspaces as ws
 
     best = spec.best_metric
-    training = ws.Section(name="Training", is_open=True, panels=[
-        _line("Loss and its components", regex=LOSS_COMPONENTS),
-        _line("Temperature / logit scale", TEMPERATURE),
-        _line("Learning rate", regex=LEARNING_RATE),
-        _line("Throughput (studies/s)", THROUGHPUT),
-    ])
-    validation = ws.Section(name="Validation", is_open=True, panels=[
-        _line(f"{best} and its best so far", [best, f"{best}_best"]),
-        wr.ScalarChart(title=f"best {best}", metric=wr.SummaryMetric(f"{best}.best")),
-        wr.ScalarChart(title=f"step of the best {best}", metric=wr.SummaryMetric(f"{best}.best_step")),
-        _line("Validation recalls", RECALLS),
-    ])
-    evaluation = ws.Section(name="Evaluation", is_open=True, panels=[
-        wr.WeavePanelSummaryTable(table_name=LABEL_TABLE, layout=wr.Layout(w=24, h=12)),
-        wr.WeavePanelSummaryTable(table_name=RETRIEVAL_TABLE, layout=wr.Layout(w=24, h=14)),
-    ])
+    training = ws.Section(
+        name="Training",
+        is_open=True,
+        panels=[
+            _line("Loss and its components", regex=LOSS_COMPONENTS),
+            _line("Temperature / logit scale", TEMPERATURE),
+            _line("Learning rate", regex=LEARNING_RATE),
+            _line("Throughput (studies/s)", THROUGHPUT),
+        ],
+    )
+    validation = ws.Section(
+        name="Validation",
+        is_open=True,
+        panels=[
+            _line(f"{best} and its best so far", [best, f"{best}_best"]),
+            wr.ScalarChart(title=f"best {best}", metric=wr.SummaryMetric(f"{best}.best")),
+            wr.ScalarChart(title=f"step of the best {best}", metric=wr.SummaryMetric(f"{best}.best_step")),
+            _line("Validation recalls", RECALLS),
+        ],
+    )
+    evaluation = ws.Section(
+        name="Evaluation",
+        is_open=True,
+        panels=[
+            wr.WeavePanelSummaryTable(table_name=LABEL_TABLE, layout=wr.Layout(w=24, h=12)),
+            wr.WeavePanelSummaryTable(table_name=RETRIEVAL_TABLE, layout=wr.Layout(w=24, h=14)),
+        ],
+    )
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in spec.swept]
     columns += [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(m)) for m in spec.sweep_metrics]
-    sweep = ws.Section(name="Sweep", is_open=bool(spec.swept), panels=[
-        wr.ParallelCoordinatesPlot(title="Sweep: parameters → metrics", columns=columns,
-                                   layout=wr.Layout(w=24, h=10)),
-        wr.WeavePanelSummaryTable(table_name=SWEEP_TABLE, layout=wr.Layout(w=24, h=12)),
-    ])
+    sweep = ws.Section(
+        name="Sweep",
+        is_open=bool(spec.swept),
+        panels=[
+            wr.ParallelCoordinatesPlot(
+                title="Sweep: parameters → metrics", columns=columns, layout=wr.Layout(w=24, h=10)
+            ),
+            wr.WeavePanelSummaryTable(table_name=SWEEP_TABLE, layout=wr.Layout(w=24, h=12)),
+        ],
+    )
     return [training, validation, evaluation, sweep]
 
 
@@ -103,12 +127,19 @@ def build_workspace(spec: WorkspaceSpec) -> Any:
     import wandb_workspaces.workspaces as ws
 
     filters = ws.And(ws.Metric("Group") == spec.group) if spec.group else ""
-    pinned = [f"summary:{spec.best_metric}.best", f"summary:{spec.best_metric}.best_step",
-              *(f"config:{k}" for k in spec.swept)]
+    pinned = [
+        f"summary:{spec.best_metric}.best",
+        f"summary:{spec.best_metric}.best_step",
+        *(f"config:{k}" for k in spec.swept),
+    ]
     return ws.Workspace(
-        entity=spec.entity or "", project=spec.project, name=spec.title, sections=_sections(spec),
+        entity=spec.entity or "",
+        project=spec.project,
+        name=spec.title,
+        sections=_sections(spec),
         settings=ws.WorkspaceSettings(x_axis=STEP_METRIC, max_runs=50),
-        runset_settings=ws.RunsetSettings(filters=filters, pinned_columns=pinned))
+        runset_settings=ws.RunsetSettings(filters=filters, pinned_columns=pinned),
+    )
 
 
 def panel_list(workspace: Any) -> list[tuple[str, str, str]]:

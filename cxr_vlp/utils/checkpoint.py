@@ -44,7 +44,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     text = str(path)
     scheme = url_scheme(text)
     if scheme is None:
-        local = text[len("file://"):] if text.lower().startswith("file://") else text
+        local = text[len("file://") :] if text.lower().startswith("file://") else text
         return torch.load(local, map_location=map_location, weights_only=True)
     if scheme in ("http", "https"):
         with tempfile.TemporaryFile() as tmp:
@@ -60,8 +60,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
         opened = fsspec.open(text, "rb")
     except (ImportError, ValueError) as err:
-        raise ValueError(f"checkpoint {text}: {scheme}:// paths cannot be read here ({err}); install the fsspec "
-                         f"backend for {scheme} (e.g. s3fs for s3://) or copy the file and pass the local "
-                         "path") from err
+        raise ValueError(
+            f"checkpoint {text}: {scheme}:// paths cannot be read here ({err}); install the fsspec "
+            f"backend for {scheme} (e.g. s3fs for s3://) or copy the file and pass the local "
+            "path"
+        ) from err
     with opened as f:
         return torch.load(f, map_location=map_location, weights_only=True)

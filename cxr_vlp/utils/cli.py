@@ -31,8 +31,13 @@ def cast_value(key: str, raw: str, kind: Any) -> Any:
         raise SystemExit(f"error: {key}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
 
 
-def parse_key_values(argv: Sequence[str], types: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
-                     required: Sequence[str] = (), doc: str = "") -> dict[str, Any]:
+def parse_key_values(
+    argv: Sequence[str],
+    types: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    required: Sequence[str] = (),
+    doc: str = "",
+) -> dict[str, Any]:
     """Parse ``key=value`` arguments (a leading ``+`` is accepted, as in Hydra) against ``types``."""
     valid = ", ".join(types)
     args: dict[str, Any] = dict(defaults or {})

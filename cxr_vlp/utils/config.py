@@ -88,4 +88,5 @@ def require_accelerator(trainer_cfg: Any) -> None:
     raise RuntimeError(
         f"trainer.accelerator={accelerator}{selected} needs a CUDA GPU, and this machine has none: add "
         "trainer=cpu to the command to run on the CPU (trainer.precision is kept: add trainer.precision=32-true "
-        "for full precision), or run it on a GPU machine")
+        "for full precision), or run it on a GPU machine"
+    )

@@ -88,8 +88,11 @@ def record_failure(output_dir: str | Path, err: BaseException) -> Path:
 def job_status(job_dir: Path) -> dict[str, Any]:
     """``{"job", "status" (ok | failed | incomplete), "overrides", "error"}`` of one multirun job folder."""
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")] \
-        if overrides_file.is_file() else []
+    overrides = (
+        [line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")]
+        if overrides_file.is_file()
+        else []
+    )
     error = job_dir / ERROR_FILE
     if error.is_file():
         lines = [ln for ln in error.read_text().splitlines() if ln.strip()]
@@ -112,8 +115,13 @@ def report(sweep_dir: Path, verb: str = "finished") -> tuple[str, list[dict[str,
     rows = summarise(sweep_dir)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:
-        log.info("job %s %-10s %s%s", r["job"], r["status"], " ".join(r["overrides"]),
-                 f"  <- {r['error']}" if r["error"] else "")
+        log.info(
+            "job %s %-10s %s%s",
+            r["job"],
+            r["status"],
+            " ".join(r["overrides"]),
+            f"  <- {r['error']}" if r["error"] else "",
+        )
     message = f"sweep {verb}: {len(rows)} jobs, {len(failed)} failed or incomplete"
     if failed:
         message += ": jobs " + ", ".join(r["job"] for r in failed) + f" (tracebacks in <job>/{ERROR_FILE})"

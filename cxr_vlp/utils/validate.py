@@ -232,8 +232,9 @@ def validate_config(cfg: DictConfig, schema: Schema | None = None) -> None:
     value in ``cfg`` has the wrong type or range."""
     errors = config_errors(cfg, TRAIN_SCHEMA if schema is None else schema)
     if errors:
-        raise ConfigValidationError("invalid config value" + ("s" if len(errors) > 1 else "") + ":\n  "
-                                    + "\n  ".join(errors))
+        raise ConfigValidationError(
+            "invalid config value" + ("s" if len(errors) > 1 else "") + ":\n  " + "\n  ".join(errors)
+        )
 
 
 # ------------------------------------------------------------------ the schemas
@@ -262,9 +263,14 @@ def _choices(module: str, name: str) -> tuple[Any, ...]:
 
 
 _COUNT_OR_FRACTION = AnyOf(specs=(Int(min=0), Float(min=0.0, max=1.0)))
-DEVICES = AnyOf(specs=(Int(min=1), Choice(options=(-1, "auto")),
-                       Str(pattern=r"-1|\d+(,\s*\d+)*,?", what="a string of device indices like '0,1'"),
-                       ListOf(item=Int(min=0))))
+DEVICES = AnyOf(
+    specs=(
+        Int(min=1),
+        Choice(options=(-1, "auto")),
+        Str(pattern=r"-1|\d+(,\s*\d+)*,?", what="a string of device indices like '0,1'"),
+        ListOf(item=Int(min=0)),
+    )
+)
 
 
 def trainer_schema() -> dict[str, Spec]:
@@ -402,8 +408,16 @@ def loss_schema() -> dict[str, Spec]:
     weights = ("w_i2i", "w_t2t", "w_clip", "w_concept", "lam", "kl_weight", "pseudo_positive_weight", "clip_weight")
     return {
         **{lo + w: non_negative() for w in weights},
-        **{lo + t: positive() for t in ("temperature_init", "max_scale", "concept_temperature",
-                                        "concept_temperature_init", "concept_max_scale")},
+        **{
+            lo + t: positive()
+            for t in (
+                "temperature_init",
+                "max_scale",
+                "concept_temperature",
+                "concept_temperature_init",
+                "concept_max_scale",
+            )
+        },
         **{lo + b: Bool() for b in ("learn_temperature", "learn_concept_temperature", "learn_ab", "gather")},
         lo + "a_init": Float(),
         lo + "b_init": Float(),
@@ -433,26 +447,48 @@ def _train_schema() -> dict[str, Spec]:
         "scheduler.min_lr_ratio": probability(),
         "callbacks.divergence.max_consecutive_bad_steps": Int(min=1),
         "callbacks.divergence.val_loss_key": Str(nullable=True),
-        **trainer_schema(), **data_schema(), **model_schema(), **loss_schema(), **evaluation_schema(),
+        **trainer_schema(),
+        **data_schema(),
+        **model_schema(),
+        **loss_schema(),
+        **evaluation_schema(),
     }
 
 
 def _eval_schema() -> dict[str, Spec]:
     ms = "model_source."
-    return {"seed": Int(min=0, max=2**32 - 1), "ckpt_path": Str(nullable=True),
-            ms + "spec": Str(nullable=True), ms + "arch": Str(nullable=True), ms + "quick_gelu": Bool(nullable=True),
-            ms + "context_length": Int(min=1, nullable=True), ms + "batch_size": Int(min=1),
-            **data_schema(), **evaluation_schema()}
+    return {
+        "seed": Int(min=0, max=2**32 - 1),
+        "ckpt_path": Str(nullable=True),
+        ms + "spec": Str(nullable=True),
+        ms + "arch": Str(nullable=True),
+        ms + "quick_gelu": Bool(nullable=True),
+        ms + "context_length": Int(min=1, nullable=True),
+        ms + "batch_size": Int(min=1),
+        **data_schema(),
+        **evaluation_schema(),
+    }
 
 
 def _explore_schema() -> dict[str, Spec]:
-    return {"ckpt_path": Str(required=True), "split": Choice(options=("train", "val", "test")), "host": Str(),
-            "port": Int(min=0, max=65535), "device": Str(), "k": Int(min=1, max=1000),
-            "limit": Int(min=1, nullable=True),
-            "cache_dir": Str(nullable=True), "export": Str(nullable=True), "concepts.top": Int(min=1),
-            "concepts.bottleneck_split": Choice(options=("train", "val", "test"), nullable=True),
-            "concepts.l2": positive(), "export_options.studies": Int(min=0), "export_options.cams": Int(min=0),
-            "export_options.texts": ListOf(item=Str()), **data_schema()}
+    return {
+        "ckpt_path": Str(required=True),
+        "split": Choice(options=("train", "val", "test")),
+        "host": Str(),
+        "port": Int(min=0, max=65535),
+        "device": Str(),
+        "k": Int(min=1, max=1000),
+        "limit": Int(min=1, nullable=True),
+        "cache_dir": Str(nullable=True),
+        "export": Str(nullable=True),
+        "concepts.top": Int(min=1),
+        "concepts.bottleneck_split": Choice(options=("train", "val", "test"), nullable=True),
+        "concepts.l2": positive(),
+        "export_options.studies": Int(min=0),
+        "export_options.cams": Int(min=0),
+        "export_options.texts": ListOf(item=Str()),
+        **data_schema(),
+    }
 
 
 TRAIN_SCHEMA: dict[str, Spec] = _train_schema()

@@ -33,8 +33,14 @@ from tests.conftest import REPO_ROOT
 from tests.integration.hydra_helpers import train_tiny_checkpoint
 
 # a test split and the zero-shot task: metrics.json then holds validation-fitted thresholds
-WITH_ZEROSHOT = ["test=true", "trainer.limit_test_batches=1", "evaluation.tasks=[zeroshot]",
-                 "evaluation.bootstrap.n_resamples=10", "evaluation.figures=false", "evaluation.device=cpu"]
+WITH_ZEROSHOT = [
+    "test=true",
+    "trainer.limit_test_batches=1",
+    "evaluation.tasks=[zeroshot]",
+    "evaluation.bootstrap.n_resamples=10",
+    "evaluation.figures=false",
+    "evaluation.device=cpu",
+]
 INSTALL_HINT = "apt-get install chromium chromium-driver"
 SERVER_START_S = 300
 
@@ -72,10 +78,21 @@ def driver(browser_paths: tuple[str, str]) -> Iterator:
     chromium, chromedriver = browser_paths
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-extensions", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--disable-default-apps", "--window-size=1440,960", "--hide-scrollbars",
-                "--force-device-scale-factor=1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--window-size=1440,960",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     browser = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
@@ -112,11 +129,30 @@ class Explorer:
 
 def start_explorer(ckpt: Path, log_dir: Path, extra: tuple[str, ...] = ()) -> tuple[str, subprocess.Popen]:
     """Start the CLI on port 0 and return its address (read from its output) and the process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "cxr_vlp.explore", f"ckpt_path={ckpt}", "port=0",
-                                f"paths.log_dir={log_dir}", "device=cpu", *extra], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxr_vlp.explore",
+            f"ckpt_path={ckpt}",
+            "port=0",
+            f"paths.log_dir={log_dir}",
+            "device=cpu",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -191,8 +227,11 @@ def save_screenshot(browser, tmp_path: Path, name: str, width: int = 1100, max_b
     image = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
     out = tmp_path / name
     for w in (width, 960, 840, 720):
-        shot = image.resize((w, round(image.height * w / image.width)), Image.Resampling.LANCZOS) \
-            if image.width > w else image
+        shot = (
+            image.resize((w, round(image.height * w / image.width)), Image.Resampling.LANCZOS)
+            if image.width > w
+            else image
+        )
         shot.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
         if out.stat().st_size < max_bytes:
             break

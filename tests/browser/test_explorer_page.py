@@ -88,8 +88,9 @@ def _check_cam(driver, explorer: Explorer, image) -> None:
     assert driver.execute_script("return arguments[0].naturalWidth", overlay) == cam.heatmap.shape[1]
 
 
-def test_image_query_shows_cxrmodel_probabilities_reports_and_gradcam(driver, clip_explorer: Explorer,
-                                                                      tmp_path: Path) -> None:
+def test_image_query_shows_cxrmodel_probabilities_reports_and_gradcam(
+    driver, clip_explorer: Explorer, tmp_path: Path
+) -> None:
     ex = clip_explorer
     _open(driver, ex.url)
     index = min(1, len(ex.split) - 1)
@@ -116,8 +117,11 @@ def test_image_query_shows_cxrmodel_probabilities_reports_and_gradcam(driver, cl
 
     truth = driver.find_element(By.ID, "truth")
     assert truth.is_displayed() and own.split(".")[0] in truth.find_element(By.ID, "truth-report").text
-    positives = {c.get_attribute("data-label") for c in driver.find_elements(By.CSS_SELECTOR, "#truth-labels .chip")
-                 if c.get_attribute("data-label")}
+    positives = {
+        c.get_attribute("data-label")
+        for c in driver.find_elements(By.CSS_SELECTOR, "#truth-labels .chip")
+        if c.get_attribute("data-label")
+    }
     labels = ex.split.labels[index].numpy()
     from cxr_vlp.text.labels import CHEXPERT_LABELS
 
@@ -127,8 +131,10 @@ def test_image_query_shows_cxrmodel_probabilities_reports_and_gradcam(driver, cl
     # Grad-CAM for a free-text prompt
     driver.find_element(By.ID, "cam-prompt").send_keys("small left pleural effusion")
     driver.find_element(By.ID, "run-cam").click()
-    _wait(driver, lambda d: d.find_element(By.ID, "cam-overlay").get_attribute("data-target")
-          == "small left pleural effusion")
+    _wait(
+        driver,
+        lambda d: d.find_element(By.ID, "cam-overlay").get_attribute("data-target") == "small left pleural effusion",
+    )
     _check_cam(driver, ex, path)
     img = driver.find_element(By.ID, "query-image")
     assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
@@ -146,8 +152,10 @@ def test_upload_of_a_16_bit_png_of_odd_size(driver, clip_explorer: Explorer, tmp
     assert cv2.imread(str(upload), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     _open(driver, ex.url)
     driver.find_element(By.ID, "upload").send_keys(str(upload))
-    _wait(driver, lambda d: (d.find_element(By.ID, "image-result").get_attribute("data-query") or "")
-          .startswith("upload:"))
+    _wait(
+        driver,
+        lambda d: (d.find_element(By.ID, "image-result").get_attribute("data-query") or "").startswith("upload:"),
+    )
     _wait(driver, lambda d: d.find_element(By.ID, "cam-overlay").get_attribute("data-target"))
     assert driver.find_element(By.ID, "query-name").text == "uploaded image"
     assert not driver.find_element(By.ID, "truth").is_displayed()
@@ -174,14 +182,20 @@ def test_text_query_and_its_negated_variant(driver, clip_explorer: Explorer, tmp
         hits = driver.find_elements(By.CSS_SELECTOR, f"{container} .hit")
         expected = ex.model.retrieve([query], gallery, k=len(hits))
         assert len(hits) == min(10, len(ex.split))
-        np.testing.assert_allclose([float(h.get_attribute("data-score")) for h in hits], expected["score"],
-                                   atol=1e-4)
+        np.testing.assert_allclose([float(h.get_attribute("data-score")) for h in hits], expected["score"], atol=1e-4)
         shown = [h.get_attribute("data-study") for h in hits]
         assert sorted(shown) == sorted(expected["item"])
         for h, score in zip(hits, expected["score"]):
             assert abs(float(h.find_element(By.CLASS_NAME, "score").text.split("·")[1]) - score) <= SHOWN + 1e-4
-        _wait(driver, lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0",
-                                                     h.find_element(By.TAG_NAME, "img")) for h in hits))
+        _wait(
+            driver,
+            lambda d: all(
+                d.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth > 0", h.find_element(By.TAG_NAME, "img")
+                )
+                for h in hits
+            ),
+        )
 
     check("#text-results", text)
     button = driver.find_element(By.ID, "run-negated")
@@ -199,15 +213,27 @@ def test_text_query_and_its_negated_variant(driver, clip_explorer: Explorer, tmp
 def test_static_export_is_self_contained(driver, clip_explorer: Explorer, tmp_path: Path) -> None:
     ex = clip_explorer
     out = tmp_path / "export"
-    run = subprocess.run([sys.executable, "-m", "cxr_vlp.explore", f"ckpt_path={ex.ckpt}", f"export={out}",
-                          f"paths.log_dir={tmp_path / 'logs'}", "export_options.studies=2",
-                          "export_options.texts=[pleural effusion]"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr_vlp.explore",
+            f"ckpt_path={ex.ckpt}",
+            f"export={out}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "export_options.studies=2",
+            "export_options.texts=[pleural effusion]",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     page = out / "index.html"
     assert page.is_file() and f"explorer page: {page}" in run.stdout
     html = page.read_text()
-    assert "src=\"/static" not in html and "href=\"/static" not in html
+    assert 'src="/static' not in html and 'href="/static' not in html
     url = page.as_uri()
     _open(driver, url)
     Select(driver.find_element(By.ID, "study-select")).select_by_value("0")
@@ -270,8 +296,10 @@ def test_clear_top_concepts_and_contributions(driver, head_explorers) -> None:
     assert len(rows) == 8
     np.testing.assert_allclose([float(r.get_attribute("data-score")) for r in rows], expected["score"], atol=1e-5)
     assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == list(expected["concept"])
-    contributions = [float(r.get_attribute("data-value"))
-                     for r in driver.find_elements(By.CSS_SELECTOR, "#concept-contrib tr.contribution")]
+    contributions = [
+        float(r.get_attribute("data-value"))
+        for r in driver.find_elements(By.CSS_SELECTOR, "#concept-contrib tr.contribution")
+    ]
     assert len(contributions) == 8 and contributions == sorted(contributions, reverse=True)
     assert "logit" in driver.find_element(By.ID, "contrib-title").text
     _local_only(driver, ex.url)

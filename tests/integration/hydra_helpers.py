@@ -40,8 +40,12 @@ def tiny_model_overrides() -> list[str]:
 def tiny_overrides(csv_path: Path) -> list[str]:
     """Overrides that make any experiment run on the tiny generic-CSV dataset at 64 px in one CPU process: the
     tiny set is a folder with a ``studies.csv``, read through ``data=csv`` as a user's own folder would be."""
-    return ["data=csv", f"data.root={Path(csv_path).parent}", f"data.reader.csv_path={csv_path}",
-            *tiny_model_overrides()]
+    return [
+        "data=csv",
+        f"data.root={Path(csv_path).parent}",
+        f"data.reader.csv_path={csv_path}",
+        *tiny_model_overrides(),
+    ]
 
 
 def compose_train(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
@@ -59,11 +63,14 @@ def compose_train(output_dir: Path, overrides: list[str], config_name: str = "tr
     return cfg
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "cxr_vlp.train", timeout: int = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, module: str = "cxr_vlp.train", timeout: int = 900
+) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` as users type it, offline, output captured."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 TINY_STEPS = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]

@@ -14,9 +14,18 @@ from tests import adapter_models as am
 from tests.integration.hydra_helpers import compose_train, run_cli
 from tests.unit.test_rsna_reader import write_rsna_tree
 
-FAST = ["evaluation.bootstrap.n_resamples=20", "evaluation.probe.max_epochs=3", "evaluation.probe.patience=2",
-        "evaluation.figure_examples=2", "evaluation.device=cpu", "data.image_cache=null", "data.num_workers=0",
-        "data.persistent_workers=false", "data.pin_memory=false", "data.eval_batch_size=16"]
+FAST = [
+    "evaluation.bootstrap.n_resamples=20",
+    "evaluation.probe.max_epochs=3",
+    "evaluation.probe.patience=2",
+    "evaluation.figure_examples=2",
+    "evaluation.device=cpu",
+    "data.image_cache=null",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.pin_memory=false",
+    "data.eval_batch_size=16",
+]
 
 
 def _csv_data(tiny_dataset: Path) -> list[str]:
@@ -24,22 +33,37 @@ def _csv_data(tiny_dataset: Path) -> list[str]:
 
 
 def test_model_shorthand_is_the_model_source_spec() -> None:
-    assert expand_model_override(["model=/a/b", "+model=hf-hub:x/y", "model_source.arch=ViT-B-32", "data=csv",
-                                  "model.embed_dim=3"]) == \
-        ["model_source.spec=/a/b", "model_source.spec=hf-hub:x/y", "model_source.arch=ViT-B-32", "data=csv",
-         "model.embed_dim=3"]
+    assert expand_model_override(
+        ["model=/a/b", "+model=hf-hub:x/y", "model_source.arch=ViT-B-32", "data=csv", "model.embed_dim=3"]
+    ) == [
+        "model_source.spec=/a/b",
+        "model_source.spec=hf-hub:x/y",
+        "model_source.arch=ViT-B-32",
+        "data=csv",
+        "model.embed_dim=3",
+    ]
 
 
 @pytest.mark.slow
 def test_open_clip_folder_through_the_command_line(tiny_dataset: Path, tmp_path: Path) -> None:
     folder = am.open_clip_folder(tmp_path / "open_clip_model")
     out = tmp_path / "run"
-    result = run_cli([f"model={folder}", *_csv_data(tiny_dataset), *FAST, f"hydra.run.dir={out}"], cwd=tmp_path,
-                     module="cxr_vlp.eval", timeout=900)
+    result = run_cli(
+        [f"model={folder}", *_csv_data(tiny_dataset), *FAST, f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        module="cxr_vlp.eval",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("test/i2t/R@1", "test/t2i/R@10", "test/dedup/i2t/R@1", "test/zeroshot/auroc_mean",
-                "test/probe_linear/auroc_mean", "test/probe_mlp/auroc_mean"):
+    for key in (
+        "test/i2t/R@1",
+        "test/t2i/R@10",
+        "test/dedup/i2t/R@1",
+        "test/zeroshot/auroc_mean",
+        "test/probe_linear/auroc_mean",
+        "test/probe_mlp/auroc_mean",
+    ):
         assert math.isfinite(metrics[key]), key
     assert not any(k.startswith(("test/uncertainty", "test/concept")) for k in metrics)
     report = (out / "report.md").read_text()
@@ -54,13 +78,22 @@ def _eval(out: Path, overrides: list[str]) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_hf_clip_on_rsna_runs_the_label_tasks_without_retrieval(tmp_path: Path,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_hf_clip_on_rsna_runs_the_label_tasks_without_retrieval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = am.hf_clip_folder(tmp_path / "hf_clip")
     write_rsna_tree(tmp_path / "rsna", n_patients=40)
     with caplog.at_level("INFO"):
-        metrics = _eval(tmp_path / "run", [f"model_source.spec={folder}", "data=rsna",
-                                           f"data.root={tmp_path / 'rsna'}", "evaluation.figures=false", *FAST])
+        metrics = _eval(
+            tmp_path / "run",
+            [
+                f"model_source.spec={folder}",
+                "data=rsna",
+                f"data.root={tmp_path / 'rsna'}",
+                "evaluation.figures=false",
+                *FAST,
+            ],
+        )
     assert "retrieval: skipped (the dataset has no reports" in caplog.text
     assert not any("i2t" in k or "t2i" in k for k in metrics)
     assert math.isfinite(metrics["test/zeroshot/auroc/Pneumonia"])

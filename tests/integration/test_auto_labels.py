@@ -18,8 +18,14 @@ from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, tiny_overrides
 
-SHORT = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
-         "evaluation.figures=false", "evaluation.device=cpu", "evaluation.bootstrap.n_resamples=20"]
+SHORT = [
+    "trainer.max_steps=2",
+    "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "evaluation.figures=false",
+    "evaluation.device=cpu",
+    "evaluation.bootstrap.n_resamples=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,9 @@ def unlabelled_csv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-def test_mcsl_trains_on_text_labels_cached_by_report(unlabelled_csv: Path, tmp_path: Path, labeler_calls: list[int],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mcsl_trains_on_text_labels_cached_by_report(
+    unlabelled_csv: Path, tmp_path: Path, labeler_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cxr_vlp.losses.mcsl import McslHead
 
     seen: list[np.ndarray] = []
@@ -46,8 +53,13 @@ def test_mcsl_trains_on_text_labels_cached_by_report(unlabelled_csv: Path, tmp_p
 
     monkeypatch.setattr(McslHead, "forward", spy_forward)
     cache = tmp_path / "label_cache"
-    overrides = ["+experiment=mcsl_demo", *tiny_overrides(unlabelled_csv), *SHORT,
-                 f"data.reader.label_cache={cache}", "evaluation.tasks=[retrieval,zeroshot]"]
+    overrides = [
+        "+experiment=mcsl_demo",
+        *tiny_overrides(unlabelled_csv),
+        *SHORT,
+        f"data.reader.label_cache={cache}",
+        "evaluation.tasks=[retrieval,zeroshot]",
+    ]
     cfg = compose_train(tmp_path / "run", overrides)
     assert cfg.data.reader.labels == "auto"
     metrics = train(cfg)
@@ -79,10 +91,19 @@ def test_mcsl_trains_on_text_labels_cached_by_report(unlabelled_csv: Path, tmp_p
         np.testing.assert_array_equal(table.labels[k], apply_policy(labeler.label_report(texts[k]), "unknown"))
 
 
-def test_labels_none_label_tasks_say_so_in_one_line(unlabelled_csv: Path, tmp_path: Path,
-                                                    labeler_calls: list[int]) -> None:
-    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(unlabelled_csv), *SHORT,
-                                   "data.reader.labels=none", "evaluation.tasks=[retrieval,zeroshot,probe]"])
+def test_labels_none_label_tasks_say_so_in_one_line(
+    unlabelled_csv: Path, tmp_path: Path, labeler_calls: list[int]
+) -> None:
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+experiment=demo",
+            *tiny_overrides(unlabelled_csv),
+            *SHORT,
+            "data.reader.labels=none",
+            "evaluation.tasks=[retrieval,zeroshot,probe]",
+        ],
+    )
     metrics = train(cfg)
     assert labeler_calls == []
     report = (tmp_path / "eval" / "report.md").read_text()

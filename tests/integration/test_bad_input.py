@@ -48,15 +48,30 @@ def _write(tmp_path: Path, rows: list[dict]) -> Path:
 
 
 def _row(i: int, **kw) -> dict:
-    return {"study_id": f"s{i}", "subject_id": f"p{i}", "image_paths": "a.jpg", "view_names": "PA",
-            "findings": "Clear lungs.", "impression": "Normal.", **kw}
+    return {
+        "study_id": f"s{i}",
+        "subject_id": f"p{i}",
+        "image_paths": "a.jpg",
+        "view_names": "PA",
+        "findings": "Clear lungs.",
+        "impression": "Normal.",
+        **kw,
+    }
 
 
 @pytest.mark.parametrize(
     ("rows", "error", "pattern"),
     [
-        ([{k: v for k, v in _row(0).items() if k != "findings"}], ValueError, r"studies\.csv.*missing required column.*findings"),
-        ([_row(0), _row(1, image_paths="missing.jpg")], FileNotFoundError, r"studies\.csv: row 2: image file.*missing\.jpg"),
+        (
+            [{k: v for k, v in _row(0).items() if k != "findings"}],
+            ValueError,
+            r"studies\.csv.*missing required column.*findings",
+        ),
+        (
+            [_row(0), _row(1, image_paths="missing.jpg")],
+            FileNotFoundError,
+            r"studies\.csv: row 2: image file.*missing\.jpg",
+        ),
         ([_row(0), _row(1, image_paths="")], ValueError, r"studies\.csv: row 2 \(study s1\): empty image_paths"),
         ([_row(0), _row(1, study_id="s0")], ValueError, r"studies\.csv: duplicate study_id values: \['s0'\]"),
         ([_row(0, Edema="yes")], ValueError, r"studies\.csv: row 1, column 'Edema'"),

@@ -23,8 +23,10 @@ FAST = ["bootstrap.n_resamples=50", "probe.max_epochs=3", "probe.patience=2", "d
 
 @pytest.fixture(scope="module")
 def ckpts(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return (train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("clip_run"), "demo"),
-            train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("mcsl_run"), "mcsl_demo"))
+    return (
+        train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("clip_run"), "demo"),
+        train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("mcsl_run"), "mcsl_demo"),
+    )
 
 
 def test_benchmark_compares_models_on_identical_studies(ckpts, tmp_path: Path, monkeypatch) -> None:
@@ -32,15 +34,24 @@ def test_benchmark_compares_models_on_identical_studies(ckpts, tmp_path: Path, m
 
     calls: list[str] = []
     real = embed.embed_split
-    monkeypatch.setattr(embed, "embed_split", lambda model, dm, split, limit=None: calls.append(split) or real(
-        model, dm, split, limit))
+    monkeypatch.setattr(
+        embed, "embed_split", lambda model, dm, split, limit=None: calls.append(split) or real(model, dm, split, limit)
+    )
     clip, mcsl = ckpts
     other = open_clip_folder(tmp_path / "open_clip_model")
-    cfg = compose_train(tmp_path / "run", [f"models=[{clip},{mcsl},{clip},{other}]",
-                                           "names=[clip,mcsl,clip_again,open_clip]",
-                                           "benchmark=[chexpert5,chexpert5x200,mimic5x200,retrieval]",
-                                           "benchmark.chexpert5x200.per_class=3", "benchmark.mimic5x200.per_class=3",
-                                           f"cache_dir={tmp_path / 'cache'}", *FAST], config_name="benchmark")
+    cfg = compose_train(
+        tmp_path / "run",
+        [
+            f"models=[{clip},{mcsl},{clip},{other}]",
+            "names=[clip,mcsl,clip_again,open_clip]",
+            "benchmark=[chexpert5,chexpert5x200,mimic5x200,retrieval]",
+            "benchmark.chexpert5x200.per_class=3",
+            "benchmark.mimic5x200.per_class=3",
+            f"cache_dir={tmp_path / 'cache'}",
+            *FAST,
+        ],
+        config_name="benchmark",
+    )
     out = run_benchmark(cfg)
     run = tmp_path / "run"
     for name in ("benchmark.md", "benchmark.csv", "audit.csv", "selections/chexpert5x200.csv"):
@@ -50,9 +61,13 @@ def test_benchmark_compares_models_on_identical_studies(ckpts, tmp_path: Path, m
     df = pd.read_csv(run / "benchmark.csv")
     assert set(df["protocol"]) == {"chexpert5", "chexpert5x200", "mimic5x200", "retrieval"}
     tasks = set(zip(df["protocol"], df["task"], df["measure"]))
-    for key in [("chexpert5x200", "zero-shot", "5-way accuracy"), ("mimic5x200", "image → report", "P@5"),
-                ("retrieval", "i2t full gallery", "R@1"), ("retrieval", "t2i de-duplicated reports", "R@5"),
-                ("chexpert5", "probe (linear)", "mean AUROC")]:
+    for key in [
+        ("chexpert5x200", "zero-shot", "5-way accuracy"),
+        ("mimic5x200", "image → report", "P@5"),
+        ("retrieval", "i2t full gallery", "R@1"),
+        ("retrieval", "t2i de-duplicated reports", "R@5"),
+        ("chexpert5", "probe (linear)", "mean AUROC"),
+    ]:
         assert key in tasks, key
     # every model on every metric, on the same number of rows
     per_metric = df.groupby(["protocol", "split", "task", "measure"])
@@ -89,9 +104,22 @@ def test_rsna_protocol_on_relabelled_data_through_the_cli(ckpts, tiny_dataset: P
     df.to_csv(csv, index=False)
     clip, _ = ckpts
     run = tmp_path / "run"
-    result = run_cli([f"models=[{clip}]", "benchmark=[rsna]", "data=csv", f"data.root={csv.parent}",
-                      "data.image_cache=null", "data.num_workers=0", f"cache_dir={tmp_path / 'cache'}",
-                      f"hydra.run.dir={run}", *FAST], cwd=tmp_path, module="cxr_vlp.benchmark", timeout=600)
+    result = run_cli(
+        [
+            f"models=[{clip}]",
+            "benchmark=[rsna]",
+            "data=csv",
+            f"data.root={csv.parent}",
+            "data.image_cache=null",
+            "data.num_workers=0",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run}",
+            *FAST,
+        ],
+        cwd=tmp_path,
+        module="cxr_vlp.benchmark",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = pd.read_csv(run / "benchmark.csv")
     assert set(out["measure"]) == {"mean AUROC", "AUROC Pneumonia"}

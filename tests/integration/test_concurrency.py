@@ -29,15 +29,29 @@ prepare.main()
 """
 
 
-def _start_together(cwd: Path, overrides: list[str], n: int = 2,
-                    timeout: float = 240) -> list[subprocess.CompletedProcess]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
-           "CXR_VLP_DATA_DIR": str(cwd / "data")}
+def _start_together(
+    cwd: Path, overrides: list[str], n: int = 2, timeout: float = 240
+) -> list[subprocess.CompletedProcess]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+        "CXR_VLP_DATA_DIR": str(cwd / "data"),
+    }
     env.pop("PROJECT_ROOT", None)
     go = cwd / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _DRIVER, str(cwd / f"ready{i}"), str(go), *overrides],
-                              cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DRIVER, str(cwd / f"ready{i}"), str(go), *overrides],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     deadline = time.monotonic() + timeout
     try:
         while not all((cwd / f"ready{i}").exists() for i in range(n)):
@@ -55,15 +69,21 @@ def _start_together(cwd: Path, overrides: list[str], n: int = 2,
 
 @pytest.mark.slow
 def test_two_prepare_jobs_on_a_fresh_data_dir(tmp_path: Path) -> None:
-    overrides = ["data.prepare.num_patients=16", "data.prepare.image_size=64", "data.prepare.workers=0",
-                 "cache.size=64", "cache.workers=1", "cache.progress=false"]
+    overrides = [
+        "data.prepare.num_patients=16",
+        "data.prepare.image_size=64",
+        "data.prepare.workers=0",
+        "cache.size=64",
+        "cache.workers=1",
+        "cache.progress=false",
+    ]
     results = _start_together(tmp_path, overrides)
     for res in results:
         assert res.returncode == 0, res.stderr[-4000:]
     logs = "".join(r.stdout + r.stderr for r in results)  # Hydra's console log goes to stdout
     assert logs.count("wrote ") == 1 and "reusing the synthetic dataset" in logs  # generated once, by one job
     data = tmp_path / "data" / "synthetic"
-    dataset, = (p for p in data.iterdir() if not p.name.startswith("."))
+    (dataset,) = (p for p in data.iterdir() if not p.name.startswith("."))
     assert json.loads((dataset / "manifest.json").read_text())["config"]["num_patients"] == 16
     assert not [p for p in data.iterdir() if ".tmp-" in p.name]  # the loser left no half-written copy
     summaries = [json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("{"))) for r in results]

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cxr_vlp.lit.module import build_dual_encoder
-from cxr_vlp.utils.hub import ModelNotAvailableError
 from cxr_vlp.utils.config import config_dir
+from cxr_vlp.utils.hub import ModelNotAvailableError
 from tests.integration.hydra_helpers import compose_train, tiny_model_overrides
 
 CONF = Path(config_dir())
@@ -27,8 +27,24 @@ def _compose(tmp_path: Path, overrides: list[str]):
 
 
 def test_every_group_has_options() -> None:
-    for group in ("data", "model", "model/image_encoder", "model/text_encoder", "loss", "optim", "scheduler",
-                  "trainer", "logger", "callbacks", "experiment", "paths", "hydra", "debug", "reportgen", "module"):
+    for group in (
+        "data",
+        "model",
+        "model/image_encoder",
+        "model/text_encoder",
+        "loss",
+        "optim",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+        "paths",
+        "hydra",
+        "debug",
+        "reportgen",
+        "module",
+    ):
         assert _options(group), f"conf/{group} is empty"
 
 
@@ -36,13 +52,22 @@ def test_every_group_has_options() -> None:
 def test_experiments_compose_and_resolve(tmp_path: Path, name: str) -> None:
     real_data = name.endswith(("_mimic", "_iu_xray"))
     reportgen = name.startswith("reportgen")
-    cfg = _compose(tmp_path, [f"+experiment={name}", *(["data.root=/data/set"] if real_data else []),
-                              *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if reportgen else [])])
+    cfg = _compose(
+        tmp_path,
+        [
+            f"+experiment={name}",
+            *(["data.root=/data/set"] if real_data else []),
+            *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if reportgen else []),
+        ],
+    )
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.task_name == name and cfg.model.embed_dim > 0
     # the task is the module config group: report generation for reportgen_*, contrastive pretraining otherwise
-    target = "cxr_vlp.reportgen.module.ReportGenModule.from_pretrained" if reportgen else \
-        "cxr_vlp.lit.module.ContrastiveModule"
+    target = (
+        "cxr_vlp.reportgen.module.ReportGenModule.from_pretrained"
+        if reportgen
+        else "cxr_vlp.lit.module.ContrastiveModule"
+    )
     assert cfg.module._target_ == target
     if reportgen:  # report generation: the whole report as target, concept prompts on, no retrieval suite
         assert cfg.reportgen.prompts.enabled and cfg.data.text_views.whole_report and list(cfg.evaluation.tasks) == []
@@ -66,8 +91,10 @@ def test_experiments_compose_and_resolve(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", _options("model/image_encoder"))
 def test_image_encoders_follow_the_data_image_size(tmp_path: Path, name: str) -> None:
     """Every backbone config takes the data transforms' image size (ViT / Swin fix theirs at construction)."""
-    cfg = _compose(tmp_path, [f"model/image_encoder={name}", "model.image_encoder.pretrained=false",
-                              "data.transforms.image_size=64"])
+    cfg = _compose(
+        tmp_path,
+        [f"model/image_encoder={name}", "model.image_encoder.pretrained=false", "data.transforms.image_size=64"],
+    )
     encoder = instantiate(cfg.model.image_encoder)
     with torch.no_grad():
         features = encoder.eval()(torch.zeros(2, 1, 64, 64))
@@ -132,8 +159,11 @@ _DEMOS = [name for name in _options("experiment") if name.endswith("_demo") or n
 @pytest.mark.parametrize("experiment", _DEMOS)
 def test_demo_experiments_compose_with_every_dataset(tmp_path: Path, experiment: str, data: str) -> None:
     """``+experiment=<demo> data=<any>``: only the synthetic set has a generator step, and the data module builds."""
-    overrides = [f"+experiment={experiment}", f"data={data}",
-                 *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if experiment.startswith("reportgen") else [])]
+    overrides = [
+        f"+experiment={experiment}",
+        f"data={data}",
+        *(["pretrained_ckpt=/ckpts/contrastive.ckpt"] if experiment.startswith("reportgen") else []),
+    ]
     if data != "synthetic":
         overrides.append("data.root=/data/set")
     cfg = _compose(tmp_path, overrides)
@@ -143,8 +173,9 @@ def test_demo_experiments_compose_with_every_dataset(tmp_path: Path, experiment:
     assert (dm.prepare is not None) == (data == "synthetic")
 
 
-def test_gpu_experiments_on_a_cpu_machine_name_the_cpu_override(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_experiments_on_a_cpu_machine_name_the_cpu_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cxr_vlp.train import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -159,8 +190,10 @@ def test_module_gets_what_it_needs_through_its_constructor(tmp_path: Path) -> No
     """module=contrastive: the run's data config and the trainer's clipping reach the module as arguments."""
     from cxr_vlp.train import build_module, manual_optimization_overrides
 
-    cfg = _compose(tmp_path, ["+experiment=demo", *tiny_model_overrides(), "optim.micro_batch_size=4",
-                              "trainer.gradient_clip_val=0.5"])
+    cfg = _compose(
+        tmp_path,
+        ["+experiment=demo", *tiny_model_overrides(), "optim.micro_batch_size=4", "trainer.gradient_clip_val=0.5"],
+    )
     container = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(container)
     assert type(module).__name__ == "ContrastiveModule" and module.data_config == container["data"]

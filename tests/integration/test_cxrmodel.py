@@ -35,8 +35,14 @@ from tests.integration.hydra_helpers import train_tiny_checkpoint
 pytestmark = pytest.mark.slow
 
 # a test split and the zero-shot task of the evaluation suite: metrics.json then holds validation-fitted thresholds
-WITH_ZEROSHOT = ["test=true", "trainer.limit_test_batches=1", "evaluation.tasks=[zeroshot]",
-                 "evaluation.bootstrap.n_resamples=10", "evaluation.figures=false", "evaluation.device=cpu"]
+WITH_ZEROSHOT = [
+    "test=true",
+    "trainer.limit_test_batches=1",
+    "evaluation.tasks=[zeroshot]",
+    "evaluation.bootstrap.n_resamples=10",
+    "evaluation.figures=false",
+    "evaluation.device=cpu",
+]
 README_CKPT = "logs/demo/runs/<time>/checkpoints/last.ckpt"
 
 
@@ -78,20 +84,26 @@ def test_encode_images_equals_the_eval_suite_embedding_of_the_test_split(clip_ck
     datamodule.setup("test")
     suite = embed_split(clip_model, datamodule, "test")
     with torch.no_grad():  # the validation path of training: the data module's loader, the module's image tower
-        validation = torch.cat([clip_model.module.encoder.encode_image(batch.images[:, 0]).embedding
-                                for batch in datamodule.test_dataloader()])
+        validation = torch.cat(
+            [
+                clip_model.module.encoder.encode_image(batch.images[:, 0]).embedding
+                for batch in datamodule.test_dataloader()
+            ]
+        )
     torch.testing.assert_close(suite.image, validation, atol=1e-6, rtol=0)
     table = datamodule.tables["test"]
     rng = np.random.default_rng(0)
-    paths = [table.image_paths[i][choose_image_indices(table.view_names[i], 1, False, rng)[0]]
-             for i in range(len(table))]
+    paths = [
+        table.image_paths[i][choose_image_indices(table.view_names[i], 1, False, rng)[0]] for i in range(len(table))
+    ]
     ours = clip_model.encode_images(paths)
     assert ours.shape == suite.image.shape and len(paths) >= 2
     torch.testing.assert_close(ours, suite.image, atol=1e-6, rtol=0)
 
 
-def test_odd_sizes_and_bit_depths_are_preprocessed_as_in_training(clip_model: CXRModel, clip_ckpt: Path,
-                                                                  odd_images: dict[str, Path]) -> None:
+def test_odd_sizes_and_bit_depths_are_preprocessed_as_in_training(
+    clip_model: CXRModel, clip_ckpt: Path, odd_images: dict[str, Path]
+) -> None:
     """Files, arrays and PIL images of 8 / 16 bits and odd sizes give the embedding of the eval pipeline (the data
     module's evaluation transform on the image as the dataset reads it)."""
     data_cfg = clip_model.payload.record.data
@@ -114,9 +126,13 @@ def test_odd_sizes_and_bit_depths_are_preprocessed_as_in_training(clip_model: CX
 
 
 # ------------------------------------------------------------------ the exported folder
-def test_round_trip_is_bit_identical_and_loads_offline(clip_model: CXRModel, tiny_dataset: Path, tmp_path: Path,
-                                                       odd_images: dict[str, Path],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_round_trip_is_bit_identical_and_loads_offline(
+    clip_model: CXRModel,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    odd_images: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     folder = clip_model.save_pretrained(tmp_path / "export")
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
@@ -136,8 +152,9 @@ def test_round_trip_is_bit_identical_and_loads_offline(clip_model: CXRModel, tin
     assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
-def test_model_card_has_use_data_split_metrics_and_no_patient_content(clip_model: CXRModel, clip_ckpt: Path,
-                                                                      tiny_dataset: Path, tmp_path: Path) -> None:
+def test_model_card_has_use_data_split_metrics_and_no_patient_content(
+    clip_model: CXRModel, clip_ckpt: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
     from huggingface_hub import ModelCard
 
     folder = clip_model.save_pretrained(tmp_path / "export", repo_id="someone/cxr-demo")
@@ -175,9 +192,12 @@ def test_push_to_hub_uploads_the_exported_folder(clip_model: CXRModel, monkeypat
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         folder = Path(folder_path)
-        calls["upload"] = {"repo_id": repo_id, "files": sorted(p.name for p in folder.iterdir()),
-                           "card": (folder / "README.md").read_text(),
-                           "config": json.loads((folder / "config.json").read_text())}
+        calls["upload"] = {
+            "repo_id": repo_id,
+            "files": sorted(p.name for p in folder.iterdir()),
+            "card": (folder / "README.md").read_text(),
+            "config": json.loads((folder / "config.json").read_text()),
+        }
         return "commit-oid"
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -265,8 +285,11 @@ def test_bf16_embeddings_are_close_to_float32(clip_model: CXRModel, tiny_dataset
 
 def test_methods_a_clip_head_lacks_name_the_head(clip_model: CXRModel, tiny_dataset: Path) -> None:
     image = _images(tiny_dataset, 1)[0]
-    for call in (lambda: clip_model.concepts(image), lambda: clip_model.uncertainty([image]),
-                 lambda: clip_model.generate_report(image)):
+    for call in (
+        lambda: clip_model.concepts(image),
+        lambda: clip_model.uncertainty([image]),
+        lambda: clip_model.generate_report(image),
+    ):
         with pytest.raises(UnsupportedByModel, match="ClipHead"):
             call()
     with pytest.raises(ValueError, match="no prompts for label"):
@@ -287,8 +310,9 @@ def test_head_specific_methods_and_their_round_trip(experiment: str, tiny_datase
         assert unc.shape == (3,) and (unc > 0).all() and torch.equal(unc, loaded.uncertainty(images))
         assert model.uncertainty(["no acute findings", "effusion"]).shape == (2,)
         enc = model.module.encoder.encode_image(model.preprocess(images)).embeddings
-        head_scores = model.module.loss_head.similarity(enc, model.module.encoder.encode_text(
-            *model._tokens(["cardiomegaly"])).embeddings)
+        head_scores = model.module.loss_head.similarity(
+            enc, model.module.encoder.encode_text(*model._tokens(["cardiomegaly"])).embeddings
+        )
         torch.testing.assert_close(model.similarity(images, ["cardiomegaly"]), head_scores.detach(), atol=1e-5, rtol=0)
         with pytest.raises(UnsupportedByModel, match="ProbClipHead"):
             model.concepts(images[0])
@@ -302,9 +326,15 @@ def test_head_specific_methods_and_their_round_trip(experiment: str, tiny_datase
 
 
 def test_report_generation_checkpoint(clip_ckpt: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    rg = ["test=false", f"pretrained_ckpt={clip_ckpt}", "reportgen.generation.max_new_tokens=8",
-          "reportgen.generation.num_beams=1", "reportgen.decoder.local_config.hidden_size=32",
-          "reportgen.decoder.local_config.intermediate_size=64", "reportgen.decoder.local_config.num_hidden_layers=1"]
+    rg = [
+        "test=false",
+        f"pretrained_ckpt={clip_ckpt}",
+        "reportgen.generation.max_new_tokens=8",
+        "reportgen.generation.num_beams=1",
+        "reportgen.decoder.local_config.hidden_size=32",
+        "reportgen.decoder.local_config.intermediate_size=64",
+        "reportgen.decoder.local_config.num_hidden_layers=1",
+    ]
     model = CXRModel.from_checkpoint(train_tiny_checkpoint(tiny_dataset, tmp_path / "run", "reportgen_demo", rg))
     images = _images(tiny_dataset, 2)
     reports = model.generate_report(images)
@@ -330,8 +360,14 @@ def test_readme_example_runs_verbatim(clip_ckpt: Path, tiny_dataset: Path, tmp_p
     second = load_grayscale(str(_images(tiny_dataset, 3)[2]))
     cv2.imwrite(str(tmp_path / "cxr2.png"), second.astype(np.uint16) * 257)  # a 16-bit PNG
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO_ROOT)}
-    res = subprocess.run([sys.executable, "-c", code.replace(README_CKPT, str(clip_ckpt))], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", code.replace(README_CKPT, str(clip_ckpt))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     print(res.stdout)
     assert "torch.Size([2," in res.stdout and "Cardiomegaly" in res.stdout and "rank" in res.stdout

@@ -19,8 +19,14 @@ TOKENIZER = {"kind": "wordpiece", "vocab_size": 300, "min_frequency": 1}
 
 
 def _datamodule(csv: Path, **kw) -> CXRDataModule:
-    return CXRDataModule(reader=partial(read_generic_csv, csv), transforms={"image_size": 32},
-                         batch_size=4, eval_batch_size=8, tokenizer=TOKENIZER, **kw)
+    return CXRDataModule(
+        reader=partial(read_generic_csv, csv),
+        transforms={"image_size": 32},
+        batch_size=4,
+        eval_batch_size=8,
+        tokenizer=TOKENIZER,
+        **kw,
+    )
 
 
 def test_patient_level_split_and_batches(tiny_dataset: Path) -> None:

@@ -17,8 +17,13 @@ from cxr_vlp.eval.__main__ import evaluate
 from cxr_vlp.eval.figures import is_valid_png
 from tests.integration.hydra_helpers import compose_train, train_tiny_checkpoint
 
-FAST_EVAL = ["evaluation.bootstrap.n_resamples=50", "evaluation.probe.max_epochs=5", "evaluation.probe.patience=2",
-             "evaluation.figure_examples=2", "evaluation.device=cpu"]
+FAST_EVAL = [
+    "evaluation.bootstrap.n_resamples=50",
+    "evaluation.probe.max_epochs=5",
+    "evaluation.probe.patience=2",
+    "evaluation.figure_examples=2",
+    "evaluation.device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +50,18 @@ def test_eval_all_tasks_report_and_figures(clip_ckpt: Path, tmp_path: Path, monk
     metrics = _eval(clip_ckpt, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved.keys() == metrics.keys()
-    for key in ("test/i2t/R@1", "test/i2t/P@5", "test/t2i/P@10", "test/t2i/MedR", "test/i2t/tied_match_share",
-                "test/dedup/i2t/R@1", "test/dedup/t2i/tied_match_share", "test/zeroshot/auroc_mean",
-                "test/probe_linear/auroc_mean", "test/probe_mlp/auroc_mean"):
+    for key in (
+        "test/i2t/R@1",
+        "test/i2t/P@5",
+        "test/t2i/P@10",
+        "test/t2i/MedR",
+        "test/i2t/tied_match_share",
+        "test/dedup/i2t/R@1",
+        "test/dedup/t2i/tied_match_share",
+        "test/zeroshot/auroc_mean",
+        "test/probe_linear/auroc_mean",
+        "test/probe_mlp/auroc_mean",
+    ):
         assert math.isfinite(metrics[key]), key
     assert 0 <= metrics["test/i2t/P@5"] <= 1
     # thresholds were fitted on the validation labels only (zero-shot + two probes), never on the test labels
@@ -58,7 +72,9 @@ def test_eval_all_tasks_report_and_figures(clip_ckpt: Path, tmp_path: Path, monk
     assert len(fitted_on) == 3
     for labels in fitted_on:
         np.testing.assert_array_equal(labels, val.labels.double().numpy())
-        assert labels.shape != test.labels.shape or not np.array_equal(labels, test.labels.double().numpy(), equal_nan=True)
+        assert labels.shape != test.labels.shape or not np.array_equal(
+            labels, test.labels.double().numpy(), equal_nan=True
+        )
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Retrieval", "## Zero-shot classification", "## Probe: linear", "## Probe: mlp"):
         assert heading in report
@@ -84,7 +100,10 @@ def test_eval_head_specific_tasks(tiny_dataset: Path, tmp_path: Path, experiment
         assert "## Uncertainty" in report and "Concept audit" not in report
         assert is_valid_png(out / "figures" / "uncertainty.png")
     else:
-        assert math.isfinite(metrics["test/concept_bottleneck/auroc_mean"]) or "test/concept_bottleneck/auroc_mean" in metrics
+        assert (
+            math.isfinite(metrics["test/concept_bottleneck/auroc_mean"])
+            or "test/concept_bottleneck/auroc_mean" in metrics
+        )
         assert "## Concept audit" in report and "Possible confounders" in report
         assert "## Uncertainty" not in report
 
@@ -99,10 +118,11 @@ class _RecordingLogger:
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_credentialed_data_never_uploads_patient_content(clip_ckpt: Path, tmp_path: Path, allow: bool) -> None:
-    from cxr_vlp.eval.run import PATIENT_CONTENT, Evaluator
-    from cxr_vlp.inference import CXRModel
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from cxr_vlp.eval.run import PATIENT_CONTENT, Evaluator
+    from cxr_vlp.inference import CXRModel
 
     model = CXRModel.from_checkpoint(clip_ckpt)
     dm = instantiate(OmegaConf.create(model.payload.record.data), tokenizer=None)
@@ -123,12 +143,36 @@ def test_credentialed_data_never_uploads_patient_content(clip_ckpt: Path, tmp_pa
 @pytest.mark.slow
 def test_eval_command_line(clip_ckpt: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "cxr_vlp.eval", f"ckpt_path={clip_ckpt}", *FAST_EVAL,
-                             "evaluation.tasks=[retrieval,zeroshot]", "evaluation.figures=false",
-                             f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr_vlp.eval",
+            f"ckpt_path={clip_ckpt}",
+            *FAST_EVAL,
+            "evaluation.tasks=[retrieval,zeroshot]",
+            "evaluation.figures=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Zero-shot classification" in result.stdout and "Retrieval" in result.stdout
     assert json.loads((tmp_path / "metrics.json").read_text())["test/zeroshot/auroc_mean"] is not None
-    missing = subprocess.run([sys.executable, "-m", "cxr_vlp.eval", f"ckpt_path={tmp_path / 'nope.ckpt'}",
-                              f"hydra.run.dir={tmp_path / 'x'}"], env=env, capture_output=True, text=True, timeout=300)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr_vlp.eval",
+            f"ckpt_path={tmp_path / 'nope.ckpt'}",
+            f"hydra.run.dir={tmp_path / 'x'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode != 0 and "nope.ckpt: no such checkpoint file" in missing.stderr

@@ -28,14 +28,20 @@ def test_export_writes_a_checked_folder(ckpt: Path, tmp_path: Path, capsys: pyte
     assert CXRModel.from_pretrained(tmp_path / "model").kind == "contrastive"
 
 
-def test_export_push_to_hub_reaches_the_upload(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_export_push_to_hub_reaches_the_upload(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from huggingface_hub import HfApi
 
     uploaded: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **kw: uploaded.append(
-        (repo_id, sorted(p.name for p in Path(folder_path).iterdir()))) or "oid")
+    monkeypatch.setattr(
+        HfApi,
+        "upload_folder",
+        lambda self, *, repo_id, folder_path, **kw: (
+            uploaded.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir()))) or "oid"
+        ),
+    )
     assert main([f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'model'}", "push_to_hub=someone/cxr-demo"]) == 0
     assert uploaded and uploaded[0][0] == "someone/cxr-demo" and "model.safetensors" in uploaded[0][1]
     assert "uploaded to https://huggingface.co/someone/cxr-demo" in capsys.readouterr().out
@@ -52,7 +58,8 @@ def test_export_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_export_command_line(ckpt: Path, tmp_path: Path) -> None:
-    res = run_cli([f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'model'}"], cwd=tmp_path, module="cxr_vlp.export",
-                  timeout=300)
+    res = run_cli(
+        [f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'model'}"], cwd=tmp_path, module="cxr_vlp.export", timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -21,8 +21,9 @@ class GradProbe(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if trainer.global_step == 0 and trainer.is_global_zero:
-            torch.save({n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None},
-                       self.path)
+            torch.save(
+                {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}, self.path
+            )
 
 
 def _first_step_grads(tiny_dataset: Path, run_dir: Path, extra: list[str]) -> dict[str, torch.Tensor]:
@@ -31,13 +32,23 @@ def _first_step_grads(tiny_dataset: Path, run_dir: Path, extra: list[str]) -> di
     extra = [f"paths.data_dir={run_dir.parent / 'data'}", *extra]
     # a tower without BatchNorm (ConvNeXt: layer norms) and a text tower without dropout: the chunks must then give
     # exactly the full-batch gradient
-    cfg = compose_train(run_dir, ["+experiment=mcsl_demo", *tiny_overrides(tiny_dataset), "model.image_encoder.name=test_convnext",
-                                  "model.text_encoder.local_config.hidden_dropout_prob=0",
-                                  "model.text_encoder.local_config.attention_probs_dropout_prob=0",
-                                  "trainer.max_steps=1", "trainer.limit_val_batches=0", "test=false",
-                                  "trainer.gradient_clip_val=null",
-                                  f"+callbacks.grad_probe._target_={__name__}.GradProbe",
-                                  f"+callbacks.grad_probe.path={probe}", *extra])
+    cfg = compose_train(
+        run_dir,
+        [
+            "+experiment=mcsl_demo",
+            *tiny_overrides(tiny_dataset),
+            "model.image_encoder.name=test_convnext",
+            "model.text_encoder.local_config.hidden_dropout_prob=0",
+            "model.text_encoder.local_config.attention_probs_dropout_prob=0",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=0",
+            "test=false",
+            "trainer.gradient_clip_val=null",
+            f"+callbacks.grad_probe._target_={__name__}.GradProbe",
+            f"+callbacks.grad_probe.path={probe}",
+            *extra,
+        ],
+    )
     train(cfg)
     return torch.load(probe, weights_only=True)
 
@@ -60,8 +71,15 @@ def test_micro_batches_clip_with_the_trainer_setting(tiny_dataset: Path, tmp_pat
 
 
 def test_micro_batches_refuse_loss_averaging_accumulation(tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "optim.micro_batch_size=4",
-                                   "trainer.accumulate_grad_batches=2"])
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+experiment=demo",
+            *tiny_overrides(tiny_dataset),
+            "optim.micro_batch_size=4",
+            "trainer.accumulate_grad_batches=2",
+        ],
+    )
     with pytest.raises(ValueError, match=r"micro_batch_size=4.*accumulate_grad_batches=2"):
         train(cfg)
 
@@ -72,9 +90,20 @@ def test_micro_batches_under_two_process_ddp(tiny_dataset: Path, tmp_path: Path)
     """Lightning DDP (gloo, 2 CPU processes) with the cached step: no_sync for all chunks but the last, then one
     reduction; training, validation and test complete and the optimiser stepped once per batch."""
     run_dir = tmp_path / "run"
-    result = run_cli(["+experiment=mcsl_demo", *tiny_overrides(tiny_dataset), "optim.micro_batch_size=3",
-                      "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
-                      f"hydra.run.dir={run_dir}"], tmp_path, timeout=600)
+    result = run_cli(
+        [
+            "+experiment=mcsl_demo",
+            *tiny_overrides(tiny_dataset),
+            "optim.micro_batch_size=3",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_steps=3",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/num_studies"] > 0 and metrics["train/loss"] == metrics["train/loss"]

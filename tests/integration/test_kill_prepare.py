@@ -58,11 +58,27 @@ def _dataset(root: Path, n: int = 12) -> Path:
     (root / "img").mkdir(parents=True)
     for i in range(n):
         cv2.imwrite(str(root / "img" / f"{i}.jpg"), np.full((80, 64), 20 * i, dtype=np.uint8))
-        rows.append({"study_id": f"s{i}", "subject_id": f"p{i}", "image_paths": f"img/{i}.jpg", "view_names": "PA",
-                     "findings": f"Finding {i}.", "impression": f"Impression {i}."})
+        rows.append(
+            {
+                "study_id": f"s{i}",
+                "subject_id": f"p{i}",
+                "image_paths": f"img/{i}.jpg",
+                "view_names": "PA",
+                "findings": f"Finding {i}.",
+                "impression": f"Impression {i}.",
+            }
+        )
     cv2.imwrite(str(root / "img" / "pipe.jpg"), np.zeros((80, 64), dtype=np.uint8))
-    rows.append({"study_id": "s_pipe", "subject_id": "p_pipe", "image_paths": "img/pipe.jpg", "view_names": "PA",
-                 "findings": "Finding.", "impression": "Impression."})
+    rows.append(
+        {
+            "study_id": "s_pipe",
+            "subject_id": "p_pipe",
+            "image_paths": "img/pipe.jpg",
+            "view_names": "PA",
+            "findings": "Finding.",
+            "impression": "Impression.",
+        }
+    )
     pd.DataFrame(rows).to_csv(root / "studies.csv", index=False)
     return root
 
@@ -86,9 +102,24 @@ def test_sigkill_of_prepare_takes_its_workers_with_it(tmp_path: Path) -> None:
     data = _dataset(tmp_path / "data")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cxr_vlp.prepare", "data=csv", f"data.root={data}", f"cache.dir={tmp_path / 'cache'}",
-         "cache.size=32", "cache.workers=2", "cache.progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cxr_vlp.prepare",
+            "data=csv",
+            f"data.root={data}",
+            f"cache.dir={tmp_path / 'cache'}",
+            "cache.size=32",
+            "cache.workers=2",
+            "cache.progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:  # Hydra's console log
         if "caching at 32 px" in line:  # the table is read; the pool starts next
             break

@@ -110,52 +110,64 @@ RUN, CLI = Check("run"), Check("cli")
 CHECKS: dict[str, Check] = {
     "make demo": RUN,
     "python -m cxr_vlp.train +experiment=demo": RUN,
-    "python -m cxr_vlp.train +experiment=mcsl_mimic data.root=/data/mimic-cxr-jpg/2.1.0":
-        Check("compose", "GPU experiment with Swin-T + Bio_ClinicalBERT hub weights"),
-    "python -m cxr_vlp.train +experiment=clip_iu_xray data.root=/data/iu_xray":
-        Check("compose", "GPU experiment with Swin-T + Bio_ClinicalBERT hub weights"),
+    "python -m cxr_vlp.train +experiment=mcsl_mimic data.root=/data/mimic-cxr-jpg/2.1.0": Check(
+        "compose", "GPU experiment with Swin-T + Bio_ClinicalBERT hub weights"
+    ),
+    "python -m cxr_vlp.train +experiment=clip_iu_xray data.root=/data/iu_xray": Check(
+        "compose", "GPU experiment with Swin-T + Bio_ClinicalBERT hub weights"
+    ),
     "python -m cxr_vlp.train +experiment=clip_demo data=chexpert data.root=/data/CheXpert-v1.0-small": RUN,
     "python -m cxr_vlp.train +experiment=demo data=csv data.root=/data/mine": RUN,
     "python -m cxr_vlp.prepare data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0 cache.size=512 cache.workers=16": RUN,
-    "python -m cxr_vlp.train +experiment=demo trainer.max_epochs=10 optim.lr=5e-4":
-        Check("compose", "a demo run with other values (the demo itself runs)"),
-    "python -m cxr_vlp.train +experiment=demo trainer.precision=bf16-mixed":
-        Check("compose", "a demo run at another precision (bf16 training is tested in tests/unit and tests/gpu)"),
-    "python -m cxr_vlp.train +experiment=demo trainer=ddp trainer.accelerator=cpu trainer.devices=2":
-        Check("compose", "2-process DDP from the command line runs in test_cli.py"),
+    "python -m cxr_vlp.train +experiment=demo trainer.max_epochs=10 optim.lr=5e-4": Check(
+        "compose", "a demo run with other values (the demo itself runs)"
+    ),
+    "python -m cxr_vlp.train +experiment=demo trainer.precision=bf16-mixed": Check(
+        "compose", "a demo run at another precision (bf16 training is tested in tests/unit and tests/gpu)"
+    ),
+    "python -m cxr_vlp.train +experiment=demo trainer=ddp trainer.accelerator=cpu trainer.devices=2": Check(
+        "compose", "2-process DDP from the command line runs in test_cli.py"
+    ),
     "python -m cxr_vlp.train +experiment=demo ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt": RUN,
-    "python -m cxr_vlp.train +experiment=demo logger=wandb":
-        Check("compose", "W&B offline runs of a sweep are checked in test_sweeps.py"),
+    "python -m cxr_vlp.train +experiment=demo logger=wandb": Check(
+        "compose", "W&B offline runs of a sweep are checked in test_sweeps.py"
+    ),
     "python -m cxr_vlp.train debug=fdr": RUN,
     "python -m cxr_vlp.eval ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt": RUN,
-    "python -m cxr_vlp.eval ckpt_path=... evaluation.tasks=[retrieval,zeroshot]":
-        Check("compose", "the same entry point runs with every task above"),
-    "python -m cxr_vlp.eval ckpt_path=... data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0":
-        Check("compose", "the same entry point; the MIMIC data module is built and read"),
-    "python -m cxr_vlp.eval ckpt_path=... evaluation.probe.label_fractions=[0.01,0.1,1.0]":
-        Check("compose", "the same entry point runs with every task above"),
-    "python -m cxr_vlp.train -m +experiment=mcsl_demo loss.lam=0.0,0.3,0.7,1.0 loss.concept_temperature=0.1,1.0":
-        Check("compose", "8 jobs: every job composes (the Optuna sweep runs for real)"),
-    "python -m cxr_vlp.train -m +experiment=clip_demo model/image_encoder=resnet50,swin_tiny,vit_small":
-        Check("compose", "every job composes and its backbone runs a forward pass at the data's image size"),
+    "python -m cxr_vlp.eval ckpt_path=... evaluation.tasks=[retrieval,zeroshot]": Check(
+        "compose", "the same entry point runs with every task above"
+    ),
+    "python -m cxr_vlp.eval ckpt_path=... data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0": Check(
+        "compose", "the same entry point; the MIMIC data module is built and read"
+    ),
+    "python -m cxr_vlp.eval ckpt_path=... evaluation.probe.label_fractions=[0.01,0.1,1.0]": Check(
+        "compose", "the same entry point runs with every task above"
+    ),
+    "python -m cxr_vlp.train -m +experiment=mcsl_demo loss.lam=0.0,0.3,0.7,1.0 loss.concept_temperature=0.1,1.0": Check(
+        "compose", "8 jobs: every job composes (the Optuna sweep runs for real)"
+    ),
+    "python -m cxr_vlp.train -m +experiment=clip_demo model/image_encoder=resnet50,swin_tiny,vit_small": Check(
+        "compose", "every job composes and its backbone runs a forward pass at the data's image size"
+    ),
     "python -m cxr_vlp.train -m +experiment=mcsl_demo hparams_search=mcsl_optuna": CLI,
     "python -m cxr_vlp.train -m hydra/launcher=slurm trainer=slurm_ddp +experiment=mcsl_mimic data.root=... "
-    "hydra.launcher.partition=gpu hydra.launcher.nodes=2 hydra.launcher.gpus_per_node=4":
-        Check("compose", "needs a SLURM cluster"),
-    "python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=logs/demo/runs/<time>/checkpoints/<best>.ckpt":
-        RUN,
-    "python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=... reportgen.prompts.enabled=false":
-        Check("compose", "the ablation of the report-generation run above"),
+    "hydra.launcher.partition=gpu hydra.launcher.nodes=2 hydra.launcher.gpus_per_node=4": Check(
+        "compose", "needs a SLURM cluster"
+    ),
+    "python -m cxr_vlp.train +experiment=reportgen_demo "
+    "pretrained_ckpt=logs/demo/runs/<time>/checkpoints/<best>.ckpt": RUN,
+    "python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=... reportgen.prompts.enabled=false": Check(
+        "compose", "the ablation of the report-generation run above"
+    ),
     "python -m cxr_vlp.generate ckpt_path=logs/reportgen_demo/runs/<time>/checkpoints/<best>.ckpt image=cxr.jpg": RUN,
     "python -m cxr_vlp.train +experiment=reportgen_mimic data.root=/data/mimic-cxr-jpg "
-    "pretrained_ckpt=<mcsl_mimic .ckpt>":
-        Check("compose", "GPU experiment on a paper-size checkpoint"),
+    "pretrained_ckpt=<mcsl_mimic .ckpt>": Check("compose", "GPU experiment on a paper-size checkpoint"),
     "python -m cxr_vlp.data.synthetic out_dir=DIR num_patients=N seed=S": RUN,
     "python -m cxr_vlp.data.summary data=mimic_cxr data.root=...": RUN,
     "python -m cxr_vlp.experiments.collect <multirun dir> x=loss.lam hue=loss.concept_temperature "
     "metrics=test/i2t/R@10,eval/i2t/P@5": RUN,
-    "python -m cxr_vlp.text.label_reports in_csv=reports.csv out_csv=labelled.csv [text_columns=findings,impression]":
-        RUN,
+    "python -m cxr_vlp.text.label_reports in_csv=reports.csv out_csv=labelled.csv "
+    "[text_columns=findings,impression]": RUN,
     "python -m cxr_vlp.concepts.mine in_csv=train.csv out_txt=concepts.txt [min_count=20]": RUN,
     "python -m cxr_vlp.export ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt out_dir=cxr_model "
     "[push_to_hub=<user>/<name>]": RUN,
@@ -163,23 +175,28 @@ CHECKS: dict[str, Check] = {
     # same entry point evaluates tiny open_clip / transformers models in tests/integration/test_adapters_eval.py
     "python -m cxr_vlp.eval model=hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 data=chexpert "
     "data.root=/data/CheXpert-v1.0-small": Check("compose", "BiomedCLIP hub weights"),
-    "python -m cxr_vlp.eval model_source=biomedclip data=chexpert data.root=/data/CheXpert-v1.0-small":
-        Check("compose", "BiomedCLIP hub weights"),
+    "python -m cxr_vlp.eval model_source=biomedclip data=chexpert data.root=/data/CheXpert-v1.0-small": Check(
+        "compose", "BiomedCLIP hub weights"
+    ),
     "python -m cxr_vlp.eval model=/models/chexzero/best_64_5e-05_original_22000_0.864.pt data=chexpert "
     "data.root=/data/CheXpert-v1.0-small": Check("compose", "CheXzero weights"),
     "python -m cxr_vlp.eval model=/models/chexzero/best_64_5e-05_original_22000_0.864.pt model_source.arch=ViT-B-32 "
-    "data=rsna data.root=/data/rsna-pneumonia-detection-challenge":
-        Check("elsewhere", "tests/integration/test_adapters_eval.py"),
-    "python -m cxr_vlp.eval model=/models/my_open_clip_folder data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0":
-        Check("compose", "an open_clip folder of the user's"),
-    "python -m cxr_vlp.eval model=openai/clip-vit-base-patch32 data=iu_xray data.root=/data/iu_xray":
-        Check("compose", "hub weights"),
-    "python -m cxr_vlp.eval model=<spec> data=<name> data.root=...":
-        Check("elsewhere", "tests/integration/test_adapters_eval.py"),
+    "data=rsna data.root=/data/rsna-pneumonia-detection-challenge": Check(
+        "elsewhere", "tests/integration/test_adapters_eval.py"
+    ),
+    "python -m cxr_vlp.eval model=/models/my_open_clip_folder data=mimic_cxr "
+    "data.root=/data/mimic-cxr-jpg/2.1.0": Check("compose", "an open_clip folder of the user's"),
+    "python -m cxr_vlp.eval model=openai/clip-vit-base-patch32 data=iu_xray data.root=/data/iu_xray": Check(
+        "compose", "hub weights"
+    ),
+    "python -m cxr_vlp.eval model=<spec> data=<name> data.root=...": Check(
+        "elsewhere", "tests/integration/test_adapters_eval.py"
+    ),
     # the benchmark harness (docs/benchmark.md): its entry point on tiny checkpoints and a tiny open_clip folder
     "python -m cxr_vlp.benchmark": Check("elsewhere", "tests/integration/test_benchmark.py"),
-    "python -m cxr_vlp.benchmark models=[<a.ckpt>,<b>] benchmark=[chexpert5,retrieval]":
-        Check("elsewhere", "tests/integration/test_benchmark.py"),
+    "python -m cxr_vlp.benchmark models=[<a.ckpt>,<b>] benchmark=[chexpert5,retrieval]": Check(
+        "elsewhere", "tests/integration/test_benchmark.py"
+    ),
     "python -m cxr_vlp.benchmark data=synthetic models=[logs/clip_demo/runs/<time>/checkpoints/last.ckpt,"
     "logs/mcsl_demo/runs/<time>/checkpoints/last.ckpt,<open_clip folder>] "
     "benchmark=[chexpert5,chexpert5x200,mimic5x200,retrieval] benchmark.chexpert5x200.pool=test "
@@ -192,37 +209,44 @@ CHECKS: dict[str, Check] = {
     "benchmark=[rsna]": Check("elsewhere", "tests/integration/test_benchmark.py"),
     # streaming shards (docs/streaming.md): written and trained from on the tiny set, on a directory and on a local S3
     # server, in tests/integration/test_stream.py
-    "python -m cxr_vlp.prepare format=litdata out=/shards/synthetic":
-        Check("elsewhere", "tests/integration/test_stream.py"),
+    "python -m cxr_vlp.prepare format=litdata out=/shards/synthetic": Check(
+        "elsewhere", "tests/integration/test_stream.py"
+    ),
     "python -m cxr_vlp.prepare data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0 cache.size=512 cache.workers=16 "
     "format=litdata out=s3://my-bucket/mimic-s512": Check("elsewhere", "tests/integration/test_stream.py"),
-    "python -m cxr_vlp.train +experiment=demo data.stream=/shards/synthetic":
-        Check("elsewhere", "tests/integration/test_stream.py"),
+    "python -m cxr_vlp.train +experiment=demo data.stream=/shards/synthetic": Check(
+        "elsewhere", "tests/integration/test_stream.py"
+    ),
     "python -m cxr_vlp.train +experiment=clip_mimic data.stream=s3://my-bucket/mimic-s512 trainer=ddp "
     "trainer.devices=8 trainer.num_nodes=4": Check("elsewhere", "tests/integration/test_stream.py"),
-    # W&B dashboards (docs/wandb.md): offline runs read back in tests/integration/test_wandb_dashboards.py, the workspace
-    # object checked in tests/unit/test_wandb_tracking.py
-    "python -m cxr_vlp.train +experiment=demo logger=wandb logger.wandb.log_model=best":
-        Check("compose", "offline W&B runs with model artifacts are read back in test_wandb_dashboards.py"),
+    # W&B dashboards (docs/wandb.md): offline runs read back in tests/integration/test_wandb_dashboards.py, the
+    # workspace object checked in tests/unit/test_wandb_tracking.py
+    "python -m cxr_vlp.train +experiment=demo logger=wandb logger.wandb.log_model=best": Check(
+        "compose", "offline W&B runs with model artifacts are read back in test_wandb_dashboards.py"
+    ),
     "python -m cxr_vlp.wandb_workspace project=cxr_vlp": Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
     "python -m cxr_vlp.wandb_workspace project=cxr_vlp group=mcsl_demo-<sweep folder> "
     "sweep_dir=logs/mcsl_demo/multiruns/<sweep folder>": Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
-    "python -m cxr_vlp.wandb_workspace project=cxr_vlp swept=loss.lam,loss.concept_temperature save=false":
-        Check("elsewhere", "tests/unit/test_wandb_tracking.py"),
+    "python -m cxr_vlp.wandb_workspace project=cxr_vlp swept=loss.lam,loss.concept_temperature save=false": Check(
+        "elsewhere", "tests/unit/test_wandb_tracking.py"
+    ),
     "python -m cxr_vlp.experiments.collect": Check("elsewhere", "tests/unit/test_collect.py"),
     # the explorer (docs/explorer.md): served and driven in headless Chromium, exported, in tests/browser
     "python -m cxr_vlp.explore": Check("elsewhere", "tests/browser/test_explorer_page.py"),
-    "python -m cxr_vlp.explore ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt":
-        Check("elsewhere", "tests/browser/test_explorer_page.py"),
+    "python -m cxr_vlp.explore ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt": Check(
+        "elsewhere", "tests/browser/test_explorer_page.py"
+    ),
     "python -m cxr_vlp.explore ckpt_path=cxr_model data=mimic_cxr data.root=/data/mimic-cxr-jpg/2.1.0 split=test "
     "port=8800": Check("elsewhere", "tests/browser/test_explorer_page.py"),
-    "python -m cxr_vlp.explore ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt export=explorer_page":
-        Check("elsewhere", "tests/browser/test_explorer_page.py"),
+    "python -m cxr_vlp.explore ckpt_path=logs/demo/runs/<time>/checkpoints/last.ckpt export=explorer_page": Check(
+        "elsewhere", "tests/browser/test_explorer_page.py"
+    ),
     "python -m cxr_vlp.export": Check("elsewhere", "tests/integration/test_export.py"),
     # the labeler on real reports (docs/labeler.md): its CLI prints the table in tests/unit/test_labeler_openi.py
     "python -m cxr_vlp.text.labeler_eval": Check("elsewhere", "tests/unit/test_labeler_openi.py"),
-    "python -m cxr_vlp.text.labeler_eval labeler_file=/tmp/labeler_before.py errors=true":
-        Check("elsewhere", "tests/unit/test_labeler_openi.py"),
+    "python -m cxr_vlp.text.labeler_eval labeler_file=/tmp/labeler_before.py errors=true": Check(
+        "elsewhere", "tests/unit/test_labeler_openi.py"
+    ),
     "python -m cxr_vlp.text.label_reports": Check("elsewhere", "tests/unit/test_labeler_options.py"),
 }
 
@@ -232,18 +256,31 @@ def budget(module: str, args: list[str] = ()) -> list[str]:
     substitutions). A config group the command selects itself (``model/image_encoder=...``) is left to it."""
     if module == "cxr_vlp.train":
         extra = [o for o in tiny_model_overrides() if not o.startswith("trainer.devices=")] + [
-            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "model.image_encoder.pretrained=false"]
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "model.image_encoder.pretrained=false",
+        ]
         if any(a.startswith("+experiment=reportgen") for a in args):  # short generations
-            extra += ["reportgen.generation.num_beams=1", "reportgen.generation.max_new_tokens=16",
-                      "reportgen.generation.min_new_tokens=1", "reportgen.generation.val_batches=1"]
+            extra += [
+                "reportgen.generation.num_beams=1",
+                "reportgen.generation.max_new_tokens=16",
+                "reportgen.generation.min_new_tokens=1",
+                "reportgen.generation.val_batches=1",
+            ]
         if any(a.startswith("debug=") for a in args):  # debug configs have no callbacks
             extra = [o for o in extra if not o.startswith("callbacks.")]
         if any(a.startswith("hparams_search=") for a in args):
             extra.append("hydra.sweeper.n_trials=2")  # two jobs: the collect command needs a swept key
     elif module == "cxr_vlp.eval":
-        extra = ["evaluation.figures=false", "evaluation.bootstrap.n_resamples=20", "evaluation.probe.max_epochs=3",
-                 "evaluation.device=cpu"]
+        extra = [
+            "evaluation.figures=false",
+            "evaluation.bootstrap.n_resamples=20",
+            "evaluation.probe.max_epochs=3",
+            "evaluation.device=cpu",
+        ]
     elif module == "cxr_vlp.generate":
         extra = ["num_beams=1", "max_new_tokens=16"]
     elif module == "cxr_vlp.prepare":
@@ -293,8 +330,12 @@ class Workspace:
 
     def demo_ckpt(self, last: bool = False) -> Path:
         """The best (or last) checkpoint of the README's demo command, run once."""
-        run = self.once("demo", lambda: _run_train(self, "demo", substitute(self, "cxr_vlp.train", DEMO_ARGS)
-                                                  + budget("cxr_vlp.train", DEMO_ARGS)))
+        run = self.once(
+            "demo",
+            lambda: _run_train(
+                self, "demo", substitute(self, "cxr_vlp.train", DEMO_ARGS) + budget("cxr_vlp.train", DEMO_ARGS)
+            ),
+        )
         ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
         chosen = [c for c in ckpts if (c.name == "last.ckpt") == last]
         assert chosen, ckpts
@@ -303,17 +344,20 @@ class Workspace:
     def reportgen_ckpt(self) -> Path:
         """The best checkpoint of the README's report-generation command, run once."""
         module, args = split_command(REPORTGEN)
-        run = self.once("reportgen", lambda: _run_train(self, "reportgen", substitute(self, module, args)
-                                                       + budget(module, args)))
+        run = self.once(
+            "reportgen", lambda: _run_train(self, "reportgen", substitute(self, module, args) + budget(module, args))
+        )
         return next(c for c in sorted((run / "checkpoints").glob("*.ckpt")) if c.name != "last.ckpt")
 
     def sweep(self) -> Path:
         """The folder of the README's Optuna sweep, run once as a subprocess (a multirun needs the real CLI)."""
+
         def run() -> Path:
             module, args = split_command(OPTUNA)
             sweep = self.root / "optuna_sweep"
-            res = run_cli([*substitute(self, module, args), *budget(module, args), f"hydra.sweep.dir={sweep}"],
-                          cwd=self.root)
+            res = run_cli(
+                [*substitute(self, module, args), *budget(module, args), f"hydra.sweep.dir={sweep}"], cwd=self.root
+            )
             assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
             return sweep
 
@@ -375,8 +419,9 @@ def _run_train(ws: Workspace, name: str, args: list[str]) -> Path:
 
 
 # README commands whose outputs feed later commands
-REPORTGEN = ("python -m cxr_vlp.train +experiment=reportgen_demo "
-             "pretrained_ckpt=logs/demo/runs/<time>/checkpoints/<best>.ckpt")
+REPORTGEN = (
+    "python -m cxr_vlp.train +experiment=reportgen_demo pretrained_ckpt=logs/demo/runs/<time>/checkpoints/<best>.ckpt"
+)
 OPTUNA = "python -m cxr_vlp.train -m +experiment=mcsl_demo hparams_search=mcsl_optuna"
 DEMO = "python -m cxr_vlp.train +experiment=demo"
 DEMO_ARGS = ["+experiment=demo"]
@@ -427,8 +472,12 @@ def _entry_point(module: str) -> Callable:
 
 
 def _run_hydra_app(ws: Workspace, module: str, args: list[str]) -> None:
-    config = {"cxr_vlp.eval": "eval", "cxr_vlp.prepare": "prepare", "cxr_vlp.data.summary": "summary",
-              "cxr_vlp.generate": "generate"}[module]
+    config = {
+        "cxr_vlp.eval": "eval",
+        "cxr_vlp.prepare": "prepare",
+        "cxr_vlp.data.summary": "summary",
+        "cxr_vlp.generate": "generate",
+    }[module]
     out = ws.root / "apps" / config
     cfg = compose_train(out, args, config_name=config)
     _entry_point(module)(cfg)
@@ -465,8 +514,9 @@ def _build_runtime_nodes(cfg, encoder_only: bool = False) -> None:
 
     if not encoder_only:
         if "slurm" not in str(cfg.hydra.launcher.get("_target_", "")).lower():  # SLURM's needs its environment
-            instantiate(cfg.trainer, accelerator="cpu", devices=1, strategy="auto", logger=False,
-                        enable_progress_bar=False)
+            instantiate(
+                cfg.trainer, accelerator="cpu", devices=1, strategy="auto", logger=False, enable_progress_bar=False
+            )
         for node in (cfg.get("logger") or {}).values():
             if node is not None and "_target_" in node:
                 instantiate(node)
@@ -500,8 +550,9 @@ def test_readme_has_commands_and_make_demo_runs_one() -> None:
 
 def test_every_readme_command_has_a_check() -> None:
     unknown = [f"{page}: {c}" for c, page in shown_commands().items() if c not in CHECKS]
-    assert not unknown, "commands shown without a check in tests/integration/test_readme_commands.py CHECKS:\n" \
-        + "\n".join(unknown)
+    assert not unknown, (
+        "commands shown without a check in tests/integration/test_readme_commands.py CHECKS:\n" + "\n".join(unknown)
+    )
     for command in [c for c in shown_commands() if CHECKS[c].how == "elsewhere"]:
         test_file, (module, _) = REPO_ROOT / CHECKS[command].why, split_command(command)
         assert test_file.is_file() and test_file.name.startswith("test_"), f"{command}: no test file {test_file}"
@@ -528,4 +579,3 @@ def test_readme_command_composes(command: str, ws: Workspace, tmp_path: Path) ->
 @pytest.mark.parametrize("command", [c for c in shown_commands() if CHECKS.get(c, Check("")).how in ("run", "cli")])
 def test_readme_command_runs(command: str, ws: Workspace) -> None:
     _run_check(ws, command)
-

@@ -50,8 +50,14 @@ def _build(kind: str, tmp: Path) -> tuple[Path, object]:
 def test_experiment_trains_on_published_layout(tmp_path: Path, kind: str, data: str, experiment: str) -> None:
     root, layout = _build(kind, tmp_path)
     run = tmp_path / "run"
-    overrides = [f"+experiment={experiment}", f"data={data}", f"data.root={root}", *tiny_model_overrides(),
-                 *OFFLINE_TOWERS, *SHORT]
+    overrides = [
+        f"+experiment={experiment}",
+        f"data={data}",
+        f"data.root={root}",
+        *tiny_model_overrides(),
+        *OFFLINE_TOWERS,
+        *SHORT,
+    ]
     if experiment.startswith("clear"):
         overrides.append("loss.embedder.kind=hashing")
     cfg = compose_train(run, overrides)
@@ -77,8 +83,9 @@ def test_experiment_trains_on_published_layout(tmp_path: Path, kind: str, data: 
 def test_summary_on_published_layout(tmp_path: Path, kind: str) -> None:
     root, _ = _build(kind, tmp_path)
     data = {"mimic": "mimic_cxr", "openi": "iu_xray", "chexpert": "chexpert"}[kind]
-    cfg = compose_train(tmp_path / "run", [f"data={data}", f"data.root={root}", "data.image_cache=null"],
-                        config_name="summary")
+    cfg = compose_train(
+        tmp_path / "run", [f"data={data}", f"data.root={root}", "data.image_cache=null"], config_name="summary"
+    )
     datamodule = instantiate(cfg.data)
     out = summarize(datamodule)
     table = datamodule.reader()
@@ -89,13 +96,20 @@ def test_summary_on_published_layout(tmp_path: Path, kind: str) -> None:
 
 
 def test_prepare_caches_once_reports_broken_images_and_training_reads_the_cache(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, layout = _build("mimic", tmp_path)
     broken = layout.image(next(iter(layout.studies)), layout.dicoms[next(iter(layout.studies))][0])
     broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) // 2])  # truncated JPEG
     cache = tmp_path / "cache"
-    base = ["data=mimic_cxr", f"data.root={root}", f"data.image_cache={cache}", "cache.size=48", "cache.workers=2",
-            "cache.progress=false"]
+    base = [
+        "data=mimic_cxr",
+        f"data.root={root}",
+        f"data.image_cache={cache}",
+        "cache.size=48",
+        "cache.workers=2",
+        "cache.progress=false",
+    ]
     first = prepare(compose_train(tmp_path / "prep1", base, config_name="prepare"))
     n_images = sum(len(d) for d in layout.dicoms.values()) - len(layout.missing_images)
     assert (first["total"], first["done"], first["failed"]) == (n_images, n_images - 1, 1)
@@ -107,8 +121,15 @@ def test_prepare_caches_once_reports_broken_images_and_training_reads_the_cache(
 
     run = tmp_path / "run"
     tiny = [o for o in tiny_model_overrides() if not o.startswith(("data.image_cache=", "data.transforms.image_size="))]
-    overrides = ["+experiment=clip_demo", "data=mimic_cxr", f"data.root={root}", *tiny, f"data.image_cache={cache}",
-                 "data.transforms.image_size=48", *SHORT]
+    overrides = [
+        "+experiment=clip_demo",
+        "data=mimic_cxr",
+        f"data.root={root}",
+        *tiny,
+        f"data.image_cache={cache}",
+        "data.transforms.image_size=48",
+        *SHORT,
+    ]
     with caplog.at_level(logging.INFO, logger="cxr_vlp.data.cache"):
         metrics = train(compose_train(run, overrides))
     assert math.isfinite(metrics["train/loss"])

@@ -1,4 +1,5 @@
-"""Report generation end to end: a contrastive checkpoint, +experiment=reportgen_demo on it, python -m cxr_vlp.generate."""
+"""Report generation end to end: a contrastive checkpoint, +experiment=reportgen_demo on it,
+python -m cxr_vlp.generate."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxr_vlp.checkpoint import load_module
 from cxr_vlp.data.table import read_generic_csv
 from cxr_vlp.generate import generate_reports
-from cxr_vlp.checkpoint import load_module
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, run_cli, tiny_overrides
 
@@ -22,24 +23,37 @@ pytestmark = pytest.mark.slow
 def pretrained_ckpt(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of contrastive pretraining on the tiny dataset; its last checkpoint."""
     run_dir = tmp_path_factory.mktemp("pretrain")
-    cfg = compose_train(run_dir, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.max_epochs=1",
-                                  "test=false"])
+    cfg = compose_train(
+        run_dir, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.max_epochs=1", "test=false"]
+    )
     train(cfg)
     return run_dir / "checkpoints" / "last.ckpt"
 
 
 def _reportgen_overrides(tiny_dataset: Path, pretrained: Path, extra: list[str]) -> list[str]:
-    return ["+experiment=reportgen_demo", *tiny_overrides(tiny_dataset), f"pretrained_ckpt={pretrained}",
-            "trainer.max_epochs=1", "reportgen.generation.max_new_tokens=12", "reportgen.generation.num_beams=2",
-            "reportgen.decoder.local_config.hidden_size=32", "reportgen.decoder.local_config.intermediate_size=64",
-            "reportgen.decoder.local_config.num_hidden_layers=1", "reportgen.generation.examples=3", *extra]
+    return [
+        "+experiment=reportgen_demo",
+        *tiny_overrides(tiny_dataset),
+        f"pretrained_ckpt={pretrained}",
+        "trainer.max_epochs=1",
+        "reportgen.generation.max_new_tokens=12",
+        "reportgen.generation.num_beams=2",
+        "reportgen.decoder.local_config.hidden_size=32",
+        "reportgen.decoder.local_config.intermediate_size=64",
+        "reportgen.decoder.local_config.num_hidden_layers=1",
+        "reportgen.generation.examples=3",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("prompts", [True, False])
-def test_reportgen_demo_trains_tests_and_reports(tiny_dataset: Path, pretrained_ckpt: Path, tmp_path: Path,
-                                                 prompts: bool) -> None:
-    cfg = compose_train(tmp_path, _reportgen_overrides(tiny_dataset, pretrained_ckpt,
-                                                       [f"reportgen.prompts.enabled={str(prompts).lower()}"]))
+def test_reportgen_demo_trains_tests_and_reports(
+    tiny_dataset: Path, pretrained_ckpt: Path, tmp_path: Path, prompts: bool
+) -> None:
+    cfg = compose_train(
+        tmp_path,
+        _reportgen_overrides(tiny_dataset, pretrained_ckpt, [f"reportgen.prompts.enabled={str(prompts).lower()}"]),
+    )
     train(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("bleu1", "bleu4", "rougeL", "clinical/micro_f1", "clinical/micro_precision", "clinical/micro_recall"):
@@ -75,10 +89,14 @@ def test_generate_cli_prints_a_report(tiny_dataset: Path, pretrained_ckpt: Path,
     ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
     image = read_generic_csv(tiny_dataset).image_paths[0][0]
     image = str(image if Path(image).is_absolute() else tiny_dataset.parent / image)
-    (prompt, report), = generate_reports(str(ckpt), [image], num_beams=1)
+    ((prompt, report),) = generate_reports(str(ckpt), [image], num_beams=1)
     assert prompt.startswith("Findings: ") and prompt.endswith(".")
-    result = run_cli([f"ckpt_path={ckpt}", f"image={image}", "num_beams=1", f"hydra.run.dir={tmp_path / 'gen'}"],
-                     tmp_path, module="cxr_vlp.generate", timeout=300)
+    result = run_cli(
+        [f"ckpt_path={ckpt}", f"image={image}", "num_beams=1", f"hydra.run.dir={tmp_path / 'gen'}"],
+        tmp_path,
+        module="cxr_vlp.generate",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [f"== {image}", prompt, report]
     with pytest.raises(FileNotFoundError, match="nope.png"):

@@ -2,7 +2,8 @@
 
 A tiny CPU run is trained uninterrupted; the same run (same seed) is started as a real ``python -m cxr_vlp.train``
 process that SIGKILLs itself a few steps after a ``last.ckpt`` (a mid-epoch one; an end-of-epoch one with a data
-worker process); it is then resumed both ways (``ckpt_path=<killed run>/checkpoints/last.ckpt`` into a new run directory, and
+worker process); it is then resumed both ways (``ckpt_path=<killed run>/checkpoints/last.ckpt`` into a new run
+directory, and
 ``ckpt_path=auto`` in the killed run's directory). Both resumed runs must end with the uninterrupted run's weights
 (``torch.equal``), test the same best checkpoint, and hold a ``metrics.csv`` with every logged step once and the
 uninterrupted run's values.
@@ -42,12 +43,19 @@ class SigkillAtStep(Callback):
 
 
 def _overrides(tiny_dataset: Path, tmp: Path, workers: int) -> list[str]:
-    return ["+experiment=demo", *tiny_overrides(tiny_dataset), f"data.num_workers={workers}",
-            "+data.max_studies={train:48}", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
-            f"callbacks.last_checkpoint.every_n_train_steps={STEPS_PER_CHECKPOINT}",
-            "callbacks.throughput=null",  # its wall-time columns differ between runs
-            # one tokenizer for all runs (HF's WordPiece trainer is not deterministic across processes)
-            f"data.tokenizer_cache={tmp / 'tokenizers'}", "seed=7"]
+    return [
+        "+experiment=demo",
+        *tiny_overrides(tiny_dataset),
+        f"data.num_workers={workers}",
+        "+data.max_studies={train:48}",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        f"callbacks.last_checkpoint.every_n_train_steps={STEPS_PER_CHECKPOINT}",
+        "callbacks.throughput=null",  # its wall-time columns differ between runs
+        # one tokenizer for all runs (HF's WordPiece trainer is not deterministic across processes)
+        f"data.tokenizer_cache={tmp / 'tokenizers'}",
+        "seed=7",
+    ]
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -80,8 +88,9 @@ def _cells(run: Path) -> dict[tuple[int, str], str]:
 
 def _row_multiset(run: Path) -> list[tuple]:
     """Every row as (step, its non-empty cells), sorted: equal lists mean every row once, as in the other run."""
-    return sorted((int(r["step"]), tuple(sorted((k, v) for k, v in r.items() if v != "" and k != "step")))
-                  for r in _rows(run))
+    return sorted(
+        (int(r["step"]), tuple(sorted((k, v) for k, v in r.items() if v != "" and k != "step"))) for r in _rows(run)
+    )
 
 
 def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -106,17 +115,25 @@ SCENARIOS = [(0, 17, 16), (1, 14, 12)]
 
 
 @pytest.mark.parametrize(("workers", "kill_at", "ckpt_step"), SCENARIOS, ids=["mid-epoch", "epoch-end-1-worker"])
-def test_sigkill_and_resume_gives_the_uninterrupted_run(reference: Path, tiny_dataset: Path, tmp_path: Path,
-                                                        workers: int, kill_at: int, ckpt_step: int) -> None:
+def test_sigkill_and_resume_gives_the_uninterrupted_run(
+    reference: Path, tiny_dataset: Path, tmp_path: Path, workers: int, kill_at: int, ckpt_step: int
+) -> None:
     overrides = _overrides(tiny_dataset, reference.parent, workers)
     ref_best = _best(reference)
     # the best epoch is not the last, so a resume that forgot the best score would test the last epoch instead
     assert ref_best.name == "epoch001-step12.ckpt", f"the reference run's best checkpoint is {ref_best.name}"
 
     killed = tmp_path / "killed"
-    result = run_cli([*overrides, f"hydra.run.dir={killed}", f"paths.root_dir={tmp_path}",
-                      "+callbacks.sigkill._target_=tests.integration.test_resume.SigkillAtStep",
-                      f"+callbacks.sigkill.step={kill_at}"], cwd=Path(__file__).resolve().parents[2])
+    result = run_cli(
+        [
+            *overrides,
+            f"hydra.run.dir={killed}",
+            f"paths.root_dir={tmp_path}",
+            "+callbacks.sigkill._target_=tests.integration.test_resume.SigkillAtStep",
+            f"+callbacks.sigkill.step={kill_at}",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     last = killed / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == ckpt_step
@@ -135,16 +152,19 @@ def test_sigkill_and_resume_gives_the_uninterrupted_run(reference: Path, tiny_da
     ref_metrics = json.loads((reference / "metrics.json").read_text())
     for run in (new_dir, in_place):
         w = _final_weights(run)
-        print(f"{run.name}: max|dW|={_max_abs_diff(ref_w, w):.3g} tested={_best(run).name} "
-              f"csv rows={len(_rows(run))} (reference {len(_rows(reference))})")
+        print(
+            f"{run.name}: max|dW|={_max_abs_diff(ref_w, w):.3g} tested={_best(run).name} "
+            f"csv rows={len(_rows(run))} (reference {len(_rows(reference))})"
+        )
         assert all(torch.equal(ref_w[k], w[k]) for k in ref_w), f"{run.name}: max |dW| {_max_abs_diff(ref_w, w)}"
         # the same checkpoint is tested: same file name, weights and test metrics
         assert _best(run).name == ref_best.name
         best_w = torch.load(_best(run), map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.equal(ref_best_w[k], best_w[k]) for k in ref_best_w)
         metrics = json.loads((run / "metrics.json").read_text())
-        assert {k: v for k, v in metrics.items() if k.startswith("test/")} == \
-            {k: v for k, v in ref_metrics.items() if k.startswith("test/")}
+        assert {k: v for k, v in metrics.items() if k.startswith("test/")} == {
+            k: v for k, v in ref_metrics.items() if k.startswith("test/")
+        }
         assert metrics["best_model_score"] == ref_metrics["best_model_score"]
         # metrics.csv: every logged step once, with the uninterrupted run's values
         cells = _cells(run)
@@ -205,7 +225,11 @@ def test_csv_logger_resume_keeps_rows_before_the_next_step_and_appends(tmp_path:
         logger.resume(tmp_path / "a" / "csv" / "metrics.csv", next_step=3)
         logger.log_metrics({"loss": 30.0, "val": 1.0}, step=3)  # a new column rewrites the header
         assert [(r["step"], r["loss"], r["val"]) for r in _rows(target_dir)] == [
-            ("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""), ("3", "30.0", "1.0")]
+            ("0", "0.0", ""),
+            ("1", "1.0", ""),
+            ("2", "2.0", ""),
+            ("3", "30.0", "1.0"),
+        ]
     fresh = ResumableCSVLogger(save_dir=tmp_path / "a", name="csv", version="")
     fresh.log_metrics({"loss": 9.0}, step=0)  # a run that does not resume replaces the file
     assert [r["loss"] for r in _rows(tmp_path / "a")] == ["9.0"]
@@ -218,10 +242,17 @@ def test_run_checkpoint_copies_the_best_into_a_new_directory(tmp_path: Path) -> 
     old.mkdir()
     (old / "epoch001.ckpt").write_bytes(b"best")
     best = str(old / "epoch001.ckpt")
-    state = {"monitor": "val/rsum", "best_model_score": torch.tensor(2.5), "best_model_path": best,
-             "current_score": torch.tensor(1.0), "dirpath": str(old), "kth_value": torch.tensor(2.5),
-             "best_k_models": {str(old / "epoch001.ckpt"): torch.tensor(2.5)},
-             "kth_best_model_path": str(old / "epoch001.ckpt"), "last_model_path": ""}
+    state = {
+        "monitor": "val/rsum",
+        "best_model_score": torch.tensor(2.5),
+        "best_model_path": best,
+        "current_score": torch.tensor(1.0),
+        "dirpath": str(old),
+        "kth_value": torch.tensor(2.5),
+        "best_k_models": {str(old / "epoch001.ckpt"): torch.tensor(2.5)},
+        "kth_best_model_path": str(old / "epoch001.ckpt"),
+        "last_model_path": "",
+    }
     callback = RunCheckpoint(dirpath=new, monitor="val/rsum", mode="max", save_top_k=1)
     callback.load_state_dict(state)
     assert callback.best_model_path == str(new / "epoch001.ckpt") and (new / "epoch001.ckpt").read_bytes() == b"best"

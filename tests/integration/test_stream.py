@@ -73,8 +73,12 @@ def test_shards_on_a_local_s3_server(tiny_dataset: Path, tmp_path: Path, monkeyp
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                           ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
+        for key, value in (
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", endpoint),
+        ):
             monkeypatch.setenv(key, value)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cxr")
         url = "s3://cxr/shards/tiny"
@@ -93,10 +97,17 @@ def test_shards_on_a_local_s3_server(tiny_dataset: Path, tmp_path: Path, monkeyp
         from cxr_vlp.data.transforms import TransformConfig, build_transforms
         from cxr_vlp.text.text_views import TextViewSampler
 
-        train_spec = SampleSpec(build_transforms(TransformConfig(image_size=32), train=True), TextViewSampler(), 2,
-                                True, 0)
-        stream = StudyStream(remote.split_dir("train"), train_spec, shuffle=True, seed=0, drop_last=True,
-                             cache_dir=str(tmp_path / "litdata-cache-train"))
+        train_spec = SampleSpec(
+            build_transforms(TransformConfig(image_size=32), train=True), TextViewSampler(), 2, True, 0
+        )
+        stream = StudyStream(
+            remote.split_dir("train"),
+            train_spec,
+            shuffle=True,
+            seed=0,
+            drop_last=True,
+            cache_dir=str(tmp_path / "litdata-cache-train"),
+        )
         loader = StudyStreamLoader(stream, batch_size=BATCH, num_workers=0, collate_fn=_ids)
         ids = [s for batch in loader for s in batch]
         n_train = summary["shards"]["splits"]["train"]["studies"]
@@ -119,8 +130,12 @@ def _find(node, key: str):
 
 def test_train_and_test_from_shards(tiny_dataset: Path, tmp_path: Path) -> None:
     prepare_shards(tiny_dataset, tmp_path, str(tmp_path / "shards"))
-    ckpt = train_tiny_checkpoint(tiny_dataset, tmp_path / "run", "demo",
-                                 extra=[f"data.stream={tmp_path / 'shards'}", "test=true", "evaluation.tasks=[]"])
+    ckpt = train_tiny_checkpoint(
+        tiny_dataset,
+        tmp_path / "run",
+        "demo",
+        extra=[f"data.stream={tmp_path / 'shards'}", "test=true", "evaluation.tasks=[]"],
+    )
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     litdata_state = _find(state["loops"], "litdata")
     assert litdata_state is not None and litdata_state["num_samples_yielded"] == 2 * 8  # two steps of batch 8

@@ -25,12 +25,14 @@ def _run(args: list[str], cwd: Path):
 def test_multirun_goes_on_after_a_failed_job_and_reports_it(tiny_dataset: Path, tmp_path: Path) -> None:
     # the sweep directory as users get it: logs/<task>/multiruns/<time>/ under the working directory (resolving it
     # needs the paths before Hydra's runtime config exists)
-    res = _run(["-m", "+experiment=mcsl_demo", *_tiny(tiny_dataset), "trainer.fast_dev_run=true",
-                "loss.lam=-1.0,0.5"], cwd=tmp_path)
+    res = _run(
+        ["-m", "+experiment=mcsl_demo", *_tiny(tiny_dataset), "trainer.fast_dev_run=true", "loss.lam=-1.0,0.5"],
+        cwd=tmp_path,
+    )
     # the sweep goes on after the failed job, and the command then exits non-zero naming it
     assert res.returncode == 1, res.stderr[-3000:]
     assert "2 jobs, 1 failed or incomplete: jobs 0" in res.stderr
-    sweep, = (tmp_path / "logs" / "mcsl_demo" / "multiruns").iterdir()
+    (sweep,) = (tmp_path / "logs" / "mcsl_demo" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
     assert re.search(r"lam.*>= 0", (sweep / "0" / "error.txt").read_text())
     assert not (sweep / "0" / "metrics.json").exists()
@@ -45,8 +47,14 @@ def test_optuna_two_trials_then_resume(tiny_dataset: Path, tmp_path: Path) -> No
     optuna = pytest.importorskip("optuna")
     # the default storage: logs/optuna/<study>.db under the working directory
     storage = f"sqlite:///{tmp_path / 'logs' / 'optuna' / 't.db'}"
-    common = ["-m", "+experiment=mcsl_demo", "hparams_search=mcsl_optuna", *_tiny(tiny_dataset),
-              "trainer.fast_dev_run=true", "hydra.sweeper.study_name=t"]
+    common = [
+        "-m",
+        "+experiment=mcsl_demo",
+        "hparams_search=mcsl_optuna",
+        *_tiny(tiny_dataset),
+        "trainer.fast_dev_run=true",
+        "hydra.sweeper.study_name=t",
+    ]
     first = _run([*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 's1'}"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     study = optuna.load_study(study_name="t", storage=storage)
@@ -63,10 +71,20 @@ def test_optuna_two_trials_then_resume(tiny_dataset: Path, tmp_path: Path) -> No
 
 def test_optuna_failed_trials_are_recorded_and_the_search_goes_on(tiny_dataset: Path, tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
-    res = _run(["-m", "+experiment=mcsl_demo", "hparams_search=mcsl_optuna", *_tiny(tiny_dataset),
-                f"data.reader.csv_path={tmp_path / 'missing.csv'}", "trainer.fast_dev_run=true",
-                "hydra.sweeper.study_name=f", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 's'}"],
-               cwd=tmp_path)
+    res = _run(
+        [
+            "-m",
+            "+experiment=mcsl_demo",
+            "hparams_search=mcsl_optuna",
+            *_tiny(tiny_dataset),
+            f"data.reader.csv_path={tmp_path / 'missing.csv'}",
+            "trainer.fast_dev_run=true",
+            "hydra.sweeper.study_name=f",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={tmp_path / 's'}",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode != 0
     study = optuna.load_study(study_name="f", storage=f"sqlite:///{tmp_path / 'logs' / 'optuna' / 'f.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
@@ -75,16 +93,34 @@ def test_optuna_failed_trials_are_recorded_and_the_search_goes_on(tiny_dataset: 
 
 def test_submitit_local_launcher_runs_a_job(tiny_dataset: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = _run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "+experiment=demo",
-                *_tiny(tiny_dataset), "trainer.fast_dev_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    res = _run(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+            "+experiment=demo",
+            *_tiny(tiny_dataset),
+            "trainer.fast_dev_run=true",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert (sweep / "0" / "metrics.json").is_file()
 
 
 def test_ckpt_path_auto_resumes_from_last(tiny_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    base = ["+experiment=demo", *_tiny(tiny_dataset), "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "trainer.num_sanity_val_steps=0", "test=false", "ckpt_path=auto", f"hydra.run.dir={run}"]
+    base = [
+        "+experiment=demo",
+        *_tiny(tiny_dataset),
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+        "ckpt_path=auto",
+        f"hydra.run.dir={run}",
+    ]
     first = _run([*base, "trainer.max_epochs=1"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "no " in first.stderr + first.stdout and (run / "checkpoints" / "last.ckpt").is_file()
@@ -100,9 +136,21 @@ def test_ckpt_path_auto_resumes_from_last(tiny_dataset: Path, tmp_path: Path) ->
 
 def test_wandb_one_run_per_sweep_job(tiny_dataset: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = _run(["-m", "+experiment=demo", *_tiny(tiny_dataset), "trainer.max_steps=2", "trainer.limit_val_batches=1",
-                "trainer.num_sanity_val_steps=0", "test=false", "logger=wandb", "optim.lr=1e-3,2e-3",
-                f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    res = _run(
+        [
+            "-m",
+            "+experiment=demo",
+            *_tiny(tiny_dataset),
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "test=false",
+            "logger=wandb",
+            "optim.lr=1e-3,2e-3",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = {job: sorted((sweep / job / "wandb").glob("offline-run-*")) for job in ("0", "1")}
     assert all(len(r) == 1 for r in runs.values()), runs  # one run per job, in the job's folder
@@ -127,8 +175,9 @@ def test_run_name_and_group_follow_the_sweep(tmp_path: Path, monkeypatch: pytest
         cfg.hydra.job.override_dirname = "loss.temperature_init=0.05"
     HydraConfig.instance().set_config(cfg)
     # the command that launched the sweep: the overrides shared by every job stay out of the name
-    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "+experiment=demo", "logger=wandb",
-                                      "loss.temperature_init=0.05,0.1"])
+    monkeypatch.setattr(
+        sys, "argv", ["train.py", "-m", "+experiment=demo", "logger=wandb", "loss.temperature_init=0.05,0.1"]
+    )
     node = OmegaConf.to_container(cfg.logger, resolve=True)["wandb"]
     assert node["group"] == "demo-2026-11-24_18-00-00"
     assert node["name"] == "demo-3-loss.temperature_init=0.05"
@@ -144,8 +193,17 @@ def test_slurm_launcher_and_multi_node_trainer_compose(tmp_path: Path) -> None:
 
     from tests.integration.hydra_helpers import compose_train
 
-    cfg = compose_train(tmp_path, ["+experiment=mcsl_mimic", "data.root=/data/mimic", "hydra/launcher=slurm",
-                                   "trainer=slurm_ddp", "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4"])
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+experiment=mcsl_mimic",
+            "data.root=/data/mimic",
+            "hydra/launcher=slurm",
+            "trainer=slurm_ddp",
+            "hydra.launcher.nodes=2",
+            "hydra.launcher.gpus_per_node=4",
+        ],
+    )
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert (trainer["num_nodes"], trainer["devices"], trainer["accelerator"]) == (2, 4, "gpu")
     assert trainer["plugins"][0]["auto_requeue"] is False
@@ -157,9 +215,22 @@ def test_ddp_spawn_sweep_job_trains_tests_and_evaluates(tiny_dataset: Path, tmp_
     """trainer=ddp_spawn (2 CPU processes): the launching process writes the split, the metrics and the evaluation."""
     sweep = tmp_path / "sweep"
     tiny = [o for o in _tiny(tiny_dataset) if not o.startswith(("trainer.devices=", "evaluation.tasks="))]
-    res = _run(["-m", "+experiment=demo", *tiny, "trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
-                "trainer.max_epochs=1", "trainer.limit_train_batches=2", "evaluation.tasks=[retrieval]",
-                "evaluation.figures=false", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    res = _run(
+        [
+            "-m",
+            "+experiment=demo",
+            *tiny,
+            "trainer=ddp_spawn",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "evaluation.tasks=[retrieval]",
+            "evaluation.figures=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     job = sweep / "0"
     assert not (job / "error.txt").exists()
@@ -190,12 +261,26 @@ def test_one_signal_stops_the_whole_sweep(signame: str, tiny_dataset: Path, tmp_
     import sys
 
     sweep = tmp_path / "sweep"
-    args = ["-m", "+experiment=demo", *_tiny(tiny_dataset), "trainer.max_epochs=1000", "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "optim.lr=1e-3,2e-3",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "+experiment=demo",
+        *_tiny(tiny_dataset),
+        "trainer.max_epochs=1000",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "optim.lr=1e-3,2e-3",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxr_vlp.train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxr_vlp.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_for("0/checkpoints/*.ckpt", sweep, proc)  # training has run an epoch and goes on
         proc.send_signal(getattr(signal, signame))
@@ -225,11 +310,24 @@ def test_lambda_sweep_script_writes_into_its_sweep_folder(tiny_dataset: Path, tm
     committed = REPO_ROOT / "experiments" / "lambda_sweep"
     before = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in committed.iterdir() if p.is_file()}
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PY": sys.executable, "LAMS": "0.0,1.0", "TAUS": "0.1,1.0", "SWEEP_DIR": str(sweep),
-           "PROJECT_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "LAMS": "0.0,1.0",
+        "TAUS": "0.1,1.0",
+        "SWEEP_DIR": str(sweep),
+        "PROJECT_ROOT": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+    }
     env.pop("UPDATE_RESULTS", None)
-    res = subprocess.run(["bash", str(committed / "run.sh"), *_tiny(tiny_dataset), "trainer.fast_dev_run=true"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        ["bash", str(committed / "run.sh"), *_tiny(tiny_dataset), "trainer.fast_dev_run=true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (sweep / "results.md").is_file() and (sweep / "results.csv").is_file()
     assert list(sweep.glob("*_vs_loss.lam.png"))

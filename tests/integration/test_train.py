@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cxr_vlp.data.table import read_generic_csv
 from cxr_vlp.checkpoint import load_module
+from cxr_vlp.data.table import read_generic_csv
 from cxr_vlp.lit.module import ContrastiveModule
 from cxr_vlp.models.outputs import Embeddings
 from cxr_vlp.train import train
@@ -27,7 +27,9 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
 
 @pytest.mark.parametrize("experiment", ["demo", "mcsl_demo", "probclip_vib_demo"])
 def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Path, experiment: str) -> None:
-    cfg = compose_train(tmp_path, [f"+experiment={experiment}", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=true"])
+    cfg = compose_train(
+        tmp_path, [f"+experiment={experiment}", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=true"]
+    )
     train(cfg)
     metrics = _read_metrics(tmp_path)
     split = json.loads((tmp_path / "split.json").read_text())
@@ -56,8 +58,9 @@ def test_fast_dev_run_writes_flat_test_metrics(tiny_dataset: Path, tmp_path: Pat
 
 
 def test_probabilistic_head_needs_probabilistic_model(tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, ["+experiment=probclip_vib_demo", *tiny_overrides(tiny_dataset),
-                                   "model.probabilistic=false"])
+    cfg = compose_train(
+        tmp_path, ["+experiment=probclip_vib_demo", *tiny_overrides(tiny_dataset), "model.probabilistic=false"]
+    )
     c = OmegaConf.to_container(cfg, resolve=True)
     with pytest.raises(ValueError, match=r"model\.probabilistic=false.*model\.probabilistic=true") as err:
         ContrastiveModule(model=c["model"], loss=c["loss"], optim=c["optim"], scheduler=c["scheduler"])
@@ -101,8 +104,13 @@ def test_probabilistic_retrieval_ranks_by_match_logit(tiny_dataset: Path, tmp_pa
 
 def test_training_checkpoints_resume_and_reload(tiny_dataset: Path, tmp_path: Path) -> None:
     """Two epochs with checkpoints; resuming continues the step count; a reloaded checkpoint embeds identically."""
-    base = ["+experiment=demo", *tiny_overrides(tiny_dataset), "test=false",
-            "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1"]
+    base = [
+        "+experiment=demo",
+        *tiny_overrides(tiny_dataset),
+        "test=false",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.log_every_n_steps=1",
+    ]
     run1 = tmp_path / "run1"
     train(compose_train(run1, [*base, "trainer.max_epochs=2"]))
     ckpt_dir = run1 / "checkpoints"
@@ -124,8 +132,9 @@ def test_training_checkpoints_resume_and_reload(tiny_dataset: Path, tmp_path: Pa
     module_again, _ = load_module(str(last))
     assert payload.kind == "contrastive" and payload.data["name"] == "csv"
     images = torch.randn(3, 1, 64, 64)
-    tokens = module.tokenizer(["small left pleural effusion.", "no pneumothorax.", "heart size normal."],
-                              padding=True, return_tensors="pt")
+    tokens = module.tokenizer(
+        ["small left pleural effusion.", "no pneumothorax.", "heart size normal."], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         a = module.encoder.encode_image(images).embedding
         b = module_again.encoder.encode_image(images).embedding
@@ -134,12 +143,22 @@ def test_training_checkpoints_resume_and_reload(tiny_dataset: Path, tmp_path: Pa
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(t.norm(dim=-1), torch.ones(3))
     # the weights really are the trained ones, not a fresh initialisation
-    torch.testing.assert_close(module.state_dict()["encoder.image_proj.weight"], state["state_dict"]["encoder.image_proj.weight"])
+    torch.testing.assert_close(
+        module.state_dict()["encoder.image_proj.weight"], state["state_dict"]["encoder.image_proj.weight"]
+    )
 
 
 def test_bf16_mixed_precision_trains(tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.fast_dev_run=2",
-                                   "trainer.precision=bf16-mixed", "test=false"])
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+experiment=demo",
+            *tiny_overrides(tiny_dataset),
+            "trainer.fast_dev_run=2",
+            "trainer.precision=bf16-mixed",
+            "test=false",
+        ],
+    )
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"])
 
@@ -153,8 +172,9 @@ def test_model_learns_on_a_fixed_batch(tiny_dataset: Path, tmp_path: Path) -> No
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     torch.manual_seed(0)
-    module = ContrastiveModule(model=container["model"], loss=container["loss"], optim=container["optim"],
-                               scheduler=container["scheduler"])
+    module = ContrastiveModule(
+        model=container["model"], loss=container["loss"], optim=container["optim"], scheduler=container["scheduler"]
+    )
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
@@ -171,9 +191,18 @@ def test_model_learns_on_a_fixed_batch(tiny_dataset: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize("logger", ["wandb", "tensorboard"])
 def test_loggers_write_offline(tiny_dataset: Path, tmp_path: Path, logger: str) -> None:
     # not fast_dev_run: it swaps the loggers for a dummy
-    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.max_steps=2",
-                                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
-                                   f"logger={logger}", "test=false"])
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+experiment=demo",
+            *tiny_overrides(tiny_dataset),
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=1",
+            "trainer.log_every_n_steps=1",
+            f"logger={logger}",
+            "test=false",
+        ],
+    )
     train(cfg)
     if logger == "wandb":
         runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -185,9 +214,18 @@ def test_loggers_write_offline(tiny_dataset: Path, tmp_path: Path, logger: str) 
 def test_samples_per_second_are_logged(tiny_dataset: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    cfg = compose_train(tmp_path, ["+experiment=demo", *tiny_overrides(tiny_dataset), "trainer.max_steps=6",
-                                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "test=false",
-                                   "callbacks.throughput.window_size=2"])
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+experiment=demo",
+            *tiny_overrides(tiny_dataset),
+            "trainer.max_steps=6",
+            "trainer.limit_val_batches=1",
+            "trainer.log_every_n_steps=1",
+            "test=false",
+            "callbacks.throughput.window_size=2",
+        ],
+    )
     train(cfg)
     frame = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     values = frame["train/device/samples_per_sec"].dropna()

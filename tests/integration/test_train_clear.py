@@ -13,17 +13,22 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cxr_vlp.checkpoint import load_module
 from cxr_vlp.concepts.bank import load_concept_bank
 from cxr_vlp.concepts.embeddings import hashing_embeddings
 from cxr_vlp.data.table import read_generic_csv
-from cxr_vlp.checkpoint import load_module
 from cxr_vlp.lit.module import ContrastiveModule
 from cxr_vlp.losses import clear_head as clear_mod
 from cxr_vlp.train import train
 from tests.integration.hydra_helpers import compose_train, tiny_overrides
 
-LIMITS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-          "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1"]
+LIMITS = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def _n_test_studies(tiny_dataset: Path, run_dir: Path) -> int:
@@ -48,15 +53,26 @@ def test_clear_demo_config_uses_the_offline_embedder(clear_run) -> None:
 
 def test_clear_trains_with_finite_metrics(clear_run, tiny_dataset: Path) -> None:
     run_dir, metrics, _ = clear_run
-    for key in ("train/loss", "train/clip", "train/concept", "train/concept_logit_scale", "train/concept_score_max",
-                "val/loss", "test/loss", "test/rsum", "test/i2t/R@1", "test/t2i/MedR"):
+    for key in (
+        "train/loss",
+        "train/clip",
+        "train/concept",
+        "train/concept_logit_scale",
+        "train/concept_score_max",
+        "val/loss",
+        "test/loss",
+        "test/rsum",
+        "test/i2t/R@1",
+        "test/t2i/MedR",
+    ):
         assert math.isfinite(metrics[key]), key
     assert metrics["test/num_studies"] == _n_test_studies(tiny_dataset, run_dir)
     assert metrics["train/concept_temperature"] > 0
 
 
-def test_checkpoint_reloads_without_embedder_and_scores_test_split(clear_run, tiny_dataset: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_reloads_without_embedder_and_scores_test_split(
+    clear_run, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir, _, cfg = clear_run
     last = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=True)
@@ -85,13 +101,21 @@ def test_checkpoint_reloads_without_embedder_and_scores_test_split(clear_run, ti
     container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, tokenizer=container["model"]["text_encoder"]["tokenizer"])
     datamodule.use_tokenizer(module.tokenizer)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.test(module, datamodule=datamodule)
     stored = module.eval_concept_scores["test"]
     n_test = _n_test_studies(tiny_dataset, run_dir)
     assert stored["scores"].shape == (n_test, len(bank))
-    assert torch.equal(stored["index"], torch.sort(stored["index"]).values) and stored["index"].unique().numel() == n_test
+    assert (
+        torch.equal(stored["index"], torch.sort(stored["index"]).values) and stored["index"].unique().numel() == n_test
+    )
     assert torch.isfinite(stored["scores"]).all()
 
 

@@ -16,8 +16,12 @@ from tests.integration.hydra_helpers import compose_train, run_cli, tiny_overrid
 pytestmark = pytest.mark.slow
 
 TASKS = "evaluation.tasks=[retrieval,zeroshot,probe]"
-FAST_EVAL = ["evaluation.bootstrap.n_resamples=20", "evaluation.probe.max_epochs=3", "evaluation.figures=false",
-             "evaluation.probe.kinds=[linear]"]
+FAST_EVAL = [
+    "evaluation.bootstrap.n_resamples=20",
+    "evaluation.probe.max_epochs=3",
+    "evaluation.figures=false",
+    "evaluation.probe.kinds=[linear]",
+]
 
 
 def _teardown() -> None:
@@ -33,10 +37,23 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
     out = tmp_path_factory.mktemp("wandb_run")
     overrides = [o for o in tiny_overrides(tiny_dataset) if not o.startswith("evaluation.tasks=")]
-    cfg = compose_train(out, ["+experiment=demo", *overrides, "trainer.max_epochs=3", "trainer.limit_train_batches=2",
-                              "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
-                              "trainer.log_every_n_steps=1", "logger=wandb", "logger.wandb.log_model=best",
-                              "logger.wandb.examples=3", TASKS, *FAST_EVAL])
+    cfg = compose_train(
+        out,
+        [
+            "+experiment=demo",
+            *overrides,
+            "trainer.max_epochs=3",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.log_every_n_steps=1",
+            "logger=wandb",
+            "logger.wandb.log_model=best",
+            "logger.wandb.examples=3",
+            TASKS,
+            *FAST_EVAL,
+        ],
+    )
     train(cfg)
     _teardown()
     return out, read_run(out)
@@ -54,11 +71,11 @@ def test_summary_holds_the_best_validation_value_and_its_step(trained: tuple[Pat
     assert summary["val/rsum.best_step"] == first_best["trainer/global_step"]
     assert summary["val/rsum.best_epoch"] == first_best["epoch"]
     # the tested checkpoint is the one of that epoch
-    ckpt, = (out / "checkpoints").glob("epoch*.ckpt")
+    (ckpt,) = (out / "checkpoints").glob("epoch*.ckpt")
     assert int(re.match(r"epoch(\d+)", ckpt.stem)[1]) == summary["val/rsum.best_epoch"]
     assert summary["best_model_score"] == pytest.approx(best["val/rsum"])
     assert summary["val/loss"].keys() == {"min", "last"}
-    assert [h["val/rsum_best"] for h in rows] == [max(h["val/rsum"] for h in rows[:i + 1]) for i in range(3)]
+    assert [h["val/rsum_best"] for h in rows] == [max(h["val/rsum"] for h in rows[: i + 1]) for i in range(3)]
 
 
 def test_test_and_eval_metrics_sit_in_the_summary_on_one_step_axis(trained: tuple[Path, OfflineRun]) -> None:
@@ -80,26 +97,42 @@ def test_tables_columns_and_rows(trained: tuple[Path, OfflineRun]) -> None:
     out, run = trained
     assert run.tables() == ["eval/label_auroc", "eval/retrieval_examples"]
     labels = run.table("eval/label_auroc")
-    assert labels["columns"] == ["task", "label", "n_pos", "auroc", "ci_low", "ci_high", "threshold", "sensitivity",
-                                 "specificity", "f1", "accuracy"]
-    assert [(r[0], r[1]) for r in labels["data"]] == [(t, name) for t in ("zeroshot", "probe_linear")
-                                                     for name in CHEXPERT_LABELS]
+    assert labels["columns"] == [
+        "task",
+        "label",
+        "n_pos",
+        "auroc",
+        "ci_low",
+        "ci_high",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "accuracy",
+    ]
+    assert [(r[0], r[1]) for r in labels["data"]] == [
+        (t, name) for t in ("zeroshot", "probe_linear") for name in CHEXPERT_LABELS
+    ]
     metrics = json.loads((out / "metrics.json").read_text())
     for task, label, _, auroc, *_ in labels["data"]:
-        assert auroc == (None if metrics[f"eval/{task}/auroc/{label}"] is None
-                         else pytest.approx(metrics[f"eval/{task}/auroc/{label}"]))
+        assert auroc == (
+            None
+            if metrics[f"eval/{task}/auroc/{label}"] is None
+            else pytest.approx(metrics[f"eval/{task}/auroc/{label}"])
+        )
     examples = run.table("eval/retrieval_examples")
     assert examples["columns"][:5] == ["study_id", "image", "true_report", "true_rank", "hit@5"]
     assert examples["columns"][5:] == [f"{c}_{j}" for j in range(1, 6) for c in ("report", "score")]
     assert len(examples["data"]) == 3  # logger.wandb.examples=3
     first = dict(zip(examples["columns"], examples["data"][0]))
     # the run's copy of a table names its media; the images themselves travel in the table's artifact
-    table_artifact, = [a for a in run.artifacts if a["type"] == "run_table" and "retrieval_examples" in a["name"]]
+    (table_artifact,) = [a for a in run.artifacts if a["type"] == "run_table" and "retrieval_examples" in a["name"]]
     assert len([f for f in table_artifact["files"] if f.startswith("media/images/") and f.endswith(".png")]) == 3
     scores = [first[f"score_{j}"] for j in range(1, 6)]
     assert scores == sorted(scores, reverse=True)
-    assert first["hit@5"] == (first["true_rank"] <= 5 or first["true_report"] in [first[f"report_{j}"]
-                                                                                  for j in range(1, 6)])
+    assert first["hit@5"] == (
+        first["true_rank"] <= 5 or first["true_report"] in [first[f"report_{j}"] for j in range(1, 6)]
+    )
 
 
 def test_best_model_and_its_exported_folder_are_artifacts_of_the_run(trained: tuple[Path, OfflineRun]) -> None:
@@ -116,15 +149,28 @@ def test_best_model_and_its_exported_folder_are_artifacts_of_the_run(trained: tu
     assert folder["description"].lstrip().startswith("---")  # the model card (front matter first)
 
 
-def test_credentialed_evaluation_logs_only_patient_free_tables(trained: tuple[Path, OfflineRun], tiny_dataset: Path,
-                                                               tmp_path: Path) -> None:
+def test_credentialed_evaluation_logs_only_patient_free_tables(
+    trained: tuple[Path, OfflineRun], tiny_dataset: Path, tmp_path: Path
+) -> None:
     from cxr_vlp.eval.__main__ import evaluate
 
     out, _ = trained
     data = [o for o in tiny_overrides(tiny_dataset) if o.startswith(("data=", "data.root=", "data.reader."))]
-    cfg = compose_train(tmp_path, [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", *data, "data.credentialed=true",
-                                   "data.image_cache=null", "data.num_workers=0", "data.persistent_workers=false",
-                                   "logger=wandb", TASKS, *FAST_EVAL], config_name="eval")
+    cfg = compose_train(
+        tmp_path,
+        [
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            *data,
+            "data.credentialed=true",
+            "data.image_cache=null",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "logger=wandb",
+            TASKS,
+            *FAST_EVAL,
+        ],
+        config_name="eval",
+    )
     evaluate(cfg)
     import wandb
 
@@ -148,10 +194,22 @@ def test_sweep_table_is_a_run_of_the_sweeps_group(tiny_dataset: Path, tmp_path: 
     from cxr_vlp.tracking.workspace import build_workspace
 
     sweep = tmp_path / "sweep"
-    res = run_cli(["-m", "+experiment=mcsl_demo", *tiny_overrides(tiny_dataset), "trainer.max_epochs=1",
-                   "trainer.limit_train_batches=2",
-                   "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "test=false", "logger=wandb",
-                   "loss.lam=-1.0,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    res = run_cli(
+        [
+            "-m",
+            "+experiment=mcsl_demo",
+            *tiny_overrides(tiny_dataset),
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "test=false",
+            "logger=wandb",
+            "loss.lam=-1.0,0.5",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 1, res.stderr[-3000:]  # job 0 fails (lam < 0): the sweep goes on and says so
     job1 = read_run(sweep / "1")
     summary_runs = [read_run(p) for p in find_runs(sweep)]
@@ -169,9 +227,10 @@ def test_sweep_table_is_a_run_of_the_sweeps_group(tiny_dataset: Path, tmp_path: 
     metrics1 = json.loads((sweep / "1" / "metrics.json").read_text())
     assert rows[1]["val/rsum"] == pytest.approx(metrics1["val/rsum"])
     assert srun.config["swept"] == ["loss.lam"] and srun.config["failed"] == [0] and srun.config["best_job"] == 1
-    spec = wandb_workspace.spec_from_args({**wandb_workspace.DEFAULTS, "project": "cxr_vlp", "group": job1.group,
-                                           "sweep_dir": str(sweep), "save": False})
+    spec = wandb_workspace.spec_from_args(
+        {**wandb_workspace.DEFAULTS, "project": "cxr_vlp", "group": job1.group, "sweep_dir": str(sweep), "save": False}
+    )
     assert spec.swept == ["loss.lam"]
     workspace = build_workspace(spec)
-    pc, = [p for s in workspace.sections for p in s.panels if type(p).__name__ == "ParallelCoordinatesPlot"]
+    (pc,) = [p for s in workspace.sections for p in s.panels if type(p).__name__ == "ParallelCoordinatesPlot"]
     assert [getattr(c.metric, "name", c.metric) for c in pc.columns][:2] == ["loss.lam", "val/rsum.best"]

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows
 from torch import Tensor, nn
 
 from cxr_vlp.losses import ClipHead
 from cxr_vlp.losses import distributed as losses_dist
-from ddp_spawn import gathers_without_grad, init_gloo, local_rows
 
 GLOBAL_BATCH = 8
 IMG_IN, TXT_IN, EMB = 6, 7, 5

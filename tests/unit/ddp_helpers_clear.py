@@ -13,15 +13,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from torch import Tensor, nn
 
-from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from cxr_vlp.losses.clear_head import ClearHead
 
 GLOBAL_BATCH = 8
 IMG_IN, TXT_IN, EMB, LLM_DIM = 6, 7, 5, 16
-CONCEPTS = ["pleural effusion", "small pleural effusion", "chest tube", "clear lungs", "enlarged cardiac silhouette",
-            "pneumothorax"]
+CONCEPTS = [
+    "pleural effusion",
+    "small pleural effusion",
+    "chest tube",
+    "clear lungs",
+    "enlarged cardiac silhouette",
+    "pneumothorax",
+]
 
 
 class TinyClear(nn.Module):
@@ -35,9 +41,16 @@ class TinyClear(nn.Module):
         self.text_tower = nn.Linear(TXT_IN, EMB)
         g = torch.Generator().manual_seed(7)
         self.register_buffer("concept_features", torch.randn(len(CONCEPTS), TXT_IN, generator=g))
-        self.head = ClearHead(concepts=CONCEPTS, embedder={"kind": "hashing", "dim": LLM_DIM}, w_clip=0.8,
-                              w_concept=1.3, temperature_init=0.2, concept_temperature_init=0.3, w_i2i=1.0,
-                              w_t2t=0.5)
+        self.head = ClearHead(
+            concepts=CONCEPTS,
+            embedder={"kind": "hashing", "dim": LLM_DIM},
+            w_clip=0.8,
+            w_concept=1.3,
+            temperature_init=0.2,
+            concept_temperature_init=0.3,
+            w_i2i=1.0,
+            w_t2t=0.5,
+        )
         self.head.prepare()  # E (hashing: identical on every rank)
         self.double()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from torch import Tensor, nn
 
-from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from cxr_vlp.losses.mcsl import McslHead
 from cxr_vlp.losses.probabilistic import prob_match_loss, vib_kl
 
@@ -33,8 +33,9 @@ class TinyMCSL(nn.Module):
         torch.manual_seed(1234)
         self.image_tower = nn.Linear(IMG_IN, EMB)
         self.text_tower = nn.Linear(TXT_IN, EMB)
-        self.head = McslHead(lam=0.7, concept_temperature=0.5, temperature_init=0.2,
-                             empty_row=empty_row, w_i2i=1.0, w_t2t=0.5)
+        self.head = McslHead(
+            lam=0.7, concept_temperature=0.5, temperature_init=0.2, empty_row=empty_row, w_i2i=1.0, w_t2t=0.5
+        )
         self.double()
 
     def forward(self, image_views: list[Tensor], text_views: list[Tensor], labels: Tensor):
@@ -63,8 +64,7 @@ class TinyProb(nn.Module):
     def forward(self, images: Tensor, texts: Tensor):
         mu_i, lv_i = self._split(self.image_tower(images))
         mu_t, lv_t = self._split(self.text_tower(texts))
-        out = prob_match_loss(mu_i, lv_i, mu_t, lv_t, self.a_log.exp(), self.b,
-                              pseudo_positive_weight=PSEUDO_WEIGHT)
+        out = prob_match_loss(mu_i, lv_i, mu_t, lv_t, self.a_log.exp(), self.b, pseudo_positive_weight=PSEUDO_WEIGHT)
         loss = out["loss"] + KL_WEIGHT * (vib_kl(mu_i, lv_i) + vib_kl(mu_t, lv_t))
         logs = {k: v.detach() for k, v in out.items()}
         return loss, logs

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from torch import Tensor, nn
 
-from ddp_spawn import gathers_without_grad, init_gloo, local_rows, pack, pack_ddp
 from cxr_vlp.losses import distributed as losses_dist
 from cxr_vlp.losses.heads import GaussianEmbedding
 from cxr_vlp.losses.prob_head import ProbClipHead
@@ -24,8 +24,11 @@ GLOBAL_BATCH = 8
 IMG_IN, TXT_IN, EMB = 6, 7, 5
 # (logvar width, clip_weight, distance, kl_reduction): diagonal with the CLIP mix, isotropic without it,
 # MedProbCLIP's variant
-VARIANTS = {"diag_clip": (EMB, 0.5, "csd", "mean_over_dims"), "iso": (1, 0.0, "csd", "sum_over_dims"),
-            "medprob": (EMB, 0.0, "medprobclip", "mean_over_dims")}
+VARIANTS = {
+    "diag_clip": (EMB, 0.5, "csd", "mean_over_dims"),
+    "iso": (1, 0.0, "csd", "sum_over_dims"),
+    "medprob": (EMB, 0.0, "medprobclip", "mean_over_dims"),
+}
 
 
 class TinyProbHead(nn.Module):
@@ -38,17 +41,28 @@ class TinyProbHead(nn.Module):
         self.image_tower = nn.Linear(IMG_IN, EMB + self.lv_dim)
         self.text_tower = nn.Linear(TXT_IN, EMB + self.lv_dim)
         # a, b away from their defaults so that pseudo-positives occur
-        self.head = ProbClipHead(a_init=2.0, b_init=1.0, pseudo_positive_weight=0.3, w_i2i=1.0, w_t2t=0.5,
-                                 kl_weight=0.01, kl_reduction=kl_reduction, clip_weight=clip_weight,
-                                 temperature_init=0.2, distance=distance)
+        self.head = ProbClipHead(
+            a_init=2.0,
+            b_init=1.0,
+            pseudo_positive_weight=0.3,
+            w_i2i=1.0,
+            w_t2t=0.5,
+            kl_weight=0.01,
+            kl_reduction=kl_reduction,
+            clip_weight=clip_weight,
+            temperature_init=0.2,
+            distance=distance,
+        )
         self.double()
 
     def _split(self, h: Tensor) -> GaussianEmbedding:
         return GaussianEmbedding(F.normalize(h[:, :EMB], dim=-1), h[:, EMB:] - 1.0)
 
     def views(self, image_views: list[Tensor], text_views: list[Tensor]):
-        return ([self._split(self.image_tower(x)) for x in image_views],
-                [self._split(self.text_tower(x)) for x in text_views])
+        return (
+            [self._split(self.image_tower(x)) for x in image_views],
+            [self._split(self.text_tower(x)) for x in text_views],
+        )
 
     def forward(self, image_views: list[Tensor], text_views: list[Tensor]):
         imgs, txts = self.views(image_views, text_views)

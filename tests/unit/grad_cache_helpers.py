@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from ddp_spawn import init_gloo, local_rows
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr_vlp.lit.grad_cache import cached_contrastive_step
 from cxr_vlp.losses import ClipHead, GaussianEmbedding, ProbClipHead
 from cxr_vlp.losses.mcsl import McslHead
-from ddp_spawn import init_gloo, local_rows
 
 BATCH, IMG_IN, TXT_IN, HID, EMB = 12, 6, 7, 16, 5
 NAN = float("nan")
@@ -65,9 +65,11 @@ def make_data(batch: int = BATCH, seed: int = 7) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(-1, 2, (batch, 14), generator=g).double()
     labels[labels < 0] = NAN
-    return {"images": torch.randn(batch, 2, IMG_IN, generator=g, dtype=torch.float64),
-            "texts": torch.randn(batch, 2, TXT_IN, generator=g, dtype=torch.float64),
-            "labels": labels}
+    return {
+        "images": torch.randn(batch, 2, IMG_IN, generator=g, dtype=torch.float64),
+        "texts": torch.randn(batch, 2, TXT_IN, generator=g, dtype=torch.float64),
+        "labels": labels,
+    }
 
 
 def rows(data: dict[str, Tensor], sl: slice) -> dict[str, Tensor]:
@@ -87,8 +89,14 @@ def grads(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def full_batch_grads(head: str, data: dict[str, Tensor], norm: str = "layer", dropout: float = 0.0,
-                     chunk_forward: int | None = None, seed: int = 0) -> tuple[float, dict[str, Tensor], Towers]:
+def full_batch_grads(
+    head: str,
+    data: dict[str, Tensor],
+    norm: str = "layer",
+    dropout: float = 0.0,
+    chunk_forward: int | None = None,
+    seed: int = 0,
+) -> tuple[float, dict[str, Tensor], Towers]:
     """The reference: one loss over the whole batch and one backward; ``chunk_forward`` encodes it chunk by chunk
     (with gradients, in order: the same dropout masks and norm statistics as the cached step)."""
     model = Towers(head, norm, dropout, seed)
@@ -107,12 +115,18 @@ def _cat(views: list):
     return torch.cat(views)
 
 
-def cached_grads(head: str, data: dict[str, Tensor], size: int, norm: str = "layer", dropout: float = 0.0,
-                 seed: int = 0) -> tuple[float, dict[str, Tensor], Towers]:
+def cached_grads(
+    head: str, data: dict[str, Tensor], size: int, norm: str = "layer", dropout: float = 0.0, seed: int = 0
+) -> tuple[float, dict[str, Tensor], Towers]:
     model = Towers(head, norm, dropout, seed)
     torch.manual_seed(1000)
-    out = cached_contrastive_step(chunks(data, size), model.encode, loss_of(model, data["labels"]),
-                                  backward=lambda t: t.backward(), norm_module=model)
+    out = cached_contrastive_step(
+        chunks(data, size),
+        model.encode,
+        loss_of(model, data["labels"]),
+        backward=lambda t: t.backward(),
+        norm_module=model,
+    )
     return out.loss.item(), grads(model), model
 
 
@@ -134,8 +148,14 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 prepare_for_backward(ddp, t)  # what Lightning's DDP strategy does before a manual backward
                 t.backward()
 
-            out = cached_contrastive_step(chunks(data, 2), model.encode, loss_of(model, data["labels"]),
-                                          backward=backward, no_sync=ddp.no_sync, norm_module=model)
+            out = cached_contrastive_step(
+                chunks(data, 2),
+                model.encode,
+                loss_of(model, data["labels"]),
+                backward=backward,
+                no_sync=ddp.no_sync,
+                norm_module=model,
+            )
             results[head] = {"local_loss": out.loss.item(), "grads": grads(model)}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:

@@ -41,12 +41,15 @@ def test_embeddings_equal_the_model_own_features(folder: Path) -> None:
     processor = AutoImageProcessor.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     with torch.no_grad():
-        pixels = processor(images=[Image.fromarray(i).convert("RGB") for i in _images()],
-                           return_tensors="pt")["pixel_values"]
+        pixels = processor(images=[Image.fromarray(i).convert("RGB") for i in _images()], return_tensors="pt")[
+            "pixel_values"
+        ]
         ref_image = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
         tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")
-        ref_text = F.normalize(_features(model.get_text_features(input_ids=tokens["input_ids"],
-                                                                 attention_mask=tokens["attention_mask"])), dim=-1)
+        ref_text = F.normalize(
+            _features(model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])),
+            dim=-1,
+        )
         pooled = model.vision_model(pixel_values=pixels).pooler_output
     torch.testing.assert_close(adapter.encode_images(_images()), ref_image, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(adapter.encode_texts(TEXTS), ref_text, rtol=1e-5, atol=1e-5)
@@ -77,5 +80,9 @@ def test_a_model_without_image_features_is_refused(folder: Path) -> None:
     from transformers import BertConfig, BertModel
 
     with pytest.raises(TypeError, match="has no get_image_features"):
-        HFClipModel(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=64)), None, None, name="bert")
+        HFClipModel(
+            BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
+            None,
+            None,
+            name="bert",
+        )

@@ -24,11 +24,13 @@ TEXTS = ["small left pleural effusion", "no pneumothorax", "the heart is enlarge
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("open_clip_models")
-    return {"folder": am.open_clip_folder(root / "oc"),
-            "bin": am.open_clip_folder(root / "oc_bin", safetensors=False),
-            "other_seed": am.open_clip_folder(root / "oc_seed", seed=7),
-            "hf_text": am.open_clip_hf_text_folder(root / "oc_hf"),
-            "openai": am.openai_state_dict_file(root / "openai" / "clip_weights.pt")}
+    return {
+        "folder": am.open_clip_folder(root / "oc"),
+        "bin": am.open_clip_folder(root / "oc_bin", safetensors=False),
+        "other_seed": am.open_clip_folder(root / "oc_seed", seed=7),
+        "hf_text": am.open_clip_hf_text_folder(root / "oc_hf"),
+        "openai": am.openai_state_dict_file(root / "openai" / "clip_weights.pt"),
+    }
 
 
 def _images() -> list[np.ndarray]:
@@ -47,8 +49,10 @@ def _reference(model, preprocess, tokenizer) -> tuple[torch.Tensor, torch.Tensor
     model = model.float().eval()
     with torch.no_grad():
         pixels = torch.stack([preprocess(_pil(i)) for i in _images()])
-        return (F.normalize(model.encode_image(pixels), dim=-1),
-                F.normalize(model.encode_text(tokenizer(TEXTS)), dim=-1))
+        return (
+            F.normalize(model.encode_image(pixels), dim=-1),
+            F.normalize(model.encode_text(tokenizer(TEXTS)), dim=-1),
+        )
 
 
 def _check_against(adapter: OpenClipModel, ref_image: torch.Tensor, ref_text: torch.Tensor) -> None:
@@ -117,9 +121,12 @@ def test_openai_state_dict_inferred_or_named(models: dict[str, Path], tmp_path: 
 
     path = models["openai"]
     inferred = load_model(path)
-    cfg = {"embed_dim": 16, "quick_gelu": True,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    cfg = {
+        "embed_dim": 16,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
+    }
     ref = open_clip.CLIP(**cfg)
     ref.load_state_dict(torch.load(path, weights_only=True))
     preprocess = open_clip.image_transform(32, is_train=False)  # OpenAI mean / std, bicubic, centre crop
@@ -168,8 +175,9 @@ def test_uncached_hub_id_is_a_clear_error(spec: str, monkeypatch: pytest.MonkeyP
         load_model(spec)
 
 
-def test_uncached_text_tower_named_by_the_config_is_a_clear_error(models: dict[str, Path], tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uncached_text_tower_named_by_the_config_is_a_clear_error(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """BiomedCLIP's config names PubMedBERT by hub id: when that is not cached, the error names it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "hub_text"
@@ -177,7 +185,8 @@ def test_uncached_text_tower_named_by_the_config_is_a_clear_error(models: dict[s
     config = json.loads((models["hf_text"] / "open_clip_config.json").read_text())
     config["model_cfg"]["text_cfg"]["hf_model_name"] = "cxr-vlp-tests/uncached-bert"
     (folder / "open_clip_config.json").write_text(json.dumps(config))
-    (folder / "open_clip_pytorch_model.bin").write_bytes((models["hf_text"] / "open_clip_pytorch_model.bin")
-                                                         .read_bytes())
+    (folder / "open_clip_pytorch_model.bin").write_bytes(
+        (models["hf_text"] / "open_clip_pytorch_model.bin").read_bytes()
+    )
     with pytest.raises(ModelNotAvailableError, match=r"text tower of .*cxr-vlp-tests/uncached-bert"):
         load_model(folder)

@@ -11,9 +11,16 @@ from cxr_vlp.lit.module import ContrastiveModule
 
 
 def _batch() -> Batch:
-    return Batch(images=torch.rand(2, 1, 1, 8, 8), input_ids=torch.ones(2, 1, 5, dtype=torch.long),
-                 attention_mask=torch.ones(2, 1, 5, dtype=torch.long), labels=torch.zeros(2, 14),
-                 index=torch.arange(2), study_ids=["s1", "s2"], subject_ids=["p1", "p2"], texts=[["a"], ["b"]])
+    return Batch(
+        images=torch.rand(2, 1, 1, 8, 8),
+        input_ids=torch.ones(2, 1, 5, dtype=torch.long),
+        attention_mask=torch.ones(2, 1, 5, dtype=torch.long),
+        labels=torch.zeros(2, 14),
+        index=torch.arange(2),
+        study_ids=["s1", "s2"],
+        subject_ids=["p1", "p2"],
+        texts=[["a"], ["b"]],
+    )
 
 
 def test_batch_to_moves_every_tensor_field_and_shares_strings() -> None:

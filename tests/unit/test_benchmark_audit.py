@@ -47,10 +47,14 @@ def _ensemble(texts) -> list[float]:
 
 
 def test_audit_matches_slow_transcription() -> None:
-    prompts = BenchmarkPrompts.from_config({"templates": ["{phrase}", "there is {phrase}", "a large {phrase}"],
-                                            "negative": "no {phrase}", "phrases": {"Edema": "edema"},
-                                            "labels": {"No Finding": {"positive": ["normal study", "clear lungs"],
-                                                                      "negative": ["abnormal study"]}}})
+    prompts = BenchmarkPrompts.from_config(
+        {
+            "templates": ["{phrase}", "there is {phrase}", "a large {phrase}"],
+            "negative": "no {phrase}",
+            "phrases": {"Edema": "edema"},
+            "labels": {"No Finding": {"positive": ["normal study", "clear lungs"], "negative": ["abnormal study"]}},
+        }
+    )
     rng = np.random.default_rng(0)
     n = 60
     labels = torch.full((n, len(CHEXPERT_LABELS)), float("nan"))
@@ -59,8 +63,10 @@ def test_audit_matches_slow_transcription() -> None:
     labels[:5, edema] = float("nan")
     labels[:, normal] = 1 - torch.nan_to_num(labels[:, edema], 0.0)
     edema_dir = torch.nn.functional.normalize(_encode(["edema"])[0], dim=0)
-    images = torch.tensor(rng.normal(size=(n, D)), dtype=torch.float32) + 1.5 * torch.nan_to_num(
-        labels[:, edema:edema + 1], 0.0) * edema_dir
+    images = (
+        torch.tensor(rng.normal(size=(n, D)), dtype=torch.float32)
+        + 1.5 * torch.nan_to_num(labels[:, edema : edema + 1], 0.0) * edema_dir
+    )
     rows = prompt_audit("toy", _encode, images, labels, ["Edema", "No Finding"], [edema, normal], prompts)
     assert [r.label for r in rows] == ["Edema", "No Finding"]
 
@@ -87,8 +93,11 @@ def test_audit_matches_slow_transcription() -> None:
 
 
 def test_audit_skips_a_label_with_one_class() -> None:
-    prompts = BenchmarkPrompts.from_config({"templates": ["{phrase}"], "negative": "no {phrase}",
-                                            "phrases": {"Edema": "edema"}})
+    prompts = BenchmarkPrompts.from_config(
+        {"templates": ["{phrase}"], "negative": "no {phrase}", "phrases": {"Edema": "edema"}}
+    )
     labels = torch.zeros(10, len(CHEXPERT_LABELS))
-    assert prompt_audit("toy", _encode, torch.randn(10, D), labels, ["Edema"], [CHEXPERT_LABELS.index("Edema")],
-                        prompts) == []
+    assert (
+        prompt_audit("toy", _encode, torch.randn(10, D), labels, ["Edema"], [CHEXPERT_LABELS.index("Edema")], prompts)
+        == []
+    )

@@ -87,9 +87,11 @@ def test_5x200_bad_input() -> None:
 
 def test_read_chexpert_test_groups_images_into_studies(tmp_path) -> None:
     root = tmp_path / "CheXpert-v1.0"
-    paths = ["CheXpert-v1.0/test/patient64741/study1/view1_frontal.jpg",
-             "CheXpert-v1.0/test/patient64741/study1/view2_lateral.jpg",
-             "CheXpert-v1.0/test/patient64742/study1/view1_frontal.jpg"]
+    paths = [
+        "CheXpert-v1.0/test/patient64741/study1/view1_frontal.jpg",
+        "CheXpert-v1.0/test/patient64741/study1/view2_lateral.jpg",
+        "CheXpert-v1.0/test/patient64742/study1/view1_frontal.jpg",
+    ]
     for p in paths:
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", (8, 8)).save(tmp_path / p)
@@ -107,9 +109,14 @@ def test_read_chexpert_test_groups_images_into_studies(tmp_path) -> None:
 
 
 def test_prompt_set_from_config() -> None:
-    prompts = BenchmarkPrompts.from_config({"templates": ["{phrase}", "there is {phrase}"], "negative": "no {phrase}",
-                                            "phrases": {"Edema": "pulmonary edema"},
-                                            "labels": {"No Finding": {"positive": ["normal"], "negative": ["bad"]}}})
+    prompts = BenchmarkPrompts.from_config(
+        {
+            "templates": ["{phrase}", "there is {phrase}"],
+            "negative": "no {phrase}",
+            "phrases": {"Edema": "pulmonary edema"},
+            "labels": {"No Finding": {"positive": ["normal"], "negative": ["bad"]}},
+        }
+    )
     assert prompts.positive("Edema") == ["pulmonary edema", "there is pulmonary edema"]
     assert prompts.negatives("Edema") == ["no pulmonary edema"]
     assert prompts.prompt_set(["No Finding"]).negative == {"No Finding": ["bad"]}

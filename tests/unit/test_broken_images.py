@@ -18,15 +18,16 @@ from cxr_vlp.data.cache import FAILED, apply_cache, build_cache, read_failed, si
 from cxr_vlp.data.datamodule import CXRDataModule
 from cxr_vlp.data.dataset import StudyDataset
 from cxr_vlp.data.table import read_generic_csv
-from cxr_vlp.text.text_views import TextViewSampler
 from cxr_vlp.data.transforms import TransformConfig, build_transforms, load_grayscale
+from cxr_vlp.text.text_views import TextViewSampler
 
 
 def _gradient(h: int = 96, w: int = 80, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    return (100 + 50 * np.sin(xx / 7.0) + 30 * np.cos(yy / 5.0) + rng.normal(0, 10, (h, w))).clip(0, 255).astype(
-        np.uint8)
+    return (
+        (100 + 50 * np.sin(xx / 7.0) + 30 * np.cos(yy / 5.0) + rng.normal(0, 10, (h, w))).clip(0, 255).astype(np.uint8)
+    )
 
 
 def _truncate(path: Path, keep: float = 0.6) -> None:
@@ -45,8 +46,16 @@ def _study_csv(root: Path, n: int, broken: dict[int, tuple[int, ...]] | None = N
             assert cv2.imwrite(str(root / rel), _gradient(seed=10 * i + k))
             if k in broken.get(i, ()):
                 _truncate(root / rel)
-        rows.append({"study_id": f"s{i}", "subject_id": f"p{i}", "image_paths": ";".join(paths),
-                     "view_names": "PA;LATERAL", "findings": f"Finding {i}.", "impression": f"Impression {i}."})
+        rows.append(
+            {
+                "study_id": f"s{i}",
+                "subject_id": f"p{i}",
+                "image_paths": ";".join(paths),
+                "view_names": "PA;LATERAL",
+                "findings": f"Finding {i}.",
+                "impression": f"Impression {i}.",
+            }
+        )
     csv = root / "studies.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv
@@ -70,8 +79,9 @@ def test_truncated_jpeg_and_png_are_refused_at_load_time(tmp_path: Path) -> None
         load_grayscale(str(png))
 
 
-def test_dataset_skips_a_truncated_image_counts_it_and_logs_its_path(tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_dataset_skips_a_truncated_image_counts_it_and_logs_its_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     csv = _study_csv(tmp_path, 3, broken={1: (0, 1)})
     ds = _dataset(read_generic_csv(csv), train=False)
     with caplog.at_level(logging.WARNING, logger="cxr_vlp.data.dataset"):
@@ -85,11 +95,11 @@ def test_images_listed_in_failed_csv_are_not_read_raw(tmp_path: Path, monkeypatc
     csv = _study_csv(tmp_path / "data", 4, broken={1: (0, 1), 2: (0,)})
     table = read_generic_csv(csv)
     cache = tmp_path / "cache"
-    summary = build_cache([p for paths in table.image_paths for p in paths], cache, size=48, workers=0,
-                          progress=False)
+    summary = build_cache([p for paths in table.image_paths for p in paths], cache, size=48, workers=0, progress=False)
     failed = read_failed(size_dir(cache, 48) / FAILED)
-    assert summary.failed == 3 and set(failed) == {str(tmp_path / "data" / "img" / n)
-                                                   for n in ("1_0.jpg", "1_1.jpg", "2_0.jpg")}
+    assert summary.failed == 3 and set(failed) == {
+        str(tmp_path / "data" / "img" / n) for n in ("1_0.jpg", "1_1.jpg", "2_0.jpg")
+    }
     cached = apply_cache(table, cache, min_size=32)
     assert cached.image_paths[1] == [] and cached.view_names[1] == []
     assert len(cached.image_paths[2]) == 1 and cached.view_names[2] == ["LATERAL"]
@@ -122,8 +132,13 @@ def test_a_loader_never_puts_one_study_twice_in_a_batch(tmp_path: Path) -> None:
 
 def test_training_split_smaller_than_one_batch_is_refused(tmp_path: Path) -> None:
     csv = _study_csv(tmp_path, 10)
-    dm = CXRDataModule(reader=functools.partial(read_generic_csv, csv), name="tiny", batch_size=16,
-                       split_fractions=(0.6, 0.2, 0.2), transforms={"image_size": 32})
+    dm = CXRDataModule(
+        reader=functools.partial(read_generic_csv, csv),
+        name="tiny",
+        batch_size=16,
+        split_fractions=(0.6, 0.2, 0.2),
+        transforms={"image_size": 32},
+    )
     dm.setup("fit")
     dm.tokenizer = object()  # the loader is refused before the tokenizer is used
     sizes = {k: len(v) for k, v in dm.tables.items()}

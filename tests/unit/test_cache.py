@@ -21,8 +21,8 @@ from cxr_vlp.data.cache import (
     resize_shorter,
     size_dir,
 )
-from cxr_vlp.text.labels import NUM_LABELS
 from cxr_vlp.data.table import StudyTable
+from cxr_vlp.text.labels import NUM_LABELS
 
 
 def _image(path: Path, h: int, w: int, seed: int = 0, ext: str = ".jpg") -> str:
@@ -37,15 +37,25 @@ def _image(path: Path, h: int, w: int, seed: int = 0, ext: str = ".jpg") -> str:
 @pytest.fixture()
 def images(tmp_path: Path) -> list[str]:
     src = tmp_path / "src"
-    return [_image(src / "a" / "tall.jpg", 300, 200, 1), _image(src / "b" / "wide.jpg", 150, 401, 2),
-            _image(src / "c" / "small.jpg", 40, 50, 3), _image(src / "d" / "tall.jpg", 333, 222, 4)]
+    return [
+        _image(src / "a" / "tall.jpg", 300, 200, 1),
+        _image(src / "b" / "wide.jpg", 150, 401, 2),
+        _image(src / "c" / "small.jpg", 40, 50, 3),
+        _image(src / "d" / "tall.jpg", 333, 222, 4),
+    ]
 
 
 def _table(paths: list[list[str]]) -> StudyTable:
     n = len(paths)
-    return StudyTable(study_ids=[f"s{i}" for i in range(n)], subject_ids=[f"p{i}" for i in range(n)],
-                      image_paths=paths, view_names=[["PA"] * len(p) for p in paths], findings=["x"] * n,
-                      impression=["y"] * n, labels=np.full((n, NUM_LABELS), np.nan, dtype=np.float32))
+    return StudyTable(
+        study_ids=[f"s{i}" for i in range(n)],
+        subject_ids=[f"p{i}" for i in range(n)],
+        image_paths=paths,
+        view_names=[["PA"] * len(p) for p in paths],
+        findings=["x"] * n,
+        impression=["y"] * n,
+        labels=np.full((n, NUM_LABELS), np.nan, dtype=np.float32),
+    )
 
 
 def test_resize_shorter_side_keeps_aspect_and_never_upscales() -> None:
@@ -137,7 +147,8 @@ def test_truncated_and_garbage_images_are_reported_and_skipped(images: list[str]
 
 
 def test_apply_cache_maps_covered_paths_and_picks_smallest_sufficient_size(
-        images: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    images: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = tmp_path / "cache"
     build_cache(images[:2], cache, size=48, workers=1, progress=False)
     build_cache(images[:3], cache, size=64, workers=1, progress=False)
@@ -155,8 +166,9 @@ def test_apply_cache_maps_covered_paths_and_picks_smallest_sufficient_size(
     assert apply_cache(table, cache, min_size=100).image_paths[0][0].startswith(str(size_dir(cache, 128)))
 
 
-def test_no_usable_cache_leaves_the_table_unchanged(images: list[str], tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_no_usable_cache_leaves_the_table_unchanged(
+    images: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     table = _table([images])
     assert apply_cache(table, tmp_path / "nothing", min_size=64) is table
     assert apply_cache(table, None, min_size=64) is table

@@ -10,8 +10,11 @@ TYPES = {"in_csv": str, "n": int, "ratio": float, "overwrite": bool, "cols": lis
 
 
 def test_values_are_cast_to_their_declared_types() -> None:
-    args = parse_key_values(["in_csv=a.csv", "+n=3", "ratio=0.5", "overwrite=Yes", "cols=[findings, impression]"],
-                            TYPES, defaults={"overwrite": False})
+    args = parse_key_values(
+        ["in_csv=a.csv", "+n=3", "ratio=0.5", "overwrite=Yes", "cols=[findings, impression]"],
+        TYPES,
+        defaults={"overwrite": False},
+    )
     assert args == {"in_csv": "a.csv", "n": 3, "ratio": 0.5, "overwrite": True, "cols": ["findings", "impression"]}
     assert parse_key_values(["in_csv=x"], TYPES, defaults={"n": 7})["n"] == 7
 

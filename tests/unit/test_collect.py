@@ -83,13 +83,22 @@ def tree(tmp_path: Path) -> Path:
     job = 0
     for lam in LAMS:
         for temp in TEMPS:
-            overrides = ["+experiment=mcsl_demo", f"loss.lam={lam}", f"loss.concept_temperature={temp}",
-                         f"model/image_encoder={'resnet50' if job % 2 else 'vit_small'}"]
+            overrides = [
+                "+experiment=mcsl_demo",
+                f"loss.lam={lam}",
+                f"loss.concept_temperature={temp}",
+                f"model/image_encoder={'resnet50' if job % 2 else 'vit_small'}",
+            ]
             if job == FAILED_JOB:
                 write_job(root, job, overrides, None, log=TRACEBACK)
             elif job == LOG_FAILED_JOB:
-                write_job(root, job, overrides, None,
-                          log="[2026-11-24 18:01:00,000][cxr_vlp.train][ERROR] - RuntimeError: loader died\n")
+                write_job(
+                    root,
+                    job,
+                    overrides,
+                    None,
+                    log="[2026-11-24 18:01:00,000][cxr_vlp.train][ERROR] - RuntimeError: loader died\n",
+                )
             else:
                 write_job(root, job, overrides, fake_metrics(job, lam, temp))
             job += 1
@@ -190,8 +199,9 @@ def test_markdown(tree: Path) -> None:
     df = collect(tree)
     md = to_markdown(df, ["test/i2t/R@10", "val/loss"], digits=3)
     lines = md.splitlines()
-    assert lines[0] == ("| job | loss.lam | loss.concept_temperature | model/image_encoder | status "
-                        "| test/i2t/R@10 (%) | val/loss |")
+    assert lines[0] == (
+        "| job | loss.lam | loss.concept_temperature | model/image_encoder | status | test/i2t/R@10 (%) | val/loss |"
+    )
     assert set(lines[1]) <= set("|-: ")
     lam, temp = job_params(7)
     expected = f"{100 * fake_r10(7, lam, temp):.1f}"
@@ -265,14 +275,21 @@ def test_plot_metric_errors(tree: Path, tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "cxr_vlp.experiments.collect", *args],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cxr_vlp.experiments.collect", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_cli(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    proc = run_cli(str(tree), "metrics=test/i2t/R@10,eval/i2t/P@5", "x=loss.lam",
-                   "hue=loss.concept_temperature", f"out={out}")
+    proc = run_cli(
+        str(tree), "metrics=test/i2t/R@10,eval/i2t/P@5", "x=loss.lam", "hue=loss.concept_temperature", f"out={out}"
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("results.csv", "results.md", "test_i2t_R@10_vs_loss.lam.png", "eval_i2t_P@5_vs_loss.lam.png"):
         assert (out / name).is_file(), name

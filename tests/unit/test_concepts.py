@@ -23,8 +23,14 @@ def test_default_bank_loads_and_is_unique():
     assert len(concepts) >= 120
     assert len(set(concepts)) == len(concepts)
     assert all(c == c.lower() and c.strip() == c and c for c in concepts)
-    for expected in ("blunted costophrenic angle", "enlarged cardiac silhouette", "chest tube", "skin fold",
-                     "clear lungs", "normal heart size"):
+    for expected in (
+        "blunted costophrenic angle",
+        "enlarged cardiac silhouette",
+        "chest tube",
+        "skin fold",
+        "clear lungs",
+        "normal heart size",
+    ):
         assert expected in concepts
     assert bank_mod.default_bank_path().is_file()
 
@@ -55,8 +61,12 @@ def test_save_refuses_overwrite(tmp_path):
 def _write_reports(path, n_effusion=6, n_tube=3, n_rare=1):
     rows = []
     for i in range(n_effusion):
-        rows.append({"findings": f"Small left pleural effusion measuring {i + 2} cm. Heart size is normal.",
-                     "impression": "Small left pleural effusion."})
+        rows.append(
+            {
+                "findings": f"Small left pleural effusion measuring {i + 2} cm. Heart size is normal.",
+                "impression": "Small left pleural effusion.",
+            }
+        )
     for _ in range(n_tube):
         rows.append({"findings": "Right chest tube in place. No pneumothorax.", "impression": ""})
     for _ in range(n_rare):
@@ -133,8 +143,15 @@ def tiny_bert(tmp_path_factory):
     tok = train_wordpiece(texts, vocab_size=300, min_frequency=1)
     tok.save_pretrained(root)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
     BertModel(cfg).save_pretrained(root)
     return root
 
@@ -230,11 +247,11 @@ def test_zero_shot_probability_formula_and_stability():
     p = zero_shot_probability(z, pos, neg, scale)
     assert p.shape == (2, 3)
     for b in range(2):
-        for l in range(3):
-            sp = scale * sum(z[b, e].item() * pos[l, e].item() for e in range(6))
-            sn = scale * sum(z[b, e].item() * neg[l, e].item() for e in range(6))
+        for k in range(3):
+            sp = scale * sum(z[b, e].item() * pos[k, e].item() for e in range(6))
+            sn = scale * sum(z[b, e].item() * neg[k, e].item() for e in range(6))
             expected = math.exp(sp) / (math.exp(sp) + math.exp(sn))
-            assert abs(p[b, l].item() - expected) < 1e-5
+            assert abs(p[b, k].item() - expected) < 1e-5
     big = zero_shot_probability(z, pos, neg, scale=1e4)
     assert torch.isfinite(big).all() and ((big >= 0) & (big <= 1)).all()
 

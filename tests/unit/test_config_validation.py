@@ -35,24 +35,27 @@ def _ok(spec, value) -> bool:
     return spec.error(value) is None
 
 
-@pytest.mark.parametrize(("spec", "good", "bad"), [
-    (Int(), [0, -5, 10**12], ["3", 3.0, True, None, [1]]),
-    (Int(min=-1, max=3), [-1, 0, 3], [-2, 4]),
-    (Float(), [0, 1.5, -2], ["1e-3", math.nan, math.inf, True, None]),
-    (Float(min=0.0, max=1.0, min_open=True, max_open=True), [1e-9, 0.5, 0.999], [0.0, 1.0, -0.1, 1.1]),
-    (positive(), [1e-12, 3, 1e6], [0, 0.0, -1e-9, "abc"]),
-    (non_negative(), [0, 0.0, 2.5], [-1e-9, -1]),
-    (probability(), [0, 0.0, 0.5, 1, 1.0], [-0.01, 1.01, "0.5"]),
-    (Bool(), [True, False], [1, 0, "true", None]),
-    (Str(), ["", "abc"], [1, None, ["a"]]),
-    (Str(pattern=r"cuda(:\d+)?"), ["cuda", "cuda:1"], ["cuda:", "gpu", "xcuda"]),
-    (Choice(options=("norm", "value", 16)), ["norm", "value", 16], ["Norm", "16", 16.0, True, None]),
-    (Choice(options=(1,)), [1], [True]),  # True == 1 in Python, not here
-    (ListOf(item=probability(), length=2), [[0.1, 1.0], (0, 0)], [[0.1], [0.1, 2.0], "ab", 0.5]),
-    (ListOf(item=Int(min=1)), [[], [1, 2, 3]], [[0], [1, "2"]]),
-    (AnyOf(specs=(Int(min=0), Float(min=0.0, max=1.0))), [0, 7, 0.25, 1.0], [1.5, -1, "1"]),
-    (DEVICES, [1, 4, -1, "auto", "0,1", "1", [0, 1]], [0, -2, "abc", "0,,1", [-1], 1.0]),
-])
+@pytest.mark.parametrize(
+    ("spec", "good", "bad"),
+    [
+        (Int(), [0, -5, 10**12], ["3", 3.0, True, None, [1]]),
+        (Int(min=-1, max=3), [-1, 0, 3], [-2, 4]),
+        (Float(), [0, 1.5, -2], ["1e-3", math.nan, math.inf, True, None]),
+        (Float(min=0.0, max=1.0, min_open=True, max_open=True), [1e-9, 0.5, 0.999], [0.0, 1.0, -0.1, 1.1]),
+        (positive(), [1e-12, 3, 1e6], [0, 0.0, -1e-9, "abc"]),
+        (non_negative(), [0, 0.0, 2.5], [-1e-9, -1]),
+        (probability(), [0, 0.0, 0.5, 1, 1.0], [-0.01, 1.01, "0.5"]),
+        (Bool(), [True, False], [1, 0, "true", None]),
+        (Str(), ["", "abc"], [1, None, ["a"]]),
+        (Str(pattern=r"cuda(:\d+)?"), ["cuda", "cuda:1"], ["cuda:", "gpu", "xcuda"]),
+        (Choice(options=("norm", "value", 16)), ["norm", "value", 16], ["Norm", "16", 16.0, True, None]),
+        (Choice(options=(1,)), [1], [True]),  # True == 1 in Python, not here
+        (ListOf(item=probability(), length=2), [[0.1, 1.0], (0, 0)], [[0.1], [0.1, 2.0], "ab", 0.5]),
+        (ListOf(item=Int(min=1)), [[], [1, 2, 3]], [[0], [1, "2"]]),
+        (AnyOf(specs=(Int(min=0), Float(min=0.0, max=1.0))), [0, 7, 0.25, 1.0], [1.5, -1, "1"]),
+        (DEVICES, [1, 4, -1, "auto", "0,1", "1", [0, 1]], [0, -2, "abc", "0,,1", [-1], 1.0]),
+    ],
+)
 def test_spec_accepts_and_rejects(spec, good, bad) -> None:
     for value in good:
         assert _ok(spec, value), (spec, value)
@@ -60,17 +63,20 @@ def test_spec_accepts_and_rejects(spec, good, bad) -> None:
         assert not _ok(spec, value), (spec, value)
 
 
-@pytest.mark.parametrize(("spec", "text"), [
-    (Int(min=-1, nullable=True), "an integer >= -1 or null"),
-    (Int(min=1, max=8), "an integer in [1, 8]"),
-    (Float(min=0.0, min_open=True), "a number > 0"),
-    (Float(max=1.0, max_open=True), "a number < 1"),
-    (Float(min=0.0, max=1.0, max_open=True), "a number in [0, 1)"),
-    (Bool(nullable=True), "true or false or null"),
-    (Choice(options=("a", 1)), "one of 'a', 1"),
-    (ListOf(item=Int(), length=3), "a list of 3 items, each an integer"),
-    (AnyOf(specs=(Bool(), Choice(options=("warn",)))), "true or false, or one of 'warn'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        (Int(min=-1, nullable=True), "an integer >= -1 or null"),
+        (Int(min=1, max=8), "an integer in [1, 8]"),
+        (Float(min=0.0, min_open=True), "a number > 0"),
+        (Float(max=1.0, max_open=True), "a number < 1"),
+        (Float(min=0.0, max=1.0, max_open=True), "a number in [0, 1)"),
+        (Bool(nullable=True), "true or false or null"),
+        (Choice(options=("a", 1)), "one of 'a', 1"),
+        (ListOf(item=Int(), length=3), "a list of 3 items, each an integer"),
+        (AnyOf(specs=(Bool(), Choice(options=("warn",)))), "true or false, or one of 'warn'"),
+    ],
+)
 def test_spec_says_what_is_expected(spec, text) -> None:
     assert spec.expected_text() == text
 
@@ -84,8 +90,14 @@ def test_nullable_and_required() -> None:
 
 def test_errors_name_key_value_type_expectation_and_interpolation() -> None:
     cfg = OmegaConf.create({"x": {"n": "abc", "m": "${y}", "ok": 3, "lst": [0.1, 7]}, "y": 0})
-    schema = {"x.n": Int(min=-1), "x.m": Int(min=1), "x.ok": Int(), "x.lst": ListOf(item=probability()),
-              "x.absent": Int(), "z.deep": Int()}
+    schema = {
+        "x.n": Int(min=-1),
+        "x.m": Int(min=1),
+        "x.ok": Int(),
+        "x.lst": ListOf(item=probability()),
+        "x.absent": Int(),
+        "z.deep": Int(),
+    }
     assert config_errors(cfg, schema) == [
         "x.n='abc' (str): expected an integer >= -1",
         "x.m=0 (int) (from ${y}): expected an integer >= 1",
@@ -121,10 +133,19 @@ def test_every_shipped_experiment_and_trainer_passes(tmp_path: Path) -> None:
 
 
 def test_bad_values_in_the_real_config_each_named(tmp_path: Path) -> None:
-    bad = {"trainer.max_epochs": "abc", "optim.lr": "abc", "trainer.precision": "17", "trainer.devices": "0",
-           "data.batch_size": "0", "trainer.limit_val_batches": "1.5", "optim.betas": "[0.9]",
-           "model.projection_dropout": "1.0", "loss.temperature_init": "-0.07",
-           "callbacks.divergence.max_consecutive_bad_steps": "0", "evaluation.tasks": "[retrieval,zeroshoot]"}
+    bad = {
+        "trainer.max_epochs": "abc",
+        "optim.lr": "abc",
+        "trainer.precision": "17",
+        "trainer.devices": "0",
+        "data.batch_size": "0",
+        "trainer.limit_val_batches": "1.5",
+        "optim.betas": "[0.9]",
+        "model.projection_dropout": "1.0",
+        "loss.temperature_init": "-0.07",
+        "callbacks.divergence.max_consecutive_bad_steps": "0",
+        "evaluation.tasks": "[retrieval,zeroshoot]",
+    }
     cfg = compose_train(tmp_path, [f"{k}={v}" for k, v in bad.items()])
     errors = config_errors(cfg, TRAIN_SCHEMA)
     assert sorted(e.split("=")[0] for e in errors) == sorted(bad)

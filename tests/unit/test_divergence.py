@@ -88,10 +88,19 @@ def _loader(n_batches: int) -> DataLoader:
 
 def _trainer(tmp_path: Path, guard: DivergenceGuard, max_steps: int, **kwargs) -> L.Trainer:
     callbacks = [guard, *kwargs.pop("callbacks", [])]
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint)
-                                                                          for c in callbacks),
-                     callbacks=callbacks, default_root_dir=tmp_path, num_sanity_val_steps=0, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -120,12 +129,15 @@ def test_bad_step_is_skipped_and_leaves_weights_and_state(tmp_path: Path, mode: 
 
 def test_skipped_step_changes_nothing_compared_with_no_step(tmp_path: Path) -> None:
     """A run with a bad batch 1 ends where a run that never saw batch 1 ends (same weights, same AdamW moments)."""
+
     def run(bad: set[int], batches: list[int]) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         module = Tiny(bad=bad)
         loader = _loader(3)
-        subset = DataLoader(torch.utils.data.Subset(loader.dataset, [i * BATCH + j for i in batches
-                                                                      for j in range(BATCH)]), batch_size=BATCH)
+        subset = DataLoader(
+            torch.utils.data.Subset(loader.dataset, [i * BATCH + j for i in batches for j in range(BATCH)]),
+            batch_size=BATCH,
+        )
         trainer = _trainer(tmp_path, DivergenceGuard(), max_steps=len(batches), gradient_clip_val=1.0)
         trainer.fit(module, train_dataloaders=subset)
         return module.snapshots[-1]
@@ -136,8 +148,9 @@ def test_skipped_step_changes_nothing_compared_with_no_step(tmp_path: Path) -> N
 def test_consecutive_bad_steps_stop_with_the_message_parts(tmp_path: Path) -> None:
     module = Tiny(bad={2, 3, 4, 5, 6})
     guard = DivergenceGuard(max_consecutive_bad_steps=3)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", every_n_train_steps=1, save_top_k=1,
-                                 enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="last", every_n_train_steps=1, save_top_k=1, enable_version_counter=False
+    )
     trainer = _trainer(tmp_path, guard, max_steps=10, gradient_clip_val=1.0, callbacks=[checkpoint])
     with pytest.raises(TrainingDivergedError) as err:
         trainer.fit(module, train_dataloaders=_loader(10))
@@ -187,19 +200,33 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path) -> None:
         module.net[2].weight[0, 1] = math.inf
         module.net[1].running_var.fill_(math.nan)
     bad = tmp_path / "bad.ckpt"
-    with pytest.raises(NonFiniteCheckpointError, match=r"2 of \d+ tensors hold NaN or inf \(net\.1\.running_var, "
-                                                       r"net\.2\.weight\)") as err:
+    with pytest.raises(
+        NonFiniteCheckpointError,
+        match=r"2 of \d+ tensors hold NaN or inf \(net\.1\.running_var, "
+        r"net\.2\.weight\)",
+    ) as err:
         trainer.save_checkpoint(bad)
     assert not bad.exists() and good.is_file()
     assert "refusing to write a checkpoint at step 1" in str(err.value)
 
 
 def test_non_finite_entries_matches_a_direct_check() -> None:
-    state = {"a": torch.tensor([1.0, math.nan]), "b": torch.ones(2), "c": torch.tensor([math.inf]),
-             "d": torch.tensor([1, 2]), "e": torch.zeros(0), "f": 3}
+    state = {
+        "a": torch.tensor([1.0, math.nan]),
+        "b": torch.ones(2),
+        "c": torch.tensor([math.inf]),
+        "d": torch.tensor([1, 2]),
+        "e": torch.zeros(0),
+        "f": 3,
+    }
     bad, total = non_finite_entries(state)
-    direct = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-              and any(not math.isfinite(float(x)) for x in v.flatten())]
+    direct = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+        and v.is_floating_point()
+        and any(not math.isfinite(float(x)) for x in v.flatten())
+    ]
     assert bad == direct == ["a", "c"] and total == 3
 
 

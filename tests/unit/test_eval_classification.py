@@ -14,10 +14,10 @@ from cxr_vlp.metrics.classification import (
     bootstrap_auroc_samples,
     confusion_counts,
     evaluate_binary,
+    f1_thresholds,
     iter_resample_indices,
     threshold_metrics,
     youden_thresholds,
-    f1_thresholds,
 )
 
 NAMES = ["Cardiomegaly", "Pleural Effusion", "Edema", "Fracture"]
@@ -74,8 +74,9 @@ def col(a: np.ndarray, c: int) -> list[float]:
     return [float(v) for v in a[:, c]]
 
 
-def make_data(n: int, c: int = 4, seed: int = 0, unknown: float = 0.2, signal: float = 1.0,
-              decimals: int | None = 2) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    n: int, c: int = 4, seed: int = 0, unknown: float = 0.2, signal: float = 1.0, decimals: int | None = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores with ties (rounded) and labels with NaN cells."""
     rng = np.random.default_rng(seed)
     y = (rng.random((n, c)) < 0.35).astype(float)
@@ -272,8 +273,11 @@ def test_report_contents_flat_keys_and_markdown():
     assert flat["test/zeroshot/f1_mean"] == pytest.approx(np.mean(r.f1[:3]))
     assert math.isnan(flat["test/zeroshot/auroc/Fracture"])
     assert all(isinstance(v, float) for v in flat.values())
-    assert flat["test/zeroshot/auroc_mean_ci_low"] <= flat["test/zeroshot/auroc_mean"] \
+    assert (
+        flat["test/zeroshot/auroc_mean_ci_low"]
+        <= flat["test/zeroshot/auroc_mean"]
         <= flat["test/zeroshot/auroc_mean_ci_high"]
+    )
 
     text = r.to_markdown()
     lines = text.splitlines()

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.eval.concept_audit import (
     ConceptBottleneck,
     Confounder,
@@ -19,14 +18,15 @@ from cxr_vlp.eval.concept_audit import (
     fit_concept_bottleneck,
     top_concepts,
 )
+from cxr_vlp.metrics.classification import auroc_per_label
 
 CONCEPTS = [
-    "pleural effusion",            # 0: drives label 0
+    "pleural effusion",  # 0: drives label 0
     "blunted costophrenic angle",  # 1: drives label 0
-    "pneumothorax",                # 2: drives label 1
-    "chest tube",                  # 3: spurious, correlated with label 0 only
-    "scoliosis",                   # 4: noise
-    "portable radiograph",         # 5: noise
+    "pneumothorax",  # 2: drives label 1
+    "chest tube",  # 3: spurious, correlated with label 0 only
+    "scoliosis",  # 4: noise
+    "portable radiograph",  # 5: noise
 ]
 LABELS = ["Pleural Effusion", "Pneumothorax"]
 
@@ -116,8 +116,9 @@ def test_masked_labels_are_ignored(data):
     full = fit_concept_bottleneck(s, y, None, None, LABELS, CONCEPTS, l2=lam)
     np.testing.assert_allclose(fit.weights[0], full.weights[0], atol=1e-6)
     # appending a copy of every row with all labels unknown (same train mean/std) changes nothing
-    dup = fit_concept_bottleneck(np.vstack([s, s]), np.vstack([y_nan, np.full_like(y_nan, np.nan)]),
-                                 None, None, LABELS, CONCEPTS, l2=lam)
+    dup = fit_concept_bottleneck(
+        np.vstack([s, s]), np.vstack([y_nan, np.full_like(y_nan, np.nan)]), None, None, LABELS, CONCEPTS, l2=lam
+    )
     np.testing.assert_allclose(dup.weights, fit.weights, atol=1e-6)
     np.testing.assert_allclose(dup.bias, fit.bias, atol=1e-6)
 
@@ -145,8 +146,9 @@ def test_top_concepts_contributions_sum_to_logit(cbm, data):
         assert values == sorted(values, reverse=True)
         assert sorted(n for n, _ in allc) == sorted(CONCEPTS)
         assert cbm.bias[c] + sum(values) == pytest.approx(float(cbm.logits(row[None])[0, c]))
-        np.testing.assert_allclose(sum(concept_contributions(cbm, row, label)) + cbm.bias[c],
-                                   cbm.logits(row[None])[0, c])
+        np.testing.assert_allclose(
+            sum(concept_contributions(cbm, row, label)) + cbm.bias[c], cbm.logits(row[None])[0, c]
+        )
         assert top_concepts(cbm, row, label, k=2) == allc[:2]
 
 
@@ -207,8 +209,11 @@ def test_confounder_table_flags_spurious_concept(cbm):
     assert rows == [Confounder("Pleural Effusion", "chest tube", pytest.approx(cbm.weights[0, 3]), 3)]
     # without a weight floor, every non-finding among a label's top positive weights is listed, by rank
     loose = confounder_table(cbm, rel, top=10)
-    assert all(r.concept not in ("pleural effusion", "blunted costophrenic angle")
-               for r in loose if r.label == "Pleural Effusion")
+    assert all(
+        r.concept not in ("pleural effusion", "blunted costophrenic angle")
+        for r in loose
+        if r.label == "Pleural Effusion"
+    )
     assert all(r.concept != "pneumothorax" for r in loose if r.label == "Pneumothorax")
     assert all(r.weight > 0 for r in loose)
     for label in LABELS:

@@ -12,8 +12,6 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 from torch import nn
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS
-from cxr_vlp.metrics.classification import RocCurve
 from cxr_vlp.eval.figures import (
     dominant_labels,
     gradcam_figure,
@@ -34,13 +32,17 @@ from cxr_vlp.eval.gradcam import (
     reshape_transform_for,
     text_similarity_target,
 )
+from cxr_vlp.metrics.classification import RocCurve
 from cxr_vlp.models.dual_encoder import DualEncoder
 from cxr_vlp.models.image_encoder import ImageEncoder
 from cxr_vlp.models.text_encoder import TextEncoder
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
-REPORT = ("Heart size is normal. The mediastinal and hilar contours are unremarkable. There is a small left "
-          "pleural effusion with adjacent atelectasis. No pneumothorax. Osseous structures are intact and "
-          "there is no acute fracture identified in the visualised ribs.")
+REPORT = (
+    "Heart size is normal. The mediastinal and hilar contours are unremarkable. There is a small left "
+    "pleural effusion with adjacent atelectasis. No pneumothorax. Osseous structures are intact and "
+    "there is no acute fracture identified in the visualised ribs."
+)
 
 
 def _images(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -163,8 +165,7 @@ def test_uncertainty_figure(tmp_path: Path) -> None:
     risk = 1 - np.cumsum(hit) / m
     recall = np.linspace(0.9, 0.2, 10)
     recall[5] = np.nan
-    out = uncertainty_figure(tmp_path / "unc.png", np.linspace(0.1, 1.0, 10), recall, m / 200, risk,
-                             float(risk.mean()))
+    out = uncertainty_figure(tmp_path / "unc.png", np.linspace(0.1, 1.0, 10), recall, m / 200, risk, float(risk.mean()))
     assert is_valid_png(out)
     with pytest.raises(ValueError, match="coverage"):
         uncertainty_figure(tmp_path / "bad.png", np.ones(10), np.ones(10), np.ones(5), np.ones(4), 0.1)
@@ -196,16 +197,24 @@ class _TimmTower(nn.Module):
 
 
 def _text_encoder() -> TextEncoder:
-    return TextEncoder(vocab_size=50, local_config={"hidden_size": 16, "num_hidden_layers": 1,
-                                                    "num_attention_heads": 1, "intermediate_size": 32})
+    return TextEncoder(
+        vocab_size=50,
+        local_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 32},
+    )
 
 
 def _tower(kind: str) -> tuple[nn.Module, int]:
     if kind == "resnet":
         return ImageEncoder("resnet10t", pretrained=False, in_chans=1), 64
     if kind == "swin":
-        return _TimmTower("swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1, 1, 1),
-                          num_heads=(1, 1, 1, 1), img_size=128, window_size=4), 128
+        return _TimmTower(
+            "swin_tiny_patch4_window7_224",
+            embed_dim=24,
+            depths=(1, 1, 1, 1),
+            num_heads=(1, 1, 1, 1),
+            img_size=128,
+            window_size=4,
+        ), 128
     if kind == "vit":
         return _TimmTower("vit_tiny_patch16_224", depth=1, img_size=64, reg_tokens=2), 64
     raise AssertionError(kind)
@@ -295,7 +304,7 @@ def test_text_similarity_target_and_embedding_model() -> None:
     text = torch.tensor([1.0, 0.0, 0.0])
     target = text_similarity_target(text)
     out = torch.tensor([2.0, 2.0, 0.0])
-    assert torch.isclose(target(out), torch.tensor(2.0 ** -0.5))
+    assert torch.isclose(target(out), torch.tensor(2.0**-0.5))
     with pytest.raises(ValueError, match="dimension"):
         target(torch.ones(4))
     with pytest.raises(ValueError, match="text_emb"):

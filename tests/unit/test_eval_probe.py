@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.eval.probe import (
     ProbeConfig,
     ProbeResult,
@@ -17,10 +16,19 @@ from cxr_vlp.eval.probe import (
     subset_rows,
     train_probe,
 )
+from cxr_vlp.metrics.classification import auroc_per_label
 
 
-def separable(n: int, f: int = 12, c: int = 3, seed: int = 0, unknown: float = 0.15, noise: float = 0.0,
-              offset: float = 5.0, spread: float = 3.0):
+def separable(
+    n: int,
+    f: int = 12,
+    c: int = 3,
+    seed: int = 0,
+    unknown: float = 0.15,
+    noise: float = 0.0,
+    offset: float = 5.0,
+    spread: float = 3.0,
+):
     """Features on an arbitrary scale and offset; labels = sign of a fixed linear map (+ label noise); NaN cells."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(f, c, generator=torch.Generator().manual_seed(1234))
@@ -65,8 +73,15 @@ def test_masked_bce_equals_loop_reference():
 def test_masked_bce_ignores_nan_cells():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(5, 3, generator=g, requires_grad=True)
-    targets = torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, float("nan")], [float("nan")] * 3,
-                            [1.0, 1.0, 0.0], [0.0, float("nan"), 1.0]])
+    targets = torch.tensor(
+        [
+            [1.0, float("nan"), 0.0],
+            [0.0, 1.0, float("nan")],
+            [float("nan")] * 3,
+            [1.0, 1.0, 0.0],
+            [0.0, float("nan"), 1.0],
+        ]
+    )
     loss = masked_bce_with_logits(logits, targets)
     loss.backward()
     nan = torch.isnan(targets)
@@ -100,8 +115,9 @@ def test_early_stopping_restores_the_best_epoch():
     # noisy labels and a wide MLP: validation AUROC climbs for a few epochs, then the probe overfits
     tx, ty = separable(150, f=20, seed=2, noise=0.3)
     vx, vy = separable(300, f=20, seed=3, noise=0.3)
-    cfg = ProbeConfig(kind="mlp", hidden=128, dropout=0.0, lr=5e-3, batch_size=16, max_epochs=40, patience=5,
-                      weight_decay=0.0)
+    cfg = ProbeConfig(
+        kind="mlp", hidden=128, dropout=0.0, lr=5e-3, batch_size=16, max_epochs=40, patience=5, weight_decay=0.0
+    )
     res = train_probe(tx, ty, vx, vy, cfg)
     hist = res.val_auroc_history
     assert res.best_epoch == int(np.argmax(hist)) + 1
@@ -153,8 +169,7 @@ def test_label_fraction_uses_only_the_subset_of_training_rows():
     assert poisoned.val_auroc_history == res.val_auroc_history
 
     # the fraction is never applied to validation: the history is the AUROC on all validation rows
-    assert mean_auroc(predict_probs(res, vx), vy) == pytest.approx(res.val_auroc_history[res.best_epoch - 1],
-                                                                    abs=1e-6)
+    assert mean_auroc(predict_probs(res, vx), vy) == pytest.approx(res.val_auroc_history[res.best_epoch - 1], abs=1e-6)
     other_val = train_probe(tx, ty, vx[:75], vy[:75], cfg)
     assert torch.equal(other_val.train_rows, res.train_rows)
 

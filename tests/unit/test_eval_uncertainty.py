@@ -34,7 +34,7 @@ def _brute_bins(ranks, u, n_bins, k):
     out, start = [], 0
     for b in range(n_bins):
         size = base + (1 if b < extra else 0)
-        idx = items[start:start + size]
+        idx = items[start : start + size]
         start += size
         hits = [1.0 if ranks[i] <= k else 0.0 for i in idx]
         out.append((sum(u[i] for i in idx) / size, sum(hits) / size, size))

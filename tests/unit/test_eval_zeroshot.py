@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS
-from cxr_vlp.metrics.classification import auroc_per_label
 from cxr_vlp.eval.zeroshot import (
     DEFAULT_PROMPTS,
     PromptSet,
@@ -19,6 +17,8 @@ from cxr_vlp.eval.zeroshot import (
     zeroshot_classify,
     zeroshot_probs,
 )
+from cxr_vlp.metrics.classification import auroc_per_label
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 D = 32
 
@@ -74,8 +74,9 @@ def test_temperature_changes_probabilities_but_not_auroc():
     assert (p1 - p8).abs().max() > 0.05
     for c in range(5):  # same order per label
         assert torch.equal(torch.argsort(p1[:, c]), torch.argsort(p8[:, c]))
-    np.testing.assert_allclose(auroc_per_label(p1.double().numpy(), labels),
-                               auroc_per_label(p8.double().numpy(), labels), atol=1e-12)
+    np.testing.assert_allclose(
+        auroc_per_label(p1.double().numpy(), labels), auroc_per_label(p8.double().numpy(), labels), atol=1e-12
+    )
 
 
 def test_probs_reject_bad_shapes_and_scale():
@@ -142,8 +143,12 @@ def test_default_prompts_cover_every_label():
 def test_overrides_replace_one_side_and_accept_omegaconf():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"Cardiomegaly": {"positive": ["big heart"]},
-                            "Edema": {"positive": ["edema"], "negative": ["no edema", "clear lungs"]}})
+    cfg = OmegaConf.create(
+        {
+            "Cardiomegaly": {"positive": ["big heart"]},
+            "Edema": {"positive": ["edema"], "negative": ["no edema", "clear lungs"]},
+        }
+    )
     ps = PromptSet.from_config(cfg)
     assert ps.positive["Cardiomegaly"] == ["big heart"]
     assert ps.negative["Cardiomegaly"] == DEFAULT_PROMPTS["Cardiomegaly"]["negative"]

@@ -34,8 +34,18 @@ def test_explore_config_errors_name_the_keys() -> None:
         validate_config(_compose([]), EXPLORE_SCHEMA)
 
 
-@pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
-                                             ("127.0.0.2", True), ("0.0.0.0", False), ("192.168.1.4", False),
-                                             ("example.org", False), ("::", False)])
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("192.168.1.4", False),
+        ("example.org", False),
+        ("::", False),
+    ],
+)
 def test_loopback_hosts(host: str, local: bool) -> None:
     assert is_loopback(host) is local

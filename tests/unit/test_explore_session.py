@@ -44,8 +44,9 @@ class HashModel(ImageTextModel):
 
     @property
     def image_transform(self):
-        return lambda image: {"image": torch.from_numpy(cv2.resize(image, (8, 8), interpolation=cv2.INTER_AREA))
-                              .float()[None] / 255.0}
+        return lambda image: {
+            "image": torch.from_numpy(cv2.resize(image, (8, 8), interpolation=cv2.INTER_AREA)).float()[None] / 255.0
+        }
 
     def encode_pixels(self, pixels):
         emb = F.normalize(pixels.flatten(1) @ self.w_img, dim=-1)
@@ -66,8 +67,15 @@ class HashModel(ImageTextModel):
         return pd.Series({"Cardiomegaly": 0.42, "Edema": 0.61})
 
 
-REPORTS = ["there is a small left pleural effusion", "the heart is enlarged", "no acute cardiopulmonary process",
-           "right lower lobe consolidation", "mild pulmonary edema", "no pneumothorax", "there is cardiomegaly"]
+REPORTS = [
+    "there is a small left pleural effusion",
+    "the heart is enlarged",
+    "no acute cardiopulmonary process",
+    "right lower lobe consolidation",
+    "mild pulmonary edema",
+    "no pneumothorax",
+    "there is cardiomegaly",
+]
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +94,31 @@ def session(model: HashModel, images: list[np.ndarray]) -> ExploreSession:
     labels = torch.full((len(REPORTS), 14), float("nan"))
     labels[1, CHEXPERT_LABELS.index("Cardiomegaly")] = 1.0
     labels[2, 0] = 1.0
-    emb = SplitEmbeddings(split="test", image=model.encode_images(images), text=model.encode_texts(REPORTS),
-                          features=torch.zeros(len(REPORTS), 1), labels=labels,
-                          study_ids=[f"s{i}" for i in range(len(REPORTS))], texts=list(REPORTS))
+    emb = SplitEmbeddings(
+        split="test",
+        image=model.encode_images(images),
+        text=model.encode_texts(REPORTS),
+        features=torch.zeros(len(REPORTS), 1),
+        labels=labels,
+        study_ids=[f"s{i}" for i in range(len(REPORTS))],
+        texts=list(REPORTS),
+    )
     return ExploreSession(model, emb, images=lambda i: images[i], k=3)
 
 
 def test_decile_is_the_ceiling_of_ten_times_the_distribution_function() -> None:
     ref = np.arange(1, 101, dtype=float)
-    assert [decile(v, ref) for v in (0.0, 1.0, 10.0, 10.5, 11.0, 55.0, 99.9, 100.0, 1e9)] == [1, 1, 1, 1, 2, 6, 10,
-                                                                                              10, 10]
+    assert [decile(v, ref) for v in (0.0, 1.0, 10.0, 10.5, 11.0, 55.0, 99.9, 100.0, 1e9)] == [
+        1,
+        1,
+        1,
+        1,
+        2,
+        6,
+        10,
+        10,
+        10,
+    ]
     rng = np.random.default_rng(0)
     ref = rng.exponential(size=37)
     for v in rng.exponential(size=20):
@@ -105,20 +128,31 @@ def test_decile_is_the_ceiling_of_ten_times_the_distribution_function() -> None:
         decile(1.0, np.array([]))
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("pleural effusion", "no pleural effusion"), ("no pleural effusion", "pleural effusion"),
-    ("There is a small pneumothorax", "no small pneumothorax"), ("there is no edema", "edema"),
-    ("No evidence of pneumonia", "pneumonia"), ("Cardiomegaly", "no cardiomegaly"), ("CHF", "no CHF"),
-    ("an enlarged heart", "no enlarged heart"), ("without consolidation", "consolidation"),
-    ("  nodule  ", "no nodule"), ("normal chest", "no normal chest")])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pleural effusion", "no pleural effusion"),
+        ("no pleural effusion", "pleural effusion"),
+        ("There is a small pneumothorax", "no small pneumothorax"),
+        ("there is no edema", "edema"),
+        ("No evidence of pneumonia", "pneumonia"),
+        ("Cardiomegaly", "no cardiomegaly"),
+        ("CHF", "no CHF"),
+        ("an enlarged heart", "no enlarged heart"),
+        ("without consolidation", "consolidation"),
+        ("  nodule  ", "no nodule"),
+        ("normal chest", "no normal chest"),
+    ],
+)
 def test_negated_variant(text: str, expected: str) -> None:
     assert negated(text) == expected
     with pytest.raises(ValueError):
         negated("  ")
 
 
-def test_image_query_equals_the_models_zero_shot_and_retrieval(session: ExploreSession, model: HashModel,
-                                                               images: list[np.ndarray]) -> None:
+def test_image_query_equals_the_models_zero_shot_and_retrieval(
+    session: ExploreSession, model: HashModel, images: list[np.ndarray]
+) -> None:
     answer = session.image_query(index=1)
     expected = model.zero_shot([images[1]])
     assert [z["label"] for z in answer["zero_shot"]] == list(CHEXPERT_LABELS)
@@ -137,8 +171,9 @@ def test_image_query_equals_the_models_zero_shot_and_retrieval(session: ExploreS
     assert "uncertainty" not in answer and "concepts" not in answer
 
 
-def test_text_query_equals_retrieve_over_the_split_images(session: ExploreSession, model: HashModel,
-                                                          images: list[np.ndarray]) -> None:
+def test_text_query_equals_retrieve_over_the_split_images(
+    session: ExploreSession, model: HashModel, images: list[np.ndarray]
+) -> None:
     answer = session.text_query("  pleural effusion ", k=4)
     ref = model.retrieve(["pleural effusion"], model.gallery(images, ids=[f"s{i}" for i in range(len(images))]), k=4)
     assert answer["text"] == "pleural effusion" and answer["negated"] == "no pleural effusion"
@@ -147,8 +182,9 @@ def test_text_query_equals_retrieve_over_the_split_images(session: ExploreSessio
     assert answer["results"][0]["image_url"] == f"/api/image/{answer['results'][0]['index']}.png?size=160"
 
 
-def test_uploads_decode_as_training_decodes_files(session: ExploreSession, model: HashModel,
-                                                  tmp_path: Path, images: list[np.ndarray]) -> None:
+def test_uploads_decode_as_training_decodes_files(
+    session: ExploreSession, model: HashModel, tmp_path: Path, images: list[np.ndarray]
+) -> None:
     from cxr_vlp.data.transforms import load_grayscale
 
     png16 = tmp_path / "a16.png"
@@ -175,8 +211,13 @@ def test_uploads_decode_as_training_decodes_files(session: ExploreSession, model
 
 
 def test_bad_queries_name_the_field(session: ExploreSession) -> None:
-    for kwargs, field in (({"index": 99}, "index=99"), ({"index": "1"}, "index='1'"), ({}, "exactly one"),
-                          ({"index": 1, "upload": "x"}, "exactly one"), ({"index": 1, "k": 0}, "k=0")):
+    for kwargs, field in (
+        ({"index": 99}, "index=99"),
+        ({"index": "1"}, "index='1'"),
+        ({}, "exactly one"),
+        ({"index": 1, "upload": "x"}, "exactly one"),
+        ({"index": 1, "k": 0}, "k=0"),
+    ):
         with pytest.raises(QueryError, match=re.escape(field)):
             session.image_query(**kwargs)
     for text in ("", None, 3):
@@ -229,8 +270,9 @@ def test_page_assets_reference_nothing_outside_the_server() -> None:
         assert not pattern.search(text), f"{name}: {pattern.search(text).group(0)}"
 
 
-def test_static_export_embeds_the_answers_and_never_replaces_a_foreign_file(session: ExploreSession,
-                                                                             tmp_path: Path) -> None:
+def test_static_export_embeds_the_answers_and_never_replaces_a_foreign_file(
+    session: ExploreSession, tmp_path: Path
+) -> None:
     page = export_static(session, tmp_path / "out", studies=2, texts=["edema"], cams=0)
     html = page.read_text()
     assert 'http-equiv="Content-Security-Policy"' in html and "/static/" not in html

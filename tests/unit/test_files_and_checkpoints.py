@@ -31,7 +31,7 @@ def test_tokenizer_cache_file_mode_follows_the_umask(tmp_path: Path, umask: int)
         cached_wordpiece(TEXTS, tmp_path, vocab_size=60, min_frequency=1)
     finally:
         os.umask(old)
-    path, = tmp_path.glob("wordpiece_*.json")
+    (path,) = tmp_path.glob("wordpiece_*.json")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 

@@ -77,8 +77,13 @@ def test_dropout_replay_leaves_global_rng_as_after_first_pass() -> None:
             model.encode(part)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    grad_cache.cached_contrastive_step(gc.chunks(data, 4), model.encode, gc.loss_of(model, data["labels"]),
-                                       backward=lambda t: t.backward(), norm_module=model)
+    grad_cache.cached_contrastive_step(
+        gc.chunks(data, 4),
+        model.encode,
+        gc.loss_of(model, data["labels"]),
+        backward=lambda t: t.backward(),
+        norm_module=model,
+    )
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -22,8 +22,11 @@ def _inputs(head: LossHead) -> tuple[list, list, dict]:
     labels = (torch.rand(B, 14, generator=g) > 0.7).float()
     if isinstance(head, ProbClipHead):
         lv = [torch.randn(B, D, generator=g) - 3.0 for _ in range(4)]
-        return ([GaussianEmbedding(views[0], lv[0]), GaussianEmbedding(views[1], lv[1])],
-                [GaussianEmbedding(views[2], lv[2]), GaussianEmbedding(views[3], lv[3])], {"labels": labels})
+        return (
+            [GaussianEmbedding(views[0], lv[0]), GaussianEmbedding(views[1], lv[1])],
+            [GaussianEmbedding(views[2], lv[2]), GaussianEmbedding(views[3], lv[3])],
+            {"labels": labels},
+        )
     extra = {"labels": labels}
     if isinstance(head, ClearHead):
         head.prepare()

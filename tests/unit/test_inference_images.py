@@ -49,13 +49,16 @@ def test_colour_and_float_arrays() -> None:
     np.testing.assert_array_equal(to_uint8_gray(Image.fromarray(rgb)), gray)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.full((3, 3), 2.0), r"\[0, 1\]"),
-    (np.zeros((3, 3), dtype=np.int32), "unsupported pixel type int32"),
-    (np.zeros((2, 3, 4, 5), dtype=np.uint8), "expected a gray"),
-    (np.zeros((0, 3), dtype=np.uint8), "expected a gray"),
-    (12, "expected a file path"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full((3, 3), 2.0), r"\[0, 1\]"),
+        (np.zeros((3, 3), dtype=np.int32), "unsupported pixel type int32"),
+        (np.zeros((2, 3, 4, 5), dtype=np.uint8), "expected a gray"),
+        (np.zeros((0, 3), dtype=np.uint8), "expected a gray"),
+        (12, "expected a file path"),
+    ],
+)
 def test_bad_inputs_are_refused_naming_the_problem(bad, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         to_uint8_gray(bad, "images[0]")

@@ -17,8 +17,14 @@ from cxr_vlp.inference.payload import held_out_metrics, split_fingerprint, zeros
 
 
 def test_scrub_paths_replaces_paths_and_keeps_names() -> None:
-    node = {"root": "/data/mimic", "reader": {"_target_": "cxr_vlp.data.readers.mimic.read", "csv_path": "a/b.csv"},
-            "name": "mimic_cxr", "transforms": {"image_size": 224}, "list": ["~/x", "plain"], "image_cache": None}
+    node = {
+        "root": "/data/mimic",
+        "reader": {"_target_": "cxr_vlp.data.readers.mimic.read", "csv_path": "a/b.csv"},
+        "name": "mimic_cxr",
+        "transforms": {"image_size": 224},
+        "list": ["~/x", "plain"],
+        "image_cache": None,
+    }
     out = scrub_paths(node)
     assert out["root"] == "<path>" and out["reader"]["csv_path"] == "<path>" and out["list"] == ["<path>", "plain"]
     assert out["reader"]["_target_"] == "cxr_vlp.data.readers.mimic.read" and out["name"] == "mimic_cxr"
@@ -37,13 +43,21 @@ def test_split_fingerprint_ignores_order_and_sees_a_moved_subject(tmp_path: Path
 
 
 def test_thresholds_and_test_metrics_from_a_run() -> None:
-    metrics = {"eval/zeroshot/threshold/Cardiomegaly": 0.4, "eval/zeroshot/threshold/Edema": float("nan"),
-               "test/zeroshot/threshold/Cardiomegaly": 0.9, "train/loss": 1.0, "test/i2t/R@1": 0.5}
+    metrics = {
+        "eval/zeroshot/threshold/Cardiomegaly": 0.4,
+        "eval/zeroshot/threshold/Edema": float("nan"),
+        "test/zeroshot/threshold/Cardiomegaly": 0.9,
+        "train/loss": 1.0,
+        "test/i2t/R@1": 0.5,
+    }
     assert zeroshot_thresholds(metrics) == {"Cardiomegaly": 0.4}
     assert zeroshot_thresholds({"test/zeroshot/threshold/Edema": 0.3}) == {"Edema": 0.3}
     assert zeroshot_thresholds({}) == {}
-    assert set(held_out_metrics(metrics)) == {"eval/zeroshot/threshold/Cardiomegaly",
-                                              "test/zeroshot/threshold/Cardiomegaly", "test/i2t/R@1"}
+    assert set(held_out_metrics(metrics)) == {
+        "eval/zeroshot/threshold/Cardiomegaly",
+        "test/zeroshot/threshold/Cardiomegaly",
+        "test/i2t/R@1",
+    }
 
 
 @pytest.mark.parametrize("logvar", [None, torch.randn(3, 1)])
@@ -77,8 +91,10 @@ def test_import_cxr_vlp_is_cheap_and_cxrmodel_is_lazy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, cxr_vlp; heavy = 'torch' in sys.modules; from cxr_vlp import CXRModel; "
-            "print(heavy, CXRModel.__module__)")
+    code = (
+        "import sys, cxr_vlp; heavy = 'torch' in sys.modules; from cxr_vlp import CXRModel; "
+        "print(heavy, CXRModel.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["False", "cxr_vlp.inference.model"]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_vlp.data.table import read_generic_csv
 from cxr_vlp.text import label_cache, labeler
 from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
-from cxr_vlp.data.table import read_generic_csv
 
 EFFUSION = CHEXPERT_LABELS.index("Pleural Effusion")
 REPORTS = [
@@ -34,8 +34,9 @@ def _expected(findings, impression) -> np.ndarray:
     return np.stack(rows)
 
 
-def test_cached_labels_equal_the_labeler_and_the_second_lookup_labels_nothing(tmp_path: Path,
-                                                                           labeler_calls: list[int]) -> None:
+def test_cached_labels_equal_the_labeler_and_the_second_lookup_labels_nothing(
+    tmp_path: Path, labeler_calls: list[int]
+) -> None:
     findings, impression = zip(*REPORTS)
     texts = label_cache.report_texts(findings, impression)
     raw, stats = label_cache.derive_raw_labels(texts, tmp_path / "cache")
@@ -59,8 +60,9 @@ def test_cached_labels_equal_the_labeler_and_the_second_lookup_labels_nothing(tm
     assert stats.labelled == 0
 
 
-def test_a_new_labeler_version_labels_again(tmp_path: Path, labeler_calls: list[int],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_labeler_version_labels_again(
+    tmp_path: Path, labeler_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     label_cache.derive_raw_labels(["Large right pleural effusion."], tmp_path)
     monkeypatch.setattr(labeler, "LABELER_VERSION", "other-rules")
     _, stats = label_cache.derive_raw_labels(["Large right pleural effusion."], tmp_path)
@@ -100,8 +102,14 @@ def _write_csv(root: Path, with_labels: list[str] | None = None) -> Path:
         image = root / "img" / f"{k}.png"
         image.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(image), np.full((16, 16), 40 + 10 * k, dtype=np.uint8))
-        row = {"study_id": f"s{k}", "subject_id": f"p{k}", "image_paths": f"img/{k}.png", "view_names": "PA",
-               "findings": f, "impression": i}
+        row = {
+            "study_id": f"s{k}",
+            "subject_id": f"p{k}",
+            "image_paths": f"img/{k}.png",
+            "view_names": "PA",
+            "findings": f,
+            "impression": i,
+        }
         row.update({name: 1 if name == "Cardiomegaly" else 0 for name in with_labels or []})
         rows.append(row)
     csv = root / "studies.csv"
@@ -156,13 +164,21 @@ def test_summary_says_which_labels_came_from_text(tmp_path: Path) -> None:
     from cxr_vlp.data.summary import summarize
 
     csv = _write_csv(tmp_path)
-    dm = CXRDataModule(reader=partial(read_generic_csv, csv, label_cache=tmp_path / "cache"),
-                       transforms={"image_size": 16}, split_fractions=(0.6, 0.2, 0.2), num_workers=0)
+    dm = CXRDataModule(
+        reader=partial(read_generic_csv, csv, label_cache=tmp_path / "cache"),
+        transforms={"image_size": 16},
+        split_fractions=(0.6, 0.2, 0.2),
+        num_workers=0,
+    )
     summary = summarize(dm)
     assert summary["labels_from_text"] == list(CHEXPERT_LABELS)
     assert summary["label_sources"] == dict.fromkeys(CHEXPERT_LABELS, "text")
-    dm = CXRDataModule(reader=partial(read_generic_csv, csv, labels="none"), transforms={"image_size": 16},
-                       split_fractions=(0.6, 0.2, 0.2), num_workers=0)
+    dm = CXRDataModule(
+        reader=partial(read_generic_csv, csv, labels="none"),
+        transforms={"image_size": 16},
+        split_fractions=(0.6, 0.2, 0.2),
+        num_workers=0,
+    )
     summary = summarize(dm)
     assert summary["labels_from_text"] == [] and summary["label_sources"] is None
     assert summary["splits"]["train"]["labels"] is None

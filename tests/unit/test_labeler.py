@@ -140,12 +140,18 @@ def test_uncertainty_cues(text: str, label: str) -> None:
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("No focal consolidation, large pleural effusion, or pneumothorax.",
-         {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0}),
-        ("No focal consolidation, suspicious opacity, pneumothorax or definite effusion.",
-         {"Consolidation": 0, "Lung Opacity": 0, "Pneumothorax": 0, "Pleural Effusion": 0}),
-        ("No effusion, possible atelectasis or pneumonia.",
-         {"Pleural Effusion": 0, "Atelectasis": -1, "Pneumonia": -1}),
+        (
+            "No focal consolidation, large pleural effusion, or pneumothorax.",
+            {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0},
+        ),
+        (
+            "No focal consolidation, suspicious opacity, pneumothorax or definite effusion.",
+            {"Consolidation": 0, "Lung Opacity": 0, "Pneumothorax": 0, "Pleural Effusion": 0},
+        ),
+        (
+            "No effusion, possible atelectasis or pneumonia.",
+            {"Pleural Effusion": 0, "Atelectasis": -1, "Pneumonia": -1},
+        ),
         ("The lungs do not demonstrate focal infiltrate or effusion.", {"Lung Opacity": 0, "Pleural Effusion": 0}),
         ("Does not appear to be a pneumothorax.", {"Pneumothorax": 0}),
         ("There has been clearing of the left basilar opacity.", {"Lung Opacity": 0}),
@@ -162,8 +168,10 @@ def test_list_scope_and_other_negation_forms(text: str, expected: dict[str, int]
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("Retrocardiac opacity consistent with atelectasis or consolidation.",
-         {"Lung Opacity": 1, "Atelectasis": -1, "Consolidation": -1}),
+        (
+            "Retrocardiac opacity consistent with atelectasis or consolidation.",
+            {"Lung Opacity": 1, "Atelectasis": -1, "Consolidation": -1},
+        ),
         ("Bibasilar atelectasis and/or pneumonia.", {"Atelectasis": -1, "Pneumonia": -1}),
         ("Borderline heart size.", {"Cardiomegaly": -1}),
         ("The heart is borderline enlarged.", {"Cardiomegaly": -1}),
@@ -310,10 +318,14 @@ def test_parent_labels_follow_their_children(text: str, expected: dict[str, floa
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("XXXX are normal. The heart, pulmonary XXXX and mediastinum are within normal limits.",
-         {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
-        ("The cardiomediastinal silhouette is normal in size and contour.",
-         {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
+        (
+            "XXXX are normal. The heart, pulmonary XXXX and mediastinum are within normal limits.",
+            {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0},
+        ),
+        (
+            "The cardiomediastinal silhouette is normal in size and contour.",
+            {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0},
+        ),
         ("Cardio mediastinal silhouette is unremarkable.", {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
         ("Enlarged cardiomediastinal silhouette.", {"Cardiomegaly": float("nan"), "Enlarged Cardiomediastinum": 1}),
         ("Cardiac and mediastinal silhouettes are normal.", {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
@@ -439,15 +451,18 @@ def test_fixture_accuracy(record_property: pytest.RecordProperty, capsys: pytest
     record_property("fixture_cell_accuracy", round(all_cells, 4))
     record_property("fixture_strict_accuracy", round(strict, 4))
     with capsys.disabled():
-        print(f"\nlabeler fixture: {len(sentences)} sentences, cell accuracy {all_cells:.4f}, "
-              f"strict accuracy {strict:.4f} ({int(equal[informative].sum())}/{int(informative.sum())}; "
-              f"{'; '.join(per_block)}); {len(wrong)} wrong cells:\n" + "\n".join(wrong))
+        print(
+            f"\nlabeler fixture: {len(sentences)} sentences, cell accuracy {all_cells:.4f}, "
+            f"strict accuracy {strict:.4f} ({int(equal[informative].sum())}/{int(informative.sum())}; "
+            f"{'; '.join(per_block)}); {len(wrong)} wrong cells:\n" + "\n".join(wrong)
+        )
     assert strict >= FIXTURE_MIN_STRICT_ACCURACY
 
 
 # ----------------------------------------------------------------------------- synthetic reports
-def test_agreement_with_synthetic_labels(tmp_path: Path, record_property: pytest.RecordProperty,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_agreement_with_synthetic_labels(
+    tmp_path: Path, record_property: pytest.RecordProperty, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Labels from findings + impression vs the generator's labels, on its positive and negative cells.
 
     No Finding is compared separately, on studies without support devices (the generator sets it to 0 when
@@ -471,30 +486,35 @@ def test_agreement_with_synthetic_labels(tmp_path: Path, record_property: pytest
     unc = truth[:, 1:] == -1
     unc_agree = int((predicted[:, 1:][unc] == -1).sum())
     no_devices = np.isnan(truth[:, IDX["Support Devices"]]) | (truth[:, IDX["Support Devices"]] == 0)
-    no_other = np.array([not any(m.label == OTHER_FINDING and m.status != 0 for m in explain(t, other_findings=True))
-                         for t in texts])
+    no_other = np.array(
+        [not any(m.label == OTHER_FINDING and m.status != 0 for m in explain(t, other_findings=True)) for t in texts]
+    )
     compared = no_devices & no_other
     assert compared.sum() >= 0.5 * no_devices.sum()
     nf_agree = float((predicted[compared, 0] == truth[compared, 0]).mean())
     agreement = agree_total / n_total
     record_property("synthetic_agreement", round(agreement, 4))
     with capsys.disabled():
-        print(f"\nsynthetic reports: {len(df)} studies, agreement on positive/negative cells {agreement:.4f} "
-              f"({agree_total}/{n_total}); uncertain cells recovered {unc_agree}/{int(unc.sum())}; "
-              f"No Finding agreement ({int(compared.sum())} studies without devices or other findings) "
-              f"{nf_agree:.4f}\n" + "\n".join(lines))
+        print(
+            f"\nsynthetic reports: {len(df)} studies, agreement on positive/negative cells {agreement:.4f} "
+            f"({agree_total}/{n_total}); uncertain cells recovered {unc_agree}/{int(unc.sum())}; "
+            f"No Finding agreement ({int(compared.sum())} studies without devices or other findings) "
+            f"{nf_agree:.4f}\n" + "\n".join(lines)
+        )
     assert agreement >= SYNTHETIC_MIN_AGREEMENT
     assert nf_agree >= 0.95
 
 
 # ----------------------------------------------------------------------------- CLI
 def _write_input(path: Path) -> Path:
-    pd.DataFrame({
-        "study_id": ["007", "008", "009"],
-        "findings": ["No pleural effusion or pneumothorax.", "", "Right chest tube in place."],
-        "impression": ["Moderate cardiomegaly.", "Possible pneumonia.", None],
-        "note": ["keep", "me", "please"],
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "study_id": ["007", "008", "009"],
+            "findings": ["No pleural effusion or pneumothorax.", "", "Right chest tube in place."],
+            "impression": ["Moderate cardiomegaly.", "Possible pneumonia.", None],
+            "note": ["keep", "me", "please"],
+        }
+    ).to_csv(path, index=False)
     return path
 
 
@@ -541,7 +561,11 @@ def test_cli_errors_name_file_and_column(tmp_path: Path) -> None:
         label_csv(src, tmp_path / "o.csv", text_columns=["findings", "report_text"])
     assert not (tmp_path / "o.csv").exists()
     assert parse_args(["in_csv=a", "out_csv=b", "text_columns=report", "overwrite=yes"]) == {
-        "in_csv": "a", "out_csv": "b", "text_columns": ["report"], "overwrite": True,
+        "in_csv": "a",
+        "out_csv": "b",
+        "text_columns": ["report"],
+        "overwrite": True,
+        "no_finding_negative": True,
     }
     for bad, msg in (
         (["in_csv=a"], "out_csv"),

@@ -40,8 +40,10 @@ def test_accuracy_on_real_reports(fixture: labeler_eval.Fixture, capsys: pytest.
     predicted = label_fixture(fixture)
     scores = score(fixture.expected, predicted)
     with capsys.disabled():
-        print(f"\nOpenI real-report set ({scores.reports} reports):\n{format_table([('labeler', scores)])}\n"
-              + "\n".join(wrong_cells(fixture, predicted)))
+        print(
+            f"\nOpenI real-report set ({scores.reports} reports):\n{format_table([('labeler', scores)])}\n"
+            + "\n".join(wrong_cells(fixture, predicted))
+        )
     assert scores.pathology_accuracy >= MIN_PATHOLOGY_ACCURACY
     assert scores.no_finding_accuracy >= MIN_NO_FINDING_ACCURACY
     assert min(scores.per_label.values()) >= MIN_LABEL_ACCURACY, scores.per_label
@@ -120,8 +122,10 @@ def _script():
 
 
 def _xml(findings: str, impression: str) -> bytes:
-    return (f'<eCitation><uId id="CXR{{n}}"/><Abstract><AbstractText Label="FINDINGS">{findings}</AbstractText>'
-            f'<AbstractText Label="IMPRESSION">{impression}</AbstractText></Abstract></eCitation>').encode()
+    return (
+        f'<eCitation><uId id="CXR{{n}}"/><Abstract><AbstractText Label="FINDINGS">{findings}</AbstractText>'
+        f'<AbstractText Label="IMPRESSION">{impression}</AbstractText></Abstract></eCitation>'
+    ).encode()
 
 
 def test_openi_script_extracts_and_selects(tmp_path: Path) -> None:

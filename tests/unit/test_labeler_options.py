@@ -15,8 +15,9 @@ IMPRESSION = [None, "No acute disease.", None, None]
 
 def test_no_finding_option_reaches_the_labels_and_the_cache(tmp_path: Path) -> None:
     default = label_cache.derive_labels(FINDINGS, IMPRESSION, UncertainPolicy.UNKNOWN, cache_dir=tmp_path)
-    chexpert = label_cache.derive_labels(FINDINGS, IMPRESSION, UncertainPolicy.UNKNOWN, cache_dir=tmp_path,
-                                         no_finding_negative=False)
+    chexpert = label_cache.derive_labels(
+        FINDINGS, IMPRESSION, UncertainPolicy.UNKNOWN, cache_dir=tmp_path, no_finding_negative=False
+    )
     # after the label policy a positive pathology makes No Finding 0 either way; a finding outside the 13 labels
     # (the hernia) leaves it 0 by default and blank with CheXpert's convention
     assert default[:3, 0].tolist() == [0.0, 1.0, 0.0] and chexpert[:2, 0].tolist() == [0.0, 1.0]
@@ -43,8 +44,9 @@ def test_label_reports_cli_writes_chexpert_no_finding_convention(tmp_path: Path)
     from cxr_vlp.text.label_reports import main
 
     src = tmp_path / "reports.csv"
-    pd.DataFrame({"id": ["001", "002"], "findings": ["Small left pleural effusion.", "Hiatal hernia."],
-                  "impression": ["", ""]}).to_csv(src, index=False)
+    pd.DataFrame(
+        {"id": ["001", "002"], "findings": ["Small left pleural effusion.", "Hiatal hernia."], "impression": ["", ""]}
+    ).to_csv(src, index=False)
     assert main([f"in_csv={src}", f"out_csv={tmp_path / 'ours.csv'}"]) == 0
     assert main([f"in_csv={src}", f"out_csv={tmp_path / 'chexpert.csv'}", "no_finding_negative=false"]) == 0
     ours = pd.read_csv(tmp_path / "ours.csv", dtype={"id": str})

@@ -80,8 +80,14 @@ def _inputs(views: int, b: int = 4, d: int = 3, k: int = 5, e: int = 6, seed: in
 
     imgs = [leaf(b, d) for _ in range(views)]
     txts = [leaf(b, d) for _ in range(views)]
-    return imgs, txts, leaf(k, d), leaf(k, e), torch.tensor(7.0, dtype=torch.float64, requires_grad=True), \
-        torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+    return (
+        imgs,
+        txts,
+        leaf(k, d),
+        leaf(k, e),
+        torch.tensor(7.0, dtype=torch.float64, requires_grad=True),
+        torch.tensor(4.0, dtype=torch.float64, requires_grad=True),
+    )
 
 
 @pytest.mark.parametrize("views,w_i2i,w_t2t,w_clip,w_concept", [(1, 0.0, 0.0, 1.0, 1.0), (2, 1.0, 0.5, 0.3, 1.7)])
@@ -105,14 +111,16 @@ def test_clear_loss_terms_and_statistics():
     imgs, txts, c, e, s_clip, s_con = _inputs(2, seed=1)
     with torch.no_grad():
         out = clear_loss(imgs, txts, c, e, s_clip, s_con, w_concept=0.0, w_i2i=1.0)
-        clip = multi_view_clip_loss([F.normalize(x, dim=-1) for x in imgs], [F.normalize(x, dim=-1) for x in txts],
-                                    s_clip, w_i2i=1.0)
+        clip = multi_view_clip_loss(
+            [F.normalize(x, dim=-1) for x in imgs], [F.normalize(x, dim=-1) for x in txts], s_clip, w_i2i=1.0
+        )
         assert out["loss"].item() == pytest.approx(clip["loss"].item(), rel=1e-12)
         assert out["contrastive"].item() == pytest.approx(clip["contrastive"].item(), rel=1e-12)
         scores = F.normalize(imgs[0], dim=-1) @ F.normalize(c, dim=-1).T
         scores1 = F.normalize(imgs[1], dim=-1) @ F.normalize(c, dim=-1).T
         assert out["concept_score_max"].item() == pytest.approx(
-            0.5 * (scores.max(1).values.mean() + scores1.max(1).values.mean()).item())
+            0.5 * (scores.max(1).values.mean() + scores1.max(1).values.mean()).item()
+        )
         assert -1.0 <= out["concept_score_mean"].item() <= 1.0 and out["concept_score_std"].item() > 0
         # a single tensor is one view
         single = clear_loss(imgs[0], txts[0], c, e, s_clip, s_con)
@@ -182,8 +190,20 @@ def test_head_forward_logs_and_matches_function():
     head = _head(w_concept=0.5, w_i2i=1.0, concept_temperature_init=0.1)
     imgs, txts, c = _views()
     out = head(imgs, txts, labels=None, concepts=c)
-    expected = {"loss", "clip", "contrastive", "i2i", "concept", "logit_scale", "temperature", "concept_logit_scale",
-                "concept_temperature", "concept_score_max", "concept_score_mean", "concept_score_std"}
+    expected = {
+        "loss",
+        "clip",
+        "contrastive",
+        "i2i",
+        "concept",
+        "logit_scale",
+        "temperature",
+        "concept_logit_scale",
+        "concept_temperature",
+        "concept_score_max",
+        "concept_score_mean",
+        "concept_score_std",
+    }
     assert set(out.logs) == expected
     assert all(torch.isfinite(v) and not v.requires_grad for v in out.logs.values())
     assert out.logs["concept_temperature"].item() == pytest.approx(0.1)
@@ -287,12 +307,19 @@ def test_bad_configs_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="concept_temperature_init"):
         _head(concept_temperature_init=0.0)
     # irrelevant keys of the other kind are ignored (experiments switch kinds by overriding `kind`)
-    assert validate_embedder({"kind": "hashing", "name_or_path": "x/y", "cache_dir": "c", "dim": 8}) == \
-        {"kind": "hashing", "dim": 8}
+    assert validate_embedder({"kind": "hashing", "name_or_path": "x/y", "cache_dir": "c", "dim": 8}) == {
+        "kind": "hashing",
+        "dim": 8,
+    }
     # a hub name that is neither local nor cached fails at once when offline, at prepare() (never in __init__)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    head = _head(embedder={"kind": "hf", "name_or_path": "no-such-org/no-such-model-cxr-vlp",
-                           "cache_dir": str(tmp_path / "cache")})
+    head = _head(
+        embedder={
+            "kind": "hf",
+            "name_or_path": "no-such-org/no-such-model-cxr-vlp",
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
     with pytest.raises(ModelNotAvailableError, match="no-such-model-cxr-vlp"):
         head.prepare()
 
@@ -308,8 +335,15 @@ def tiny_bert(tmp_path_factory):
     tok = train_wordpiece(load_concept_bank() + CONCEPTS, vocab_size=300, min_frequency=1)
     tok.save_pretrained(root)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
     BertModel(cfg).save_pretrained(root)
     return root
 

@@ -33,8 +33,14 @@ def reference() -> dict:
 
 def test_reference_exercises_every_parameter(reference) -> None:
     names = set(reference["grads"])
-    assert names == {"image_tower.weight", "image_tower.bias", "text_tower.weight", "text_tower.bias",
-                     "head.logit_scale_log", "head.concept_logit_scale_log"}
+    assert names == {
+        "image_tower.weight",
+        "image_tower.bias",
+        "text_tower.weight",
+        "text_tower.bias",
+        "head.logit_scale_log",
+        "head.concept_logit_scale_log",
+    }
     assert all(g.abs().max().item() > 0 for g in reference["grads"].values())
     assert {"clip", "concept", "i2i", "t2t", "concept_logit_scale"} <= set(reference["logs"])
     # part of the text tower's gradient comes through C (the concept embeddings), not only through the reports

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ddp_spawn import spawn_and_collect  # noqa: E402
 import ddp_helpers_mcsl as helpers  # noqa: E402
+from ddp_spawn import spawn_and_collect  # noqa: E402
 
 # all multi-process tests run in one xdist worker (--dist loadgroup), never two gloo jobs at once
 pytestmark = pytest.mark.xdist_group("ddp")
 WORLD = 2
-
 
 
 @pytest.fixture(scope="module")

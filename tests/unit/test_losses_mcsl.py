@@ -283,8 +283,7 @@ def test_mcsl_loss_matches_reference_with_gradients(empty_row, n_img, n_txt, w_i
     lab = _labels(n, seed=11)
     s = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
 
-    fast = mcsl_loss(imgs, txts, lab, s, lam=lam, concept_temperature=tc, empty_row=empty_row,
-                     w_i2i=w_i2i, w_t2t=w_t2t)
+    fast = mcsl_loss(imgs, txts, lab, s, lam=lam, concept_temperature=tc, empty_row=empty_row, w_i2i=w_i2i, w_t2t=w_t2t)
     slow = ref_mcsl(imgs, txts, lab, s, lam, tc, empty_row, w_i2i, w_t2t)
     assert next(iter(fast)) == "loss"
     assert set(slow) <= set(fast)
@@ -400,8 +399,20 @@ def test_mcsl_head_forward_logs_and_matches_functional() -> None:
     assert isinstance(out, LossOutput)
     expected = mcsl_loss(imgs, txts, lab, head.similarity_scale(), lam=0.7, w_i2i=1.0, w_t2t=0.5)
     _close(out.loss, expected["loss"], rtol=1e-6, atol=1e-6)
-    assert {"loss", "semantic", "i2i", "t2t", "logit_scale", "temperature", "concept_mass", "empty_rows",
-            "sem_i0_t0", "sem_i0_t1", "sem_i1_t0", "sem_i1_t1"} <= set(out.logs)
+    assert {
+        "loss",
+        "semantic",
+        "i2i",
+        "t2t",
+        "logit_scale",
+        "temperature",
+        "concept_mass",
+        "empty_rows",
+        "sem_i0_t0",
+        "sem_i0_t1",
+        "sem_i1_t0",
+        "sem_i1_t1",
+    } <= set(out.logs)
     assert all(not v.requires_grad for v in out.logs.values())
     _close(out.logs["temperature"], torch.tensor(0.07), rtol=1e-6, atol=1e-6)
     # the off-diagonal target mass: λ/(1+λ) on every row with concept overlap, 0 on empty rows

@@ -68,8 +68,12 @@ def pcmepp_loss(img_mu, img_lv, cap_mu, cap_lv, a, b, alpha: float, beta: float)
     match = sum(_bce(z[i][j], float(i == j)) for i in range(n) for j in range(n)) / n**2
     s_i2t = sum(_bce(z[i][j], float(z[i][j].item() >= z[i][i].item())) for i in range(n) for j in range(n)) / n**2
     s_t2i = sum(_bce(zt[j][i], float(zt[j][i].item() >= zt[j][j].item())) for j in range(n) for i in range(n)) / n**2
-    n_pseudo = sum(int(z[i][j].item() >= z[i][i].item()) + int(zt[j][i].item() >= zt[j][j].item())
-                   for i in range(n) for j in range(n) if i != j)
+    n_pseudo = sum(
+        int(z[i][j].item() >= z[i][i].item()) + int(zt[j][i].item() >= zt[j][j].item())
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    )
     kl = _kl_element_mean(img_mu, img_lv) + _kl_element_mean(cap_mu, cap_lv)
     loss = 2 * match + beta * kl + alpha * (s_i2t + s_t2i)
     return {"loss": loss, "n_pseudo": n_pseudo}
@@ -88,17 +92,20 @@ def _close(x: Tensor, y: Tensor, msg: str = "") -> None:
 
 @pytest.mark.parametrize(
     ("a0", "b0", "alpha", "beta", "kl_reduction"),
-    [(5.0, 5.0, 0.1, 1e-4, "mean_over_dims"),  # PCME++ defaults
-     (1.5, 0.5, 0.3, 0.5, "mean_over_dims"),    # strong pseudo-positives and KL
-     (1.5, 0.5, 0.3, 0.5, "sum_over_dims"),     # same strength with the per-sample-sum KL
-     (2.0, 1.0, 0.0, 0.0, "mean_over_dims")],   # plain matching BCE
+    [
+        (5.0, 5.0, 0.1, 1e-4, "mean_over_dims"),  # PCME++ defaults
+        (1.5, 0.5, 0.3, 0.5, "mean_over_dims"),  # strong pseudo-positives and KL
+        (1.5, 0.5, 0.3, 0.5, "sum_over_dims"),  # same strength with the per-sample-sum KL
+        (2.0, 1.0, 0.0, 0.0, "mean_over_dims"),
+    ],  # plain matching BCE
 )
 def test_head_is_half_of_pcmepp_values_and_gradients(a0, b0, alpha, beta, kl_reduction) -> None:
     img_mu, img_lv = _gaussians(1)
     cap_mu, cap_lv = _gaussians(2)
     kl_weight = beta if kl_reduction == "mean_over_dims" else beta / (2 * D)
-    head = ProbClipHead(a_init=a0, b_init=b0, pseudo_positive_weight=alpha, kl_weight=kl_weight,
-                        kl_reduction=kl_reduction).double()
+    head = ProbClipHead(
+        a_init=a0, b_init=b0, pseudo_positive_weight=alpha, kl_weight=kl_weight, kl_reduction=kl_reduction
+    ).double()
     out = head(GaussianEmbedding(img_mu, img_lv), GaussianEmbedding(cap_mu, cap_lv))
 
     # a = exp(a_log) with a_log initialised in float32: take the head's exact value
@@ -128,8 +135,9 @@ def test_pcmepp_reference_relabels_both_directions_differently() -> None:
     cap_mu, cap_lv = _gaussians(2)
     a, b = torch.tensor(1.5, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
     with torch.no_grad():
-        z = torch.stack([torch.stack([_logit(img_mu, img_lv, cap_mu, cap_lv, i, j, a, b) for j in range(B)])
-                         for i in range(B)])
+        z = torch.stack(
+            [torch.stack([_logit(img_mu, img_lv, cap_mu, cap_lv, i, j, a, b) for j in range(B)]) for i in range(B)]
+        )
     off = ~torch.eye(B, dtype=torch.bool)
     rows = (z >= z.diagonal().unsqueeze(1)) & off
     cols = (z >= z.diagonal().unsqueeze(0)) & off

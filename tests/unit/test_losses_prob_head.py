@@ -31,6 +31,7 @@ def _views(n: int, seed: int, logvar_dim: int = D) -> list[GaussianEmbedding]:
 
 def _kl(imgs, txts, reduction: str = "mean_over_dims") -> torch.Tensor:
     """Per-tower view mean of the KL; mean_over_dims averages the two towers, sum_over_dims sums them."""
+
     def tower(views):
         return sum(vib_kl(v.mu, v.logvar, reduction=reduction) for v in views) / len(views)
 
@@ -38,9 +39,11 @@ def _kl(imgs, txts, reduction: str = "mean_over_dims") -> torch.Tensor:
     return 0.5 * total if reduction == "mean_over_dims" else total
 
 
-def _reference(imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale,
-               kl_reduction="mean_over_dims") -> torch.Tensor:
+def _reference(
+    imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale, kl_reduction="mean_over_dims"
+) -> torch.Tensor:
     """Slow transcription: mean over pairings of prob_match + w·intra + β·KL + clip_weight·CLIP."""
+
     def pm(x, y):
         return prob_match_loss(x.mu, x.logvar, y.mu, y.logvar, a, b, pseudo_positive_weight=pw)["loss"]
 
@@ -59,21 +62,44 @@ def _reference(imgs, txts, a, b, pw, w_i2i, w_t2t, beta, clip_weight, clip_scale
 
 @pytest.mark.parametrize(
     "pw, w_i2i, w_t2t, beta, clip_weight, logvar_dim, kl_reduction",
-    [(0.0, 0.0, 0.0, 0.0, 0.0, D, "mean_over_dims"), (0.1, 1.0, 0.5, 1e-2, 1.0, D, "mean_over_dims"),
-     (0.3, 0.0, 0.7, 1e-2, 0.5, 1, "sum_over_dims")],
+    [
+        (0.0, 0.0, 0.0, 0.0, 0.0, D, "mean_over_dims"),
+        (0.1, 1.0, 0.5, 1e-2, 1.0, D, "mean_over_dims"),
+        (0.3, 0.0, 0.7, 1e-2, 0.5, 1, "sum_over_dims"),
+    ],
 )
 def test_head_matches_transcription(pw, w_i2i, w_t2t, beta, clip_weight, logvar_dim, kl_reduction) -> None:
     imgs, txts = _views(2, 1, logvar_dim), _views(2, 2, logvar_dim)
-    head = ProbClipHead(a_init=3.0, b_init=2.0, pseudo_positive_weight=pw, w_i2i=w_i2i, w_t2t=w_t2t,
-                        kl_weight=beta, kl_reduction=kl_reduction, clip_weight=clip_weight,
-                        temperature_init=0.1).double()
+    head = ProbClipHead(
+        a_init=3.0,
+        b_init=2.0,
+        pseudo_positive_weight=pw,
+        w_i2i=w_i2i,
+        w_t2t=w_t2t,
+        kl_weight=beta,
+        kl_reduction=kl_reduction,
+        clip_weight=clip_weight,
+        temperature_init=0.1,
+    ).double()
     out = head(imgs, txts)
     ref = _reference(imgs, txts, 3.0, 2.0, pw, w_i2i, w_t2t, beta, clip_weight, 10.0, kl_reduction)
     torch.testing.assert_close(out.loss, ref)
     torch.testing.assert_close(out.logs["kl"], _kl(imgs, txts, kl_reduction))
     assert out.logs["a"].item() == pytest.approx(3.0) and out.logs["b"].item() == pytest.approx(2.0)
-    expected_keys = {"loss", "match", "pseudo", "pseudo_share", "pos_logit", "neg_logit", "kl", "a", "b",
-                     "uncertainty", "uncertainty_image", "uncertainty_text"}
+    expected_keys = {
+        "loss",
+        "match",
+        "pseudo",
+        "pseudo_share",
+        "pos_logit",
+        "neg_logit",
+        "kl",
+        "a",
+        "b",
+        "uncertainty",
+        "uncertainty_image",
+        "uncertainty_text",
+    }
     expected_keys |= {"i2i"} if w_i2i else set()
     expected_keys |= {"t2t"} if w_t2t else set()
     expected_keys |= {"clip", "logit_scale"} if clip_weight else set()
@@ -171,8 +197,9 @@ class _Tower(nn.Module):
 @pytest.mark.parametrize("logvar_dim", ["embed", 1])
 def test_gaussian_dual_encoder_logvar_heads_get_gradients(logvar_dim) -> None:
     torch.manual_seed(0)
-    enc = DualEncoder(_Tower(5, 8), _Tower(3, 7), embed_dim=D, probabilistic=True, logvar_dim=logvar_dim,
-                      logvar_init=-4.0)
+    enc = DualEncoder(
+        _Tower(5, 8), _Tower(3, 7), embed_dim=D, probabilistic=True, logvar_dim=logvar_dim, logvar_init=-4.0
+    )
     images, texts = torch.randn(B, 5), torch.randn(B, 3)
     img_out, txt_out = enc.encode_image(images), enc.encode_text(texts, None)
     mu_i, lv_i, mu_t, lv_t = img_out.embedding, img_out.logvar, txt_out.embedding, txt_out.logvar

@@ -155,9 +155,7 @@ def test_vib_kl_matches_loop_and_torch_distributions(scalar_var: bool) -> None:
 
     std = torch.exp(0.5 * lv).expand_as(mu)
     q = torch.distributions.Independent(torch.distributions.Normal(mu, std), 1)
-    p = torch.distributions.Independent(
-        torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1
-    )
+    p = torch.distributions.Independent(torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1)
     _close(fast, torch.distributions.kl_divergence(q, p).mean(), rtol=1e-10, atol=1e-12)
 
 

@@ -9,12 +9,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from cxr_vlp.lit.module import _first_occurrence
-from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
-from cxr_vlp.models.dual_encoder import DualEncoder
-from cxr_vlp.utils.hub import ModelNotAvailableError, resolve_hf_model
-from cxr_vlp.models.image_encoder import ImageEncoder
-from cxr_vlp.models.text_encoder import TextEncoder
 from cxr_vlp.data import tokenizer as tokenizer_module
 from cxr_vlp.data.tokenizer import (
     build_tokenizer,
@@ -23,6 +17,12 @@ from cxr_vlp.data.tokenizer import (
     tokenizer_to_json,
     train_wordpiece,
 )
+from cxr_vlp.lit.module import _first_occurrence
+from cxr_vlp.lit.schedule import cosine_with_warmup, resolve_warmup
+from cxr_vlp.models.dual_encoder import DualEncoder
+from cxr_vlp.models.image_encoder import ImageEncoder
+from cxr_vlp.models.text_encoder import TextEncoder
+from cxr_vlp.utils.hub import ModelNotAvailableError, resolve_hf_model
 
 REPORTS = [
     "Small left pleural effusion. No pneumothorax.",
@@ -59,8 +59,12 @@ def test_build_tokenizer_kinds(tmp_path: Path) -> None:
 def test_cached_wordpiece_is_trained_once_per_texts_and_settings(tmp_path: Path) -> None:
     """The cache trains once per training split and settings, and never overwrites a tokenizer another job saved
     first."""
-    texts = [f"{a} {b} {c}." for a in ("small", "large", "mild") for b in ("left", "right", "bilateral")
-             for c in ("effusion", "opacity", "atelectasis", "pneumothorax", "consolidation")] * 3
+    texts = [
+        f"{a} {b} {c}."
+        for a in ("small", "large", "mild")
+        for b in ("left", "right", "bilateral")
+        for c in ("effusion", "opacity", "atelectasis", "pneumothorax", "consolidation")
+    ] * 3
     first = cached_wordpiece(texts, tmp_path, vocab_size=80, min_frequency=1)
     files = sorted(tmp_path.glob("wordpiece_*.json"))
     assert len(files) == 1
@@ -116,8 +120,11 @@ def test_text_encoder_local_dir_pretrained_weights_and_pooling(tmp_path: Path) -
 
 
 def test_text_encoder_local_bert_and_errors() -> None:
-    enc = TextEncoder(name_or_path=None, vocab_size=300, local_config={"hidden_size": 32, "num_hidden_layers": 1,
-                                                                        "num_attention_heads": 2, "intermediate_size": 64})
+    enc = TextEncoder(
+        name_or_path=None,
+        vocab_size=300,
+        local_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    )
     assert enc.num_features == 32 and enc.model.config.vocab_size == 300
     with pytest.raises(ValueError, match="vocab_size"):
         TextEncoder(name_or_path=None)
@@ -149,10 +156,15 @@ def test_image_encoder_local_checkpoint_and_grayscale(tmp_path: Path) -> None:
 
 
 def test_dual_encoder_outputs_unit_vectors() -> None:
-    model = DualEncoder(ImageEncoder("resnet10t", in_chans=1),
-                        TextEncoder(vocab_size=50, local_config={"hidden_size": 16, "num_hidden_layers": 1,
-                                                                 "num_attention_heads": 2, "intermediate_size": 32}),
-                        embed_dim=24, projection="mlp")
+    model = DualEncoder(
+        ImageEncoder("resnet10t", in_chans=1),
+        TextEncoder(
+            vocab_size=50,
+            local_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
+        ),
+        embed_dim=24,
+        projection="mlp",
+    )
     img_out = model.encode_image(torch.randn(3, 1, 32, 32))
     txt_out = model.encode_text(torch.randint(5, 50, (3, 7)), torch.ones(3, 7, dtype=torch.long))
     assert img_out.logvar is None and txt_out.logvar is None
@@ -172,7 +184,7 @@ def test_cosine_with_warmup_schedule() -> None:
     mid = warm + (total - warm) // 2
     assert values[mid] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert values[total] == pytest.approx(0.1) and values[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))  # decay never increases
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1 :]))  # decay never increases
     assert resolve_warmup(0.05, 200) == 10 and resolve_warmup(7, 200) == 7
     with pytest.raises(ValueError):
         resolve_warmup(-1, 10)

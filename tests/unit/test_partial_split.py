@@ -14,9 +14,16 @@ def _table(split: list[str | None] | None, n_subjects: int = 40, studies_per_sub
     n = len(subjects)
     rng = np.random.default_rng(0)
     labels = rng.choice(np.array([1.0, 0.0], dtype=np.float32), size=(n, 14))
-    return StudyTable(study_ids=[f"s{i}" for i in range(n)], subject_ids=subjects,
-                      image_paths=[["/x.jpg"]] * n, view_names=[["PA"]] * n, findings=["f"] * n,
-                      impression=["i"] * n, labels=labels, split=split)
+    return StudyTable(
+        study_ids=[f"s{i}" for i in range(n)],
+        subject_ids=subjects,
+        image_paths=[["/x.jpg"]] * n,
+        view_names=[["PA"]] * n,
+        findings=["f"] * n,
+        impression=["i"] * n,
+        labels=labels,
+        split=split,
+    )
 
 
 def _module(table: StudyTable, **kwargs) -> CXRDataModule:

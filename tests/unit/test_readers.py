@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 from cxr_vlp.data.readers import read_chexpert, read_iu_xray, read_mimic_cxr, report_from_labels
 from cxr_vlp.data.readers.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
+from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 from tests.layouts import build_chexpert, build_iu_openi, build_iu_r2gen, build_mimic
 
 CARDIO = CHEXPERT_LABELS.index("Cardiomegaly")
@@ -183,7 +183,7 @@ def test_report_from_labels_sentences() -> None:
     raw[CHEXPERT_LABELS.index("Edema")] = -1.0
     text = report_from_labels(raw, key="x").lower()
     assert text.index("cardiomegaly") < text.index("edema") < text.index("pneumothorax")
-    assert "no " in text[text.index("edema") + 5:] and text.count(".") == 3
+    assert "no " in text[text.index("edema") + 5 :] and text.count(".") == 3
     with pytest.raises(ValueError, match="14"):
         report_from_labels([1.0, 0.0])
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
-from cxr_vlp.utils.hub import ModelNotAvailableError
 from cxr_vlp.data.tokenizer import train_wordpiece
 from cxr_vlp.reportgen.decoder import ReportDecoder
 from cxr_vlp.reportgen.prompts import FINDING_NAMES, concept_prompt
@@ -23,6 +22,7 @@ from cxr_vlp.reportgen.tokens import (
     normalize_reports,
     suppressed_token_ids,
 )
+from cxr_vlp.utils.hub import ModelNotAvailableError
 
 REPORTS = [
     "The heart is enlarged. Small left pleural effusion.",
@@ -47,8 +47,15 @@ EXTRA = [
     "Bibasilar atelectasis. Possible small right pleural effusion.",
     "Moderate cardiomegaly with pulmonary vascular congestion.",
 ]
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=96, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=96,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 MEM_DIM = 12
 
 
@@ -74,8 +81,9 @@ def make_decoder(vocab_size: int, seed: int = 0, **overrides) -> ReportDecoder:
     return ReportDecoder(vocab_size, MEM_DIM, local_config={**TINY, **overrides}).eval()
 
 
-def seq_logprob(decoder: ReportDecoder, memory: torch.Tensor, prefix: list[int], generated: list[int],
-                eos: int) -> float:
+def seq_logprob(
+    decoder: ReportDecoder, memory: torch.Tensor, prefix: list[int], generated: list[int], eos: int
+) -> float:
     """Sum of log p(generated token) for one sample alone, up to and including the first EOS."""
     gen = generated[: generated.index(eos) + 1] if eos in generated else generated
     ids = torch.tensor([prefix + gen])
@@ -134,7 +142,7 @@ def test_self_attention_is_causal() -> None:
     base = dec(ids, mask, memory)
     t = 4
     future = ids.clone()
-    future[:, t + 1:] = torch.randint(5, 60, (3, 10 - t - 1))
+    future[:, t + 1 :] = torch.randint(5, 60, (3, 10 - t - 1))
     assert not torch.equal(future, ids)
     torch.testing.assert_close(dec(future, mask, memory)[:, : t + 1], base[:, : t + 1], atol=1e-6, rtol=0)
     past = ids.clone()
@@ -218,13 +226,12 @@ def test_overfit_decoder_reproduces_every_report_greedily(tokenizer, overfit) ->
     lengths = []
     for row in out.tolist():
         end = row.index(sep)
-        assert all(t == tokenizer.pad_token_id for t in row[end + 1:])
+        assert all(t == tokenizer.pad_token_id for t in row[end + 1 :])
         assert all(t != tokenizer.pad_token_id for t in row[:end])
         lengths.append(end + 1)
     assert out.shape[1] == max(lengths) and len(set(lengths)) > 1
     # without the KV cache: the same tokens
-    assert torch.equal(dec.generate(memory, None, ids, mask, max_new_tokens=40, eos_token_id=sep, use_cache=False),
-                       out)
+    assert torch.equal(dec.generate(memory, None, ids, mask, max_new_tokens=40, eos_token_id=sep, use_cache=False), out)
     # min_new_tokens: no EOS before it; rows that were long enough are unchanged
     at_least = 8
     forced = dec.generate(memory, None, ids, mask, max_new_tokens=40, min_new_tokens=at_least, eos_token_id=sep)
@@ -279,14 +286,15 @@ def test_beam_search_is_exact_when_the_beam_covers_the_vocabulary() -> None:
         raw.append([float(logp[0, len(prefix) - 1, eos])] + (first + second).tolist())
     assert math.isclose(raw[1][5], seq_logprob(dec, memory[1], prefixes[1], candidates[5], eos), abs_tol=1e-5)
     for lp in (0.0, 1.0):
-        out = dec.generate(memory, None, ids, mask, max_new_tokens=2, eos_token_id=eos, num_beams=vocab,
-                           length_penalty=lp)
+        out = dec.generate(
+            memory, None, ids, mask, max_new_tokens=2, eos_token_id=eos, num_beams=vocab, length_penalty=lp
+        )
         for b in range(len(prefixes)):
             scored = sorted(((s / len(c) ** lp, c) for s, c in zip(raw[b], candidates)), reverse=True)
             best = scored[0][1]
             assert scored[0][0] > scored[1][0] + 1e-6  # a unique optimum, so the comparison is exact
             assert out[b, : len(best)].tolist() == best, (lp, b)
-            assert all(t == pad for t in out[b, len(best):].tolist())
+            assert all(t == pad for t in out[b, len(best) :].tolist())
 
 
 def test_batched_generation_equals_one_sample_at_a_time(tokenizer) -> None:
@@ -302,20 +310,24 @@ def test_batched_generation_equals_one_sample_at_a_time(tokenizer) -> None:
         batched = dec.generate(memory, memory_mask, ids, mask, max_new_tokens=12, eos_token_id=sep, **kw)
         assert batched.shape[1] <= 12
         for b in range(3):
-            one_ids, one_mask = build_prefix(tokenizer, prompts[b: b + 1], 1)
-            alone = dec.generate(memory[b: b + 1], memory_mask[b: b + 1], one_ids, one_mask, max_new_tokens=12,
-                                 eos_token_id=sep, **kw)
+            one_ids, one_mask = build_prefix(tokenizer, prompts[b : b + 1], 1)
+            alone = dec.generate(
+                memory[b : b + 1], memory_mask[b : b + 1], one_ids, one_mask, max_new_tokens=12, eos_token_id=sep, **kw
+            )
             row = batched[b, : alone.shape[1]]
             assert torch.equal(row, alone[0]), kw
-            assert all(t == tokenizer.pad_token_id for t in batched[b, alone.shape[1]:].tolist())
-        no_cache = dec.generate(memory, memory_mask, ids, mask, max_new_tokens=12, eos_token_id=sep,
-                                use_cache=False, **kw)
+            assert all(t == tokenizer.pad_token_id for t in batched[b, alone.shape[1] :].tolist())
+        no_cache = dec.generate(
+            memory, memory_mask, ids, mask, max_new_tokens=12, eos_token_id=sep, use_cache=False, **kw
+        )
         assert torch.equal(no_cache, batched), kw
     # right-padded prefixes are accepted too (they are left-aligned inside generate)
     right_ids = torch.stack([torch.cat([r[m.bool()], r[~m.bool()]]) for r, m in zip(ids, mask)])
     right_mask = mask.sort(dim=1, descending=True).values
-    assert torch.equal(dec.generate(memory, memory_mask, right_ids, right_mask, max_new_tokens=12, eos_token_id=sep),
-                       dec.generate(memory, memory_mask, ids, mask, max_new_tokens=12, eos_token_id=sep))
+    assert torch.equal(
+        dec.generate(memory, memory_mask, right_ids, right_mask, max_new_tokens=12, eos_token_id=sep),
+        dec.generate(memory, memory_mask, ids, mask, max_new_tokens=12, eos_token_id=sep),
+    )
 
 
 def test_beam_with_one_beam_is_greedy(tokenizer) -> None:
@@ -371,14 +383,32 @@ def test_length_limits_suppressed_tokens_and_ngrams(tokenizer) -> None:
     banned = suppressed_token_ids(tokenizer)
     assert sep not in banned and pad in banned and tokenizer.cls_token_id in banned
     for beams in (1, 3):
-        out = dec.generate(memory, None, ids, mask, max_new_tokens=6, min_new_tokens=6, eos_token_id=sep,
-                           num_beams=beams, suppress_token_ids=banned)
+        out = dec.generate(
+            memory,
+            None,
+            ids,
+            mask,
+            max_new_tokens=6,
+            min_new_tokens=6,
+            eos_token_id=sep,
+            num_beams=beams,
+            suppress_token_ids=banned,
+        )
         assert out.shape == (2, 6)
         assert not set(out.flatten().tolist()) & {sep, *banned}
         for text in decode_reports(tokenizer, out):
             assert text and not any(s in text for s in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "<report>"))
-        long = dec.generate(memory, None, ids, mask, max_new_tokens=30, min_new_tokens=30, eos_token_id=sep,
-                            num_beams=beams, no_repeat_ngram_size=2)
+        long = dec.generate(
+            memory,
+            None,
+            ids,
+            mask,
+            max_new_tokens=30,
+            min_new_tokens=30,
+            eos_token_id=sep,
+            num_beams=beams,
+            no_repeat_ngram_size=2,
+        )
         for row in long.tolist():
             bigrams = list(zip(row, row[1:]))
             assert len(bigrams) == 29 and len(set(bigrams)) == len(bigrams)
@@ -403,11 +433,15 @@ def test_local_bert_checkpoint_becomes_a_decoder(tmp_path: Path) -> None:
     dec = ReportDecoder(45, MEM_DIM, name_or_path=str(tmp_path / "tiny-bert")).eval()
     assert dec.model.config.is_decoder and dec.model.config.add_cross_attention
     assert dec.model.get_input_embeddings().weight.shape == (45, 16) and dec.vocab_size == 45
-    torch.testing.assert_close(dec.model.bert.encoder.layer[1].attention.self.query.weight,
-                               encoder.encoder.layer[1].attention.self.query.weight)
+    torch.testing.assert_close(
+        dec.model.bert.encoder.layer[1].attention.self.query.weight,
+        encoder.encoder.layer[1].attention.self.query.weight,
+    )
     torch.testing.assert_close(dec.model.get_input_embeddings().weight[:40], encoder.embeddings.word_embeddings.weight)
     ids = torch.randint(5, 45, (2, 5))
     assert dec(ids, torch.ones_like(ids), torch.randn(2, 3, MEM_DIM)).shape == (2, 5, 45)
     scratch = ReportDecoder(40, MEM_DIM, name_or_path=str(tmp_path / "tiny-bert"), pretrained=False)
-    assert not torch.equal(scratch.model.bert.encoder.layer[1].attention.self.query.weight,
-                           encoder.encoder.layer[1].attention.self.query.weight)
+    assert not torch.equal(
+        scratch.model.bert.encoder.layer[1].attention.self.query.weight,
+        encoder.encoder.layer[1].attention.self.query.weight,
+    )

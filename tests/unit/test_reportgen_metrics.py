@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_vlp.text.labeler import label_reports
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.reportgen.metrics import (
     bleu_scores,
     clinical_metrics,
@@ -21,6 +19,8 @@ from cxr_vlp.reportgen.metrics import (
     rouge_l,
     write_generation_report,
 )
+from cxr_vlp.text.labeler import label_reports
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 
 def test_normalize_report() -> None:
@@ -114,17 +114,36 @@ def test_rouge_l_by_hand() -> None:
 # Consolidation, Pneumonia, Lung Lesion, Atelectasis -> Lung Opacity)
 EC, LO = "Enlarged Cardiomediastinum", "Lung Opacity"
 CLINICAL_CASES = [
-    ("Heart size is enlarged. Small left pleural effusion.", "Mild cardiomegaly. No pleural effusion.",
-     {"Cardiomegaly": 1, EC: 1, "Pleural Effusion": 1}, {"Cardiomegaly": 1, EC: 1}),
-    ("The lungs are clear. No pleural effusion or pneumothorax.", "No acute cardiopulmonary process.",
-     {"No Finding": 1}, {"No Finding": 1}),
-    ("Right lower lobe opacity, possibly pneumonia. No pneumothorax.",
-     "Right lower lobe consolidation. No pneumothorax.",
-     {LO: 1, "Pneumonia": -1}, {"Consolidation": 1, LO: 1}),
-    ("Large right pneumothorax. Pulmonary edema.", "Large right pneumothorax. Left basilar atelectasis.",
-     {"Pneumothorax": 1, "Edema": 1, LO: 1}, {"Pneumothorax": 1, "Atelectasis": 1, LO: 1}),
-    ("Mild cardiomegaly. Small right pleural effusion.", "Pulmonary edema. Bilateral pleural effusions.",
-     {"Cardiomegaly": 1, EC: 1, "Pleural Effusion": 1}, {"Edema": 1, "Pleural Effusion": 1, LO: 1}),
+    (
+        "Heart size is enlarged. Small left pleural effusion.",
+        "Mild cardiomegaly. No pleural effusion.",
+        {"Cardiomegaly": 1, EC: 1, "Pleural Effusion": 1},
+        {"Cardiomegaly": 1, EC: 1},
+    ),
+    (
+        "The lungs are clear. No pleural effusion or pneumothorax.",
+        "No acute cardiopulmonary process.",
+        {"No Finding": 1},
+        {"No Finding": 1},
+    ),
+    (
+        "Right lower lobe opacity, possibly pneumonia. No pneumothorax.",
+        "Right lower lobe consolidation. No pneumothorax.",
+        {LO: 1, "Pneumonia": -1},
+        {"Consolidation": 1, LO: 1},
+    ),
+    (
+        "Large right pneumothorax. Pulmonary edema.",
+        "Large right pneumothorax. Left basilar atelectasis.",
+        {"Pneumothorax": 1, "Edema": 1, LO: 1},
+        {"Pneumothorax": 1, "Atelectasis": 1, LO: 1},
+    ),
+    (
+        "Mild cardiomegaly. Small right pleural effusion.",
+        "Pulmonary edema. Bilateral pleural effusions.",
+        {"Cardiomegaly": 1, EC: 1, "Pleural Effusion": 1},
+        {"Edema": 1, "Pleural Effusion": 1, LO: 1},
+    ),
 ]
 HYPS = [c[0] for c in CLINICAL_CASES]
 REFS = [c[1] for c in CLINICAL_CASES]
@@ -210,8 +229,12 @@ def test_input_validation(fn) -> None:
 def test_write_generation_report(tmp_path: Path) -> None:
     metrics = report_generation_metrics(HYPS, REFS)
     examples = [
-        {"study_id": "s50414267", "prompt": "Findings: cardiomegaly, pleural effusion.", "generated": HYPS[0],
-         "reference": REFS[0]},
+        {
+            "study_id": "s50414267",
+            "prompt": "Findings: cardiomegaly, pleural effusion.",
+            "generated": HYPS[0],
+            "reference": REFS[0],
+        },
         {"study_id": "s53189527", "prompt": "Findings: none.", "generated": HYPS[1], "reference": REFS[1]},
     ]
     out = write_generation_report(tmp_path / "run" / "generation.md", metrics, examples, title="Val generations")
@@ -222,8 +245,10 @@ def test_write_generation_report(tmp_path: Path) -> None:
     assert f"| Clinical micro F1 | {7 / 11:.4f} |" in text
     assert "| Cardiomegaly | 0.5000 | 1.0000 | 0.6667 | 1 |" in text
     # main metrics come first, in order, before the per-label table
-    order = [text.index(f"| {name} |") for name in ("BLEU-1", "BLEU-4", "ROUGE-L", "Clinical micro precision",
-                                                     "Clinical macro F1", "Cardiomegaly")]
+    order = [
+        text.index(f"| {name} |")
+        for name in ("BLEU-1", "BLEU-4", "ROUGE-L", "Clinical micro precision", "Clinical macro F1", "Cardiomegaly")
+    ]
     assert order == sorted(order)
     for example in examples:
         for value in example.values():

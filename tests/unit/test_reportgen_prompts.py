@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.tokenizer import tokenizer_from_json, tokenizer_to_json, train_wordpiece
 from cxr_vlp.reportgen.prompts import (
     FINDING_NAMES,
@@ -25,6 +24,7 @@ from cxr_vlp.reportgen.tokens import (
     decode_reports,
     normalize_reports,
 )
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 NAN = float("nan")
 CORPUS = [
@@ -54,8 +54,10 @@ def test_finding_names_cover_every_label_but_no_finding() -> None:
 def test_concept_prompt_format_order_and_errors() -> None:
     assert concept_prompt(["Cardiomegaly", "Pleural Effusion"]) == "Findings: cardiomegaly, pleural effusion."
     # CHEXPERT_LABELS order whatever the input order; duplicates listed once
-    assert concept_prompt(["Support Devices", "Edema", "Cardiomegaly", "Edema"]) == \
-        "Findings: cardiomegaly, edema, support devices."
+    assert (
+        concept_prompt(["Support Devices", "Edema", "Cardiomegaly", "Edema"])
+        == "Findings: cardiomegaly, edema, support devices."
+    )
     assert concept_prompt(["Fracture"]) == "Findings: fracture."
     assert concept_prompt([]) == "Findings: none."
     assert concept_prompt(["No Finding"]) == "Findings: none."
@@ -72,12 +74,18 @@ def test_prompts_from_probabilities_and_thresholds() -> None:
     probs[1, col("Edema")] = 0.49
     probs[2, col("Pneumothorax")] = 0.3
     assert prompts_from_probabilities(probs) == [
-        "Findings: cardiomegaly, pleural effusion.", "Findings: none.", "Findings: none."]
+        "Findings: cardiomegaly, pleural effusion.",
+        "Findings: none.",
+        "Findings: none.",
+    ]
     thresholds = torch.full((14,), 0.5)
     thresholds[col("Pneumothorax")] = 0.25
     thresholds[col("Cardiomegaly")] = 0.6
     assert prompts_from_probabilities(probs, thresholds) == [
-        "Findings: pleural effusion.", "Findings: none.", "Findings: pneumothorax."]
+        "Findings: pleural effusion.",
+        "Findings: none.",
+        "Findings: pneumothorax.",
+    ]
     assert prompts_from_probabilities(probs, 0.05)[2] == "Findings: " + ", ".join(FINDING_NAMES.values()) + "."
     with pytest.raises(ValueError, match="threshold"):
         prompts_from_probabilities(probs, torch.full((13,), 0.5))
@@ -154,8 +162,12 @@ def test_build_decoder_inputs_layout_and_labels(tokenizer) -> None:
     prompts = ["Findings: cardiomegaly, pleural effusion.", "Findings: none."]
     reports = ["The heart is enlarged. Mild pulmonary edema.", "Lungs are clear."]
     batch = build_decoder_inputs(tokenizer, prompts, reports)
-    cls, sep, pad, rep = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, \
-        tokenizer.convert_tokens_to_ids(REPORT_TOKEN)
+    cls, sep, pad, rep = (
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.convert_tokens_to_ids(REPORT_TOKEN),
+    )
     rows = [[cls, *tokens_of(tokenizer, p), rep, *tokens_of(tokenizer, r), sep] for p, r in zip(prompts, reports)]
     width = max(map(len, rows))
     assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape == (2, width)
@@ -168,7 +180,7 @@ def test_build_decoder_inputs_layout_and_labels(tokenizer) -> None:
         assert batch.input_ids[b, prefix - 1] == rep and batch.labels[b, len(row) - 1] == sep
     no_prompt = build_decoder_inputs(tokenizer, None, reports)
     assert no_prompt.prefix_lengths.tolist() == [2, 2]
-    assert no_prompt.input_ids[1, : 2].tolist() == [cls, rep]
+    assert no_prompt.input_ids[1, :2].tolist() == [cls, rep]
     assert no_prompt.labels[1].tolist()[:2] == [-100, -100]
     with pytest.raises(ValueError, match="2 prompts"):
         build_decoder_inputs(tokenizer, prompts, reports[:1] * 3)
@@ -180,8 +192,8 @@ def test_truncation_cuts_only_the_report(tokenizer) -> None:
     batch = build_decoder_inputs(tokenizer, [prompt], [report], max_length=prefix + 3)
     ids = batch.input_ids[0].tolist()
     assert len(ids) == prefix + 3
-    assert ids[1: prefix - 1] == tokens_of(tokenizer, prompt)
-    assert ids[prefix: prefix + 2] == tokens_of(tokenizer, report)[:2] and ids[-1] == tokenizer.sep_token_id
+    assert ids[1 : prefix - 1] == tokens_of(tokenizer, prompt)
+    assert ids[prefix : prefix + 2] == tokens_of(tokenizer, report)[:2] and ids[-1] == tokenizer.sep_token_id
     assert batch.labels[0].tolist() == [-100] * prefix + ids[prefix:]
     only_end = build_decoder_inputs(tokenizer, [prompt], [report], max_length=prefix + 1)
     assert only_end.labels[0].tolist() == [-100] * prefix + [tokenizer.sep_token_id]
@@ -236,5 +248,5 @@ def test_hub_style_bert_tokenizer_works_too(tmp_path) -> None:
     batch = build_decoder_inputs(reloaded, ["Findings: pleural effusion."], [report])
     assert batch.input_ids[0, 0] == reloaded.cls_token_id and batch.input_ids[0, -1] == reloaded.sep_token_id
     assert batch.input_ids[0, batch.prefix_lengths[0] - 1] == rid
-    generated = batch.input_ids[:, batch.prefix_lengths[0]:]
+    generated = batch.input_ids[:, batch.prefix_lengths[0] :]
     assert decode_reports(reloaded, generated) == ["small left pleural effusion. no pneumothorax."]

@@ -13,14 +13,22 @@ from cxr_vlp.reportgen.tower import FrozenImageTower
 
 def _pair(name: str, **kwargs) -> tuple[DualEncoder, FrozenImageTower]:
     torch.manual_seed(0)
-    dual = DualEncoder(ImageEncoder(name, **kwargs), TextEncoder(vocab_size=50, local_config={"hidden_size": 16,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}), embed_dim=24)
+    dual = DualEncoder(
+        ImageEncoder(name, **kwargs),
+        TextEncoder(
+            vocab_size=50,
+            local_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
+        ),
+        embed_dim=24,
+    )
     tower = FrozenImageTower(ImageEncoder(name, **kwargs), embed_dim=24, grid=True)
     tower.load_from_contrastive({f"encoder.{k}": v for k, v in dual.state_dict().items()})
     return dual.eval(), tower
 
 
-@pytest.mark.parametrize(("name", "kwargs", "positions"), [("resnet10t", {}, 2 * 2), ("test_vit", {"img_size": 64}, 17)])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "positions"), [("resnet10t", {}, 2 * 2), ("test_vit", {"img_size": 64}, 17)]
+)
 def test_global_slot_is_the_contrastive_embedding_and_grid_is_spatial(name: str, kwargs: dict, positions: int) -> None:
     dual, tower = _pair(name, **kwargs)
     images = torch.randn(3, 1, 64, 64)

@@ -41,9 +41,11 @@ def expected_over_tie_orders(sim: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]
     out["MedR"] = statistics.median(expected_rank)
     out["MeanR"] = statistics.fmean(expected_rank)
     out["nDCG@10"] = statistics.fmean(
-        statistics.fmean(1 / math.log2(p + 1) if p <= 10 else 0.0 for p in ps) for ps in per_query)
+        statistics.fmean(1 / math.log2(p + 1) if p <= 10 else 0.0 for p in ps) for ps in per_query
+    )
     out["tied_match_share"] = statistics.fmean(
-        any(sim[i, j] == sim[i, i] for j in range(n) if j != i) for i in range(n))
+        any(sim[i, j] == sim[i, i] for j in range(n) if j != i) for i in range(n)
+    )
     return out
 
 

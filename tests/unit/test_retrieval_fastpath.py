@@ -123,8 +123,9 @@ def test_precision_from_the_top_list_equals_the_dense_rule(quantised: bool) -> N
     q, g = _emb(n, 16, 9, quantised), _emb(n, 16, 10, quantised)
     labels = (torch.rand(n, 5, generator=torch.Generator().manual_seed(11)) > 0.7).float()
     sim = q @ g.T
-    scan = R.scan_retrieval(R.dot_score_rows(q, g), n, n, k=10, chunk_size=500, query_labels=labels,
-                            gallery_labels=labels, precision_ks=ks)
+    scan = R.scan_retrieval(
+        R.dot_score_rows(q, g), n, n, k=10, chunk_size=500, query_labels=labels, gallery_labels=labels, precision_ks=ks
+    )
     pos = R.positive_sets(labels)
     shared = (pos.float() @ pos.float().T) > 0
     kth = sim.sort(dim=1, descending=True).values[:, [k - 1 for k in ks]]

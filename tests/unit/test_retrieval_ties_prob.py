@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_vlp.metrics.retrieval import RankCounts, evaluate_retrieval, retrieval_metrics
 from cxr_vlp.eval.uncertainty import recall_by_uncertainty_bins, risk_coverage
 from cxr_vlp.lit.module import head_retrieval
 from cxr_vlp.losses.prob_head import ProbClipHead
+from cxr_vlp.metrics.retrieval import RankCounts, evaluate_retrieval, retrieval_metrics
 from cxr_vlp.models.outputs import Embeddings
 
 N, D = 10, 8
@@ -36,8 +36,9 @@ def test_collapsed_probabilistic_model_gives_chance_in_the_evaluation_suite() ->
         with torch.no_grad():
             return head.match_logit(mu[q_rows], lv[q_rows], mu[g_rows], lv[g_rows])
 
-    m, scans = evaluate_retrieval(mu, mu.clone(), texts=["same"] * 2 + [f"r{i}" for i in range(N - 2)],
-                                  score_fn=score, chunk_size=3)
+    m, scans = evaluate_retrieval(
+        mu, mu.clone(), texts=["same"] * 2 + [f"r{i}" for i in range(N - 2)], score_fn=score, chunk_size=3
+    )
     for d in ("i2t", "t2i"):
         _chance(m, f"{d}/", N)
     _chance(m, "dedup/i2t/", N - 1)  # merged reports: N − 1 distinct texts

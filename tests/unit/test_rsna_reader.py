@@ -15,8 +15,16 @@ from cxr_vlp.text.labels import CHEXPERT_LABELS
 PNEUMONIA = CHEXPERT_LABELS.index("Pneumonia")
 
 
-def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int | None = None, photometric: str = "MONOCHROME2",
-                signed: bool = False, view: str = "PA", sex: str = "F", age: str = "051Y") -> Path:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    bits_stored: int | None = None,
+    photometric: str = "MONOCHROME2",
+    signed: bool = False,
+    view: str = "PA",
+    sex: str = "F",
+    age: str = "051Y",
+) -> Path:
     """A single-frame grayscale DICOM file (uncompressed, explicit VR little endian), as the challenge ships."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -45,7 +53,7 @@ def rsna_image(positive: bool, seed: int, size: int = 64) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = rng.integers(20, 90, size=(size, size)).astype(np.uint8)
     if positive:
-        image[size // 2:, size // 2:] = np.clip(image[size // 2:, size // 2:].astype(int) + 140, 0, 255)
+        image[size // 2 :, size // 2 :] = np.clip(image[size // 2 :, size // 2 :].astype(int) + 140, 0, 255)
     return image
 
 

@@ -42,7 +42,7 @@ def test_mimic_style_report() -> None:
         "technique": "Chest PA and lateral",
         "comparison": "___",
         "findings": "The lungs are clear without focal consolidation. No pleural effusion or pneumothorax is seen. "
-                    "The cardiac silhouette is normal in size.",
+        "The cardiac silhouette is normal in size.",
         "impression": "No acute cardiopulmonary process.",
     }
     assert set(sections) <= set(CANONICAL)
@@ -119,7 +119,8 @@ def test_preamble_and_final_report_banner() -> None:
     text = "WET READ: ___ 3:15 PM no ptx\n\nFINAL REPORT\nPortable chest.\nFINDINGS: Clear."
     assert parse_sections(text) == {"wet_read": "___ 3:15 PM no ptx", PREAMBLE: "Portable chest.", "findings": "Clear."}
     assert parse_sections("Chest radiograph, two views.\nIMPRESSION: Normal.") == {
-        PREAMBLE: "Chest radiograph, two views.", "impression": "Normal."
+        PREAMBLE: "Chest radiograph, two views.",
+        "impression": "Normal.",
     }
     assert parse_sections("Lungs are clear. No effusion.") == {PREAMBLE: "Lungs are clear. No effusion."}
 
@@ -156,6 +157,10 @@ def test_fallback_last_paragraph_when_no_findings_or_impression() -> None:
 def test_text_blocks_and_collapse() -> None:
     assert collapse_whitespace("  a\n b\t\tc  ") == "a b c"
     text = "1. No pleural effusion or\n   pneumothorax\n2. Cardiomegaly\n\nStable.\n- tube in place"
-    assert text_blocks(text) == ["1. No pleural effusion or pneumothorax", "2. Cardiomegaly", "Stable.",
-                                 "- tube in place"]
+    assert text_blocks(text) == [
+        "1. No pleural effusion or pneumothorax",
+        "2. Cardiomegaly",
+        "Stable.",
+        "- tube in place",
+    ]
     assert text_blocks(None) == []

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.text.labels import NUM_LABELS
 from cxr_vlp.data.splits import (
     PatientSplit,
     SplitLeakageError,
@@ -16,6 +15,7 @@ from cxr_vlp.data.splits import (
     patient_split,
     split_from_column,
 )
+from cxr_vlp.text.labels import NUM_LABELS
 
 
 def _study_table(n_subjects: int, rng: np.random.Generator, max_studies: int = 4) -> tuple[list[str], np.ndarray]:

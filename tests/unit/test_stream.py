@@ -33,10 +33,22 @@ def prepare_shards(tiny_dataset: Path, root: Path, out: str, extra: list[str] = 
     """``python -m cxr_vlp.prepare format=litdata`` on the tiny set (64 px cache) into ``out``."""
     from cxr_vlp.prepare import prepare
 
-    cfg = compose_train(root / "prepare", ["data=csv", f"data.root={tiny_dataset.parent}",
-                                           f"data.reader.csv_path={tiny_dataset}", f"cache.dir={root / 'cache'}",
-                                           f"cache.size={SIZE}", "cache.workers=1", "cache.progress=false",
-                                           "format=litdata", f"out={out}", *extra], config_name="prepare")
+    cfg = compose_train(
+        root / "prepare",
+        [
+            "data=csv",
+            f"data.root={tiny_dataset.parent}",
+            f"data.reader.csv_path={tiny_dataset}",
+            f"cache.dir={root / 'cache'}",
+            f"cache.size={SIZE}",
+            "cache.workers=1",
+            "cache.progress=false",
+            "format=litdata",
+            f"out={out}",
+            *extra,
+        ],
+        config_name="prepare",
+    )
     return prepare(cfg)
 
 
@@ -113,8 +125,13 @@ def test_shard_samples_are_the_image_cache_samples(cached_dm, stream_dm, epoch: 
         _same(stream_dm.datasets["val"][i], cached_dm.datasets["val"][i])
     assert train_cached[TrainIndex(epoch, 0)].images.shape[0] == 2  # two image views in training
     # the streaming dataset draws the same samples (litdata counts epochs from 1)
-    stream = StudyStream(stream_dm.shards().split_dir("train"), stream_dm._sample_spec("train", stream_dm._transforms),
-                         shuffle=True, seed=0, drop_last=False)
+    stream = StudyStream(
+        stream_dm.shards().split_dir("train"),
+        stream_dm._sample_spec("train", stream_dm._transforms),
+        shuffle=True,
+        seed=0,
+        drop_last=False,
+    )
     stream.current_epoch = epoch + 1
     _same(stream[5], train_cached[TrainIndex(epoch, 5)])
 
@@ -164,11 +181,17 @@ def _epoch_batches(loader: StudyStreamLoader, stop: int | None = None) -> list[l
 def _loader(dm, workers: int, position: dict | None = None) -> StudyStreamLoader:
     from cxr_vlp.data.batch import Collator
 
-    stream = StudyStream(dm.shards().split_dir("train"), dm._sample_spec("train", dm._transforms), shuffle=True,
-                         seed=0, drop_last=True)
+    stream = StudyStream(
+        dm.shards().split_dir("train"), dm._sample_spec("train", dm._transforms), shuffle=True, seed=0, drop_last=True
+    )
     stream.set_topology(1, 0, 1)
-    return StudyStreamLoader(stream, batch_size=8, num_workers=workers, collate_fn=Collator(dm.tokenizer, 32),
-                             position=(lambda: position) if position else None)
+    return StudyStreamLoader(
+        stream,
+        batch_size=8,
+        num_workers=workers,
+        collate_fn=Collator(dm.tokenizer, 32),
+        position=(lambda: position) if position else None,
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])

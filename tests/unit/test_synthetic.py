@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.synthetic import CSV_COLUMNS, SyntheticConfig, generate_dataset
 from cxr_vlp.data.synthetic import __main__ as cli
 from cxr_vlp.data.synthetic.attributes import EFFUSION, Study, sample_cohort
 from cxr_vlp.data.synthetic.render import image_rng, render_view
 from cxr_vlp.data.synthetic.report import NEGATION_RE, TERM_RE, UNCERTAINTY_RE, write_report
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 
 SMALL = dict(num_patients=24, seed=5, image_size=96)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,8 +44,9 @@ def _read(csv: Path) -> pd.DataFrame:
 
 def _images(csv: Path) -> dict[str, np.ndarray]:
     df = _read(csv)
-    return {p: cv2.imread(str(csv.parent / p), cv2.IMREAD_UNCHANGED)
-            for paths in df.image_paths for p in paths.split(";")}
+    return {
+        p: cv2.imread(str(csv.parent / p), cv2.IMREAD_UNCHANGED) for paths in df.image_paths for p in paths.split(";")
+    }
 
 
 # ---------------------------------------------------------------------------------------- determinism
@@ -89,8 +90,11 @@ def test_csv_schema_paths_and_views(small: Path) -> None:
     for _, g in df.groupby("subject_id"):  # dates increase within a patient
         assert list(g.study_date) == sorted(g.study_date) and g.study_date.is_unique
     manifest = json.loads((small.parent / "manifest.json").read_text())
-    assert manifest["counts"] == {"patients": SMALL["num_patients"], "studies": len(df),
-                                  "images": int(df.view_names.str.count(";").sum() + len(df))}
+    assert manifest["counts"] == {
+        "patients": SMALL["num_patients"],
+        "studies": len(df),
+        "images": int(df.view_names.str.count(";").sum() + len(df)),
+    }
     assert manifest["config"]["num_patients"] == SMALL["num_patients"] and "format_version" in manifest
 
 
@@ -116,8 +120,14 @@ def test_no_finding_consistency(cohort: list[Study]) -> None:
 def test_prevalence_is_realistic(cohort: list[Study]) -> None:
     n = len(cohort)
     prev = {k: sum(st.labels[k] == 1 for st in cohort) / n for k in CHEXPERT_LABELS}
-    bands = {"No Finding": (0.18, 0.40), "Support Devices": (0.15, 0.35), "Pleural Effusion": (0.12, 0.30),
-             "Cardiomegaly": (0.10, 0.28), "Pneumothorax": (0.01, 0.09), "Fracture": (0.0, 0.06)}
+    bands = {
+        "No Finding": (0.18, 0.40),
+        "Support Devices": (0.15, 0.35),
+        "Pleural Effusion": (0.12, 0.30),
+        "Cardiomegaly": (0.10, 0.28),
+        "Pneumothorax": (0.01, 0.09),
+        "Fracture": (0.0, 0.06),
+    }
     for k, (lo, hi) in bands.items():
         assert lo <= prev[k] <= hi, (k, prev[k])
     uncertain = sum(v == -1 for st in cohort for v in st.labels.values())
@@ -177,9 +187,23 @@ def test_reports_state_attributes_and_are_diverse(cohort: list[Study]) -> None:
 
 # ---------------------------------------------------------------------------------------- images
 def _plain_study(**kw: object) -> Study:
-    base = Study(index=0, patient_index=0, subject_id="p10000000", study_id="s50000000", study_date="2150-01-01",
-                 views=["PA"], labels={}, findings={}, devices=[], lung_volumes="normal", rotation="none", sex="M",
-                 thorax_scale=1.0, heart_ratio=0.44, icu=False)
+    base = Study(
+        index=0,
+        patient_index=0,
+        subject_id="p10000000",
+        study_id="s50000000",
+        study_date="2150-01-01",
+        views=["PA"],
+        labels={},
+        findings={},
+        devices=[],
+        lung_volumes="normal",
+        rotation="none",
+        sex="M",
+        thorax_scale=1.0,
+        heart_ratio=0.44,
+        icu=False,
+    )
     return replace(base, **kw)
 
 
@@ -199,9 +223,13 @@ def test_right_effusion_brightens_the_image_left_base_only() -> None:
 def test_attributes_change_images_and_lateral_differs() -> None:
     size = 128
     ref = render_view(_plain_study(), "PA", image_rng(0, 0, 0), size).astype(float)
-    variants = [dict(heart_ratio=0.68, findings={"Cardiomegaly": {"degree": "severe"}}),
-                dict(devices=[{"kind": "ett", "tip_cm": 4}]), dict(lung_volumes="low"), dict(rotation="left"),
-                dict(findings={"Pneumothorax": {"side": "left", "size": "large"}})]
+    variants = [
+        dict(heart_ratio=0.68, findings={"Cardiomegaly": {"degree": "severe"}}),
+        dict(devices=[{"kind": "ett", "tip_cm": 4}]),
+        dict(lung_volumes="low"),
+        dict(rotation="left"),
+        dict(findings={"Pneumothorax": {"side": "left", "size": "large"}}),
+    ]
     for kw in variants:
         img = render_view(_plain_study(**kw), "PA", image_rng(0, 0, 0), size).astype(float)
         assert (np.abs(img - ref) > 25).sum() >= 30, kw  # a visible signature, not just noise
@@ -254,8 +282,13 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 def test_cli(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run([sys.executable, "-m", "cxr_vlp.data.synthetic", f"out_dir={out}", "num_patients=3",
-                          "seed=2", "image_size=64"], capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "cxr_vlp.data.synthetic", f"out_dir={out}", "num_patients=3", "seed=2", "image_size=64"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert (out / "studies.csv").is_file() and "studies" in res.stdout
     with pytest.raises(SystemExit, match="valid keys"):

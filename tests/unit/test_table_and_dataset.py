@@ -13,11 +13,11 @@ import torch
 
 from cxr_vlp.data.batch import Collator
 from cxr_vlp.data.dataset import StudyDataset, choose_image_indices
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.table import read_generic_csv, view_group
-from cxr_vlp.text.text_views import TextViewSampler
-from cxr_vlp.data.transforms import TransformConfig, build_transforms
 from cxr_vlp.data.tokenizer import train_wordpiece
+from cxr_vlp.data.transforms import TransformConfig, build_transforms
+from cxr_vlp.text.labels import CHEXPERT_LABELS
+from cxr_vlp.text.text_views import TextViewSampler
 
 
 def _write_study_csv(root: Path, rows: list[dict], n_images: dict[str, int] | None = None) -> Path:
@@ -32,8 +32,14 @@ def _write_study_csv(root: Path, rows: list[dict], n_images: dict[str, int] | No
 
 
 def _row(i: int, **kw) -> dict:
-    row = {"study_id": f"s{i}", "subject_id": f"p{i // 2}", "image_paths": f"img/{i}_0.jpg;img/{i}_1.jpg",
-           "view_names": "PA;LATERAL", "findings": f"Finding number {i}. Heart normal.", "impression": f"Impression {i}."}
+    row = {
+        "study_id": f"s{i}",
+        "subject_id": f"p{i // 2}",
+        "image_paths": f"img/{i}_0.jpg;img/{i}_1.jpg",
+        "view_names": "PA;LATERAL",
+        "findings": f"Finding number {i}. Heart normal.",
+        "impression": f"Impression {i}.",
+    }
     row.update(kw)
     return row
 

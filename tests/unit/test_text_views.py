@@ -99,8 +99,10 @@ def test_dropout_never_removes_negation_words_nor_empties_sentences() -> None:
         sentences = []
         for _ in range(int(rng.integers(1, 5))):
             n = int(rng.integers(1, 9))
-            pool = [str(rng.choice(words)).capitalize() if rng.random() < 0.3 else f"word{rng.integers(99)}"
-                    for _ in range(n)]
+            pool = [
+                str(rng.choice(words)).capitalize() if rng.random() < 0.3 else f"word{rng.integers(99)}"
+                for _ in range(n)
+            ]
             pool.append(f"last{rng.integers(99)}" + ("," if rng.random() < 0.5 else ""))
             sentences.append(" ".join(pool) + str(rng.choice([".", "?", "!"])))
         text = " ".join(sentences)

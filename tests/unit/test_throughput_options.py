@@ -16,8 +16,9 @@ def _image_grads(enc: ImageEncoder, x: torch.Tensor) -> tuple[torch.Tensor, dict
     return out.detach(), {n: p.grad.detach().clone() for n, p in enc.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("option", [{"channels_last": True}, {"gradient_checkpointing": True},
-                                    {"compile": {"backend": "eager"}}])
+@pytest.mark.parametrize(
+    "option", [{"channels_last": True}, {"gradient_checkpointing": True}, {"compile": {"backend": "eager"}}]
+)
 def test_image_encoder_options_keep_the_function(option: dict) -> None:
     torch.manual_seed(0)
     plain = ImageEncoder("resnet10t", in_chans=1).eval()
@@ -37,8 +38,10 @@ def test_image_encoder_options_keep_the_function(option: dict) -> None:
 
 
 def test_text_encoder_compile_keeps_keys_and_outputs() -> None:
-    kw = {"vocab_size": 50, "local_config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                             "intermediate_size": 32}}
+    kw = {
+        "vocab_size": 50,
+        "local_config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
+    }
     torch.manual_seed(0)
     plain = TextEncoder(**kw).eval()
     fast = TextEncoder(**kw, compile={"backend": "eager"}).eval()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from cxr_vlp.data import tokenizer as tokenizer_module
 from cxr_vlp.data.synthetic import _table
 from cxr_vlp.data.synthetic.attributes import sample_cohort
-from cxr_vlp.data import tokenizer as tokenizer_module
 from cxr_vlp.data.tokenizer import SPECIAL_TOKENS, cached_wordpiece, train_wordpiece
 from cxr_vlp.data.wordpiece_vocab import initial_symbols, learn_wordpiece_vocab, merged_token
 
@@ -35,8 +35,7 @@ def _synthetic_reports(num_patients: int) -> list[str]:
     return [t for pair in zip(df.findings, df.impression) for t in pair if t]
 
 
-def _naive_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency: int,
-                 specials: list[str]) -> list[str]:
+def _naive_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency: int, specials: list[str]) -> list[str]:
     """Direct transcription of the training rule: recount every pair after each merge, take the most frequent,
     ties to the smallest (left, right)."""
     vocab = list(dict.fromkeys(specials))
@@ -73,8 +72,17 @@ def test_hand_derived_vocabulary_breaks_ties_lexicographically() -> None:
     # "ba" x1 -> b ##a ; "cba" x1 -> c ##b ##a. Pairs (##b,##a), (b,##a), (c,##b) all count 1: '#' < 'b' < 'c', so
     # ##b+##a -> ##ba first; then (b,##a) and (c,##ba) tie at 1 and b < c: ba, then cba.
     counts = {"cba": 1, "ba": 1}
-    assert learn_wordpiece_vocab(counts, 100, 1, ["[UNK]"]) == ["[UNK]", "a", "b", "c", "##a", "##b", "##ba", "ba",
-                                                                "cba"]
+    assert learn_wordpiece_vocab(counts, 100, 1, ["[UNK]"]) == [
+        "[UNK]",
+        "a",
+        "b",
+        "c",
+        "##a",
+        "##b",
+        "##ba",
+        "ba",
+        "cba",
+    ]
     # "ab" x2, "abc" x1, "bc" x1: (a,##b) counts 3 -> ab; then (ab,##c) and (b,##c) tie at 1 and "ab" < "b".
     counts = {"bc": 1, "ab": 2, "abc": 1}
     base = ["[UNK]", "a", "b", "c", "##b", "##c", "ab"]
@@ -84,8 +92,16 @@ def test_hand_derived_vocabulary_breaks_ties_lexicographically() -> None:
     assert learn_wordpiece_vocab(counts, 100, 2, ["[UNK]"]) == base  # the tied pairs occur once: below min_frequency
     # the whole tokenizer: specials first, then the same vocabulary; upper case is folded by the normalizer
     tok = train_wordpiece(["Ba CBA"], vocab_size=100, min_frequency=1)
-    assert sorted(tok.get_vocab(), key=tok.get_vocab().get) == SPECIALS + ["a", "b", "c", "##a", "##b", "##ba",
-                                                                           "ba", "cba"]
+    assert sorted(tok.get_vocab(), key=tok.get_vocab().get) == SPECIALS + [
+        "a",
+        "b",
+        "c",
+        "##a",
+        "##b",
+        "##ba",
+        "ba",
+        "cba",
+    ]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -126,9 +142,14 @@ def test_two_fresh_processes_write_byte_identical_tokenizer_files(tmp_path: Path
     for hash_seed in ("1", "2"):  # different str hashing, so set and dict-of-str orders differ between the two
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        procs.append(subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(texts_file),
-                                       str(tmp_path / f"cache{hash_seed}"), "300"], env=env,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _TRAIN_SCRIPT, str(texts_file), str(tmp_path / f"cache{hash_seed}"), "300"],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

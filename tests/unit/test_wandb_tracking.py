@@ -28,8 +28,14 @@ def _finish(run) -> None:
 def _offline_run(tmp_path: Path, **init):
     import wandb
 
-    return wandb.init(project="t", dir=str(tmp_path), mode="offline", settings=wandb.Settings(console="off"),
-                      reinit="create_new", **init)
+    return wandb.init(
+        project="t",
+        dir=str(tmp_path),
+        mode="offline",
+        settings=wandb.Settings(console="off"),
+        reinit="create_new",
+        **init,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- record reader
@@ -75,8 +81,11 @@ def test_best_tracker_matches_a_direct_scan(mode: str) -> None:
     finite = [(v, s) for s, v in enumerate(values) if math.isfinite(v)]
     best = (max if mode == "max" else min)(v for v, _ in finite)
     first = next(s for v, s in finite if v == best)  # the first of equal values, as ModelCheckpoint keeps it
-    assert tracker.summary() == {"val/rsum.best": best, "val/rsum.best_step": first * 10,
-                                 "val/rsum.best_epoch": first // 4}
+    assert tracker.summary() == {
+        "val/rsum.best": best,
+        "val/rsum.best_step": first * 10,
+        "val/rsum.best_epoch": first // 4,
+    }
     assert tracker.curve() == {"val/rsum_best": best}
 
 
@@ -85,16 +94,33 @@ def test_best_tracker_refuses_an_unknown_mode() -> None:
         BestTracker("val/loss", "lowest")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("name", "goal"), [("val/rsum", "max"), ("val/i2t/R@10", "max"), ("val/loss", "min"),
-                                            ("val/t2i/MedR", "min"), ("val/clinical/micro_f1", "max"),
-                                            ("val/num_studies", None), ("val/i2t/tied_match_share", "min")])
+@pytest.mark.parametrize(
+    ("name", "goal"),
+    [
+        ("val/rsum", "max"),
+        ("val/i2t/R@10", "max"),
+        ("val/loss", "min"),
+        ("val/t2i/MedR", "min"),
+        ("val/clinical/micro_f1", "max"),
+        ("val/num_studies", None),
+        ("val/i2t/tied_match_share", "min"),
+    ],
+)
 def test_metric_goal(name: str, goal: str | None) -> None:
     assert metric_goal(name) == goal
 
 
 def test_final_summary_keeps_finite_test_and_eval_metrics() -> None:
-    out = final_summary({"test/i2t/R@1": 0.2, "eval/x": 1, "eval/nan": math.nan, "val/rsum": 3.0,
-                         "best_model_score": 2.5, "test/flag": True})
+    out = final_summary(
+        {
+            "test/i2t/R@1": 0.2,
+            "eval/x": 1,
+            "eval/nan": math.nan,
+            "val/rsum": 3.0,
+            "best_model_score": 2.5,
+            "test/flag": True,
+        }
+    )
     assert out == {"test/i2t/R@1": 0.2, "eval/x": 1.0, "best_model_score": 2.5}
 
 
@@ -112,18 +138,22 @@ def test_logger_summarises_validation_by_its_best_on_one_step_axis(tmp_path: Pat
     run = read_run(tmp_path)
     assert run.summary["val/rsum"] == {"max": 2.6, "last": 2.4}
     assert run.summary["val/loss"] == {"min": 1.1, "last": 1.1}
-    assert (run.summary["val/rsum.best"], run.summary["val/rsum.best_step"], run.summary["val/rsum.best_epoch"]) \
-        == (2.6, 3, 1)
+    assert (run.summary["val/rsum.best"], run.summary["val/rsum.best_step"], run.summary["val/rsum.best_epoch"]) == (
+        2.6,
+        3,
+        1,
+    )
     assert [h["val/rsum_best"] for h in run.history if "val/rsum_best" in h] == [2.0, 2.6, 2.6]
-    eval_row, = [h for h in run.history if "eval/auroc_mean" in h]
+    (eval_row,) = [h for h in run.history if "eval/auroc_mean" in h]
     assert eval_row["trainer/global_step"] == 5
     assert all("trainer/global_step" in h for h in run.history)
-    assert {"name": "", "glob_name": "*", "step_metric": "trainer/global_step", "summary": [], "goal": 0} \
-        in run.metrics
+    assert {"name": "", "glob_name": "*", "step_metric": "trainer/global_step", "summary": [], "goal": 0} in run.metrics
 
 
-@pytest.mark.parametrize(("value", "parsed"), [(False, None), ("false", None), (None, None), (True, "best"),
-                                               ("best", "best"), ("all", "all")])
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [(False, None), ("false", None), (None, None), (True, "best"), ("best", "best"), ("all", "all")],
+)
 def test_log_model_values(value, parsed) -> None:
     from cxr_vlp.tracking.logger import parse_log_model
 
@@ -137,16 +167,23 @@ def test_log_model_refuses_an_unknown_value() -> None:
         parse_log_model("last")
 
 
-def test_model_upload_for_credentialed_data_needs_its_own_switch(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_model_upload_for_credentialed_data_needs_its_own_switch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from cxr_vlp.tracking.logger import WandbRunLogger
 
     caplog.set_level(logging.WARNING)
     refused = WandbRunLogger(project="t", save_dir=str(tmp_path), offline=True, log_model="best", credentialed=True)
     assert not refused.upload_allowed()
     assert "NOT uploaded" in caplog.text and "allow_credentialed_model_upload=true" in caplog.text
-    allowed = WandbRunLogger(project="t", save_dir=str(tmp_path), offline=True, log_model="all", credentialed=True,
-                             allow_credentialed_model_upload=True)
+    allowed = WandbRunLogger(
+        project="t",
+        save_dir=str(tmp_path),
+        offline=True,
+        log_model="all",
+        credentialed=True,
+        allow_credentialed_model_upload=True,
+    )
     assert allowed.upload_allowed()
     assert WandbRunLogger(project="t", save_dir=str(tmp_path), offline=True, log_model="best").upload_allowed()
     assert not WandbRunLogger(project="t", save_dir=str(tmp_path), offline=True).upload_allowed()
@@ -183,11 +220,21 @@ def test_retrieval_example_rows() -> None:
     topk = np.array([[1, 0, 2], [1, 3, 0], [3, 0, 1], [0, 1, 2]])
     scores = -np.arange(12, dtype=float).reshape(4, 3)
     rows = retrieval_example_rows(["s0", "s1", "s2", "s3"], texts, topk, scores, [2.0, 1.0, 4.0, 3.5], None, n=3, k=2)
-    assert rows.columns == ["study_id", "true_report", "true_rank", "hit@2", "report_1", "score_1", "report_2",
-                            "score_2"]
-    assert rows.data == [["s0", "a", 2.0, True, "b", -0.0, "a", -1.0],
-                         ["s1", "b", 1.0, True, "b", -3.0, "d", -4.0],
-                         ["s2", "c", 4.0, False, "d", -6.0, "a", -7.0]]
+    assert rows.columns == [
+        "study_id",
+        "true_report",
+        "true_rank",
+        "hit@2",
+        "report_1",
+        "score_1",
+        "report_2",
+        "score_2",
+    ]
+    assert rows.data == [
+        ["s0", "a", 2.0, True, "b", -0.0, "a", -1.0],
+        ["s1", "b", 1.0, True, "b", -3.0, "d", -4.0],
+        ["s2", "c", 4.0, False, "d", -6.0, "a", -7.0],
+    ]
 
 
 def test_reportgen_rows_and_a_bad_file(tmp_path: Path) -> None:
@@ -197,8 +244,12 @@ def test_reportgen_rows_and_a_bad_file(tmp_path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["study_id", "prompt", "generated", "oracle", "reference"])
         w.writeheader()
-        w.writerows([{"study_id": f"s{i}", "prompt": f"p{i}", "generated": f"g{i}", "oracle": "", "reference": f"r{i}"}
-                     for i in range(5)])
+        w.writerows(
+            [
+                {"study_id": f"s{i}", "prompt": f"p{i}", "generated": f"g{i}", "oracle": "", "reference": f"r{i}"}
+                for i in range(5)
+            ]
+        )
     rows = reportgen_example_rows(path, 3)
     assert rows.columns == ["study_id", "prompt", "generated", "reference"]
     assert rows.data == [[f"s{i}", f"p{i}", f"g{i}", f"r{i}"] for i in range(3)]
@@ -208,8 +259,9 @@ def test_reportgen_rows_and_a_bad_file(tmp_path: Path) -> None:
         reportgen_example_rows(bad, 3)
 
 
-@pytest.mark.parametrize(("credentialed", "allow", "expected"), [(False, False, True), (True, False, False),
-                                                                  (True, True, True)])
+@pytest.mark.parametrize(
+    ("credentialed", "allow", "expected"), [(False, False, True), (True, False, False), (True, True, True)]
+)
 def test_patient_content_rule_is_the_figures_rule(credentialed: bool, allow: bool, expected: bool) -> None:
     from cxr_vlp.tracking.wandb_tables import patient_content_allowed
 
@@ -236,23 +288,45 @@ def test_workspace_object_and_its_save(monkeypatch: pytest.MonkeyPatch, capsys: 
     monkeypatch.setattr(internal, "upsert_view2", upsert)
     monkeypatch.setattr(wandb, "Api", Api)
     monkeypatch.setattr(interface, "get_app_url", lambda api: "https://wandb.example")
-    assert wandb_workspace.main(["project=cxr_vlp", "group=mcsl_demo-2026", "swept=loss.lam,loss.concept_temperature",
-                                 "metrics=val/rsum.best,test/i2t/R@10"]) == 0
-    view, = sent
+    assert (
+        wandb_workspace.main(
+            [
+                "project=cxr_vlp",
+                "group=mcsl_demo-2026",
+                "swept=loss.lam,loss.concept_temperature",
+                "metrics=val/rsum.best,test/i2t/R@10",
+            ]
+        )
+        == 0
+    )
+    (view,) = sent
     spec = json.loads(view.model_dump_json(by_alias=True))
     assert (view.entity, view.project, view.display_name) == ("me", "cxr_vlp", "cxr_vlp: mcsl_demo-2026")
     sections = spec["spec"]["section"]["panelBankConfig"]["sections"]
     assert [s["name"] for s in sections] == ["Training", "Validation", "Evaluation", "Sweep"]
     text = json.dumps(spec)
-    for needle in ("trainer/global_step", "val/rsum_best", "eval/label_auroc", "eval/retrieval_examples",
-                   "sweep/results", "loss.concept_temperature", "lr-", "train/temperature",
-                   "train/device/samples_per_sec", "mcsl_demo-2026"):
+    for needle in (
+        "trainer/global_step",
+        "val/rsum_best",
+        "eval/label_auroc",
+        "eval/retrieval_examples",
+        "sweep/results",
+        "loss.concept_temperature",
+        "lr-",
+        "train/temperature",
+        "train/device/samples_per_sec",
+        "mcsl_demo-2026",
+    ):
         assert needle in text, needle
-    pc, = [p for s in sections for p in s["panels"] if p["viewType"] == "Parallel Coordinates Plot"]
+    (pc,) = [p for s in sections for p in s["panels"] if p["viewType"] == "Parallel Coordinates Plot"]
     accessors = [c["accessor"] for c in pc["config"]["columns"]]
     # config keys as W&B stores a nested config (loss: {value: {lam: ...}}), then the summary metrics
-    assert accessors == ["config:loss.value.lam", "config:loss.value.concept_temperature", "summary:val/rsum.best",
-                         "summary:test/i2t/R@10"]
+    assert accessors == [
+        "config:loss.value.lam",
+        "config:loss.value.concept_temperature",
+        "summary:val/rsum.best",
+        "summary:test/i2t/R@10",
+    ]
     out = capsys.readouterr().out
     assert "ParallelCoordinatesPlot" in out and "saved workspace" in out and "https://wandb.example/me/cxr_vlp" in out
 

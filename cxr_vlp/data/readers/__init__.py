@@ -15,5 +15,11 @@ from cxr_vlp.data.readers.mimic import read_mimic_cxr
 from cxr_vlp.data.readers.rsna import read_rsna_pneumonia
 from cxr_vlp.data.table import read_generic_csv
 
-__all__ = ["read_chexpert", "read_generic_csv", "read_iu_xray", "read_mimic_cxr", "read_rsna_pneumonia",
-           "report_from_labels"]
+__all__ = [
+    "read_chexpert",
+    "read_generic_csv",
+    "read_iu_xray",
+    "read_mimic_cxr",
+    "read_rsna_pneumonia",
+    "report_from_labels",
+]

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS, UncertainPolicy, apply_policy
 from cxr_vlp.data.readers.common import (
     check_root,
     existing_mask,
@@ -48,6 +47,7 @@ from cxr_vlp.data.readers.common import (
     require_columns,
 )
 from cxr_vlp.data.table import StudyTable
+from cxr_vlp.text.labels import CHEXPERT_LABELS, NO_FINDING, NUM_LABELS, UncertainPolicy, apply_policy
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ def report_from_labels(raw: Sequence[float], key: str = "") -> str | None:
             phrase, plural = OBSERVATION_PHRASES[name]
             options = _TEMPLATES[status]
             template = options[zlib.crc32(f"{key}|{name}".encode()) % len(options)]
-            sentences.append(template.format(obs=phrase, Obs=phrase[0].upper() + phrase[1:],
-                                             **{"is": "are" if plural else "is"}))
+            sentences.append(
+                template.format(obs=phrase, Obs=phrase[0].upper() + phrase[1:], **{"is": "are" if plural else "is"})
+            )
     return " ".join(sentences) or None
 
 
@@ -134,26 +135,32 @@ def _read_csv(root: Path, csv_path: Path, split: str | None, check_files: bool) 
     bad = parts[0].isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{csv_path}: row {row + 1}, column 'Path': {df['Path'].iloc[row]!r} has no "
-                         "patient<N>/study<N>/ folders")
+        raise ValueError(
+            f"{csv_path}: row {row + 1}, column 'Path': {df['Path'].iloc[row]!r} has no patient<N>/study<N>/ folders"
+        )
     raw = raw_labels(csv_path, df)
     base, strip = _resolver(root, df["Path"], csv_path, check_files)
     if "Frontal/Lateral" in df.columns:
         kind = df["Frontal/Lateral"].fillna("").astype(str).str.strip().str.upper()
     else:
         kind = df["Path"].str.extract(r"_(frontal|lateral)\.", expand=False).fillna("").str.upper()
-    appa = (df["AP/PA"].fillna("").astype(str).str.strip().str.upper() if "AP/PA" in df.columns
-            else pd.Series([""] * len(df), index=df.index))
+    appa = (
+        df["AP/PA"].fillna("").astype(str).str.strip().str.upper()
+        if "AP/PA" in df.columns
+        else pd.Series([""] * len(df), index=df.index)
+    )
     view = appa.where((appa != "") & (kind != "LATERAL"), kind).replace("", "UNKNOWN")
-    out = pd.DataFrame({
-        "path": [_join(base, p, strip) for p in df["Path"]],
-        "subject_id": parts[0].to_numpy(),
-        "study_id": (parts[0] + "_" + parts[1]).to_numpy(),
-        "view": view.to_numpy(),
-        "sex": df["Sex"].to_numpy() if "Sex" in df.columns else None,
-        "age": df["Age"].to_numpy() if "Age" in df.columns else None,
-        "split": split,
-    })
+    out = pd.DataFrame(
+        {
+            "path": [_join(base, p, strip) for p in df["Path"]],
+            "subject_id": parts[0].to_numpy(),
+            "study_id": (parts[0] + "_" + parts[1]).to_numpy(),
+            "view": view.to_numpy(),
+            "sex": df["Sex"].to_numpy() if "Sex" in df.columns else None,
+            "age": df["Age"].to_numpy() if "Age" in df.columns else None,
+            "split": split,
+        }
+    )
     return out, raw
 
 
@@ -172,8 +179,10 @@ def read_chexpert(
     """
     root = check_root(root, "chexpert")
     if not text_from_labels:
-        raise ValueError("CheXpert has no reports, so there is no text to pair with the images: set "
-                         "data.reader.text_from_labels=true to train on templated label text")
+        raise ValueError(
+            "CheXpert has no reports, so there is no text to pair with the images: set "
+            "data.reader.text_from_labels=true to train on templated label text"
+        )
     frames, raws = [], []
     for name, split_name in _CSVS:
         csv_path = root / name
@@ -189,14 +198,24 @@ def read_chexpert(
     raw = np.concatenate(raws)
 
     exists = existing_mask(df["path"].tolist(), check_files)
-    log_dropped(root, int((~exists).sum()), "images listed in the CSVs are missing on disk and skipped",
-                df.loc[~exists, "path"].iloc[0] if (~exists).any() else None)
+    log_dropped(
+        root,
+        int((~exists).sum()),
+        "images listed in the CSVs are missing on disk and skipped",
+        df.loc[~exists, "path"].iloc[0] if (~exists).any() else None,
+    )
     n_studies = df["study_id"].nunique()
     raw_rows = np.flatnonzero(exists)
     df = df[exists].assign(row=np.arange(len(raw_rows)))
     grouped = df.groupby("study_id", sort=False).agg(
-        subject_id=("subject_id", "first"), image_paths=("path", list), view_names=("view", list),
-        sex=("sex", "first"), age=("age", "first"), split=("split", "first"), row=("row", "first"))
+        subject_id=("subject_id", "first"),
+        image_paths=("path", list),
+        view_names=("view", list),
+        sex=("sex", "first"),
+        age=("age", "first"),
+        split=("split", "first"),
+        row=("row", "first"),
+    )
     log_dropped(root, n_studies - len(grouped), "studies have none of their images on disk and are dropped")
     study_raw = raw[raw_rows[grouped["row"].to_numpy()]]  # labels are per study: the first image's row
     studies = grouped.index.tolist()
@@ -217,6 +236,11 @@ def read_chexpert(
         has_labels=True,
         extra={"sex": [grouped["sex"].iloc[k] for k in keep], "age": [grouped["age"].iloc[k] for k in keep]},
     )
-    log.info("%s: %d studies, %d images, %d patients; text built from the labels", root, len(table),
-             sum(map(len, table.image_paths)), len(set(table.subject_ids)))
+    log.info(
+        "%s: %d studies, %d images, %d patients; text built from the labels",
+        root,
+        len(table),
+        sum(map(len, table.image_paths)),
+        len(set(table.subject_ids)),
+    )
     return table

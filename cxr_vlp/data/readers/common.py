@@ -90,8 +90,10 @@ def raw_labels(path: str | os.PathLike[str], df: pd.DataFrame, required: bool = 
         bad = (np.isnan(col) & df[name].notna().to_numpy()) | (~np.isnan(col) & ~np.isin(col, (1.0, 0.0, -1.0)))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: row {row + 1}, column {name!r}: label values must be 1, 0, -1 or blank, "
-                             f"got {df[name].iloc[row]!r}")
+            raise ValueError(
+                f"{path}: row {row + 1}, column {name!r}: label values must be 1, 0, -1 or blank, "
+                f"got {df[name].iloc[row]!r}"
+            )
         raw[:, j] = col
     return raw
 

@@ -43,10 +43,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_vlp.text.labels import CHEXPERT_LABELS, UncertainPolicy
 from cxr_vlp.data.readers.common import check_root, derive_labels, existing_mask, log_dropped
-from cxr_vlp.text.sections import PREAMBLE, collapse_whitespace, parse_sections
 from cxr_vlp.data.table import StudyTable
+from cxr_vlp.text.labels import CHEXPERT_LABELS, UncertainPolicy
+from cxr_vlp.text.sections import PREAMBLE, collapse_whitespace, parse_sections
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,15 @@ class _Studies:
     split: list[str | None] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)  # study id -> where it was read (for errors)
 
-    def add(self, study: str, where: str, images: list[str], findings: str | None, impression: str | None,
-            split: str | None = None) -> None:
+    def add(
+        self,
+        study: str,
+        where: str,
+        images: list[str],
+        findings: str | None,
+        impression: str | None,
+        split: str | None = None,
+    ) -> None:
         if study in self.origin:
             raise ValueError(f"{where}: study id {study!r} appears twice (also in {self.origin[study]})")
         self.origin[study] = where
@@ -95,7 +102,8 @@ def detect_layout(root: str | os.PathLike[str]) -> tuple[str, Path]:
         return "openi", root
     raise FileNotFoundError(
         f"{root}: no IU X-Ray layout found: expected either {R2GEN_ANNOTATION} with {R2GEN_IMAGES}/<id>/0.png "
-        f"(R2Gen) or {OPENI_REPORTS}/*.xml with {OPENI_IMAGES}/*.png (OpenI); set data.reader.layout to force one")
+        f"(R2Gen) or {OPENI_REPORTS}/*.xml with {OPENI_IMAGES}/*.png (OpenI); set data.reader.layout to force one"
+    )
 
 
 def parse_openi_xml(path: str | os.PathLike[str]) -> tuple[str, str | None, str | None, list[str]]:
@@ -129,8 +137,12 @@ def _read_openi(root: Path) -> _Studies:
             malformed.append(f"{path.name} ({err})")
             continue
         out.add(study, str(path), [str(images / f"{i}.png") for i in image_ids], findings, impression)
-    log_dropped(reports, len(malformed), "malformed XML report files are skipped",
-                ", ".join(malformed[:5]) if malformed else None)
+    log_dropped(
+        reports,
+        len(malformed),
+        "malformed XML report files are skipped",
+        ", ".join(malformed[:5]) if malformed else None,
+    )
     if not out.ids and not malformed:
         raise FileNotFoundError(f"no OpenI XML reports in {reports}")
     return out
@@ -169,8 +181,14 @@ def _read_r2gen(root: Path) -> _Studies:
             rel = entry["image_path"]
             rel = [rel] if isinstance(rel, str) else list(rel)
             findings, impression = split_r2gen_report(entry["report"])
-            out.add(str(entry["id"]).strip(), where, [str(images / p) for p in rel], findings, impression,
-                    str(entry.get("split") or key))
+            out.add(
+                str(entry["id"]).strip(),
+                where,
+                [str(images / p) for p in rel],
+                findings,
+                impression,
+                str(entry.get("split") or key),
+            )
     return out
 
 
@@ -201,13 +219,18 @@ def read_iu_xray(
     flat = [p for paths in studies.images for p in paths]
     exists = existing_mask(flat, check_files)
     if flat and not exists.any():
-        raise FileNotFoundError(f"{base}: none of the {len(flat)} images referenced by the reports was found, "
-                                f"e.g. {flat[0]}")
-    log_dropped(base, int((~exists).sum()), "images referenced by the reports are missing on disk and skipped",
-                next((p for p, e in zip(flat, exists) if not e), None))
+        raise FileNotFoundError(
+            f"{base}: none of the {len(flat)} images referenced by the reports was found, e.g. {flat[0]}"
+        )
+    log_dropped(
+        base,
+        int((~exists).sum()),
+        "images referenced by the reports are missing on disk and skipped",
+        next((p for p, e in zip(flat, exists) if not e), None),
+    )
     kept_images, start = [], 0
     for paths in studies.images:
-        kept_images.append([p for p, e in zip(paths, exists[start:start + len(paths)]) if e])
+        kept_images.append([p for p, e in zip(paths, exists[start : start + len(paths)]) if e])
         start += len(paths)
 
     keep, no_image, no_text = [], [], []
@@ -218,10 +241,18 @@ def read_iu_xray(
             no_text.append(study)
         else:
             keep.append(k)
-    log_dropped(base, len(no_image), "studies without any image on disk are dropped",
-                f"study {no_image[0]}" if no_image else None)
-    log_dropped(base, len(no_text), "studies without findings or impression text are dropped",
-                f"study {no_text[0]}" if no_text else None)
+    log_dropped(
+        base,
+        len(no_image),
+        "studies without any image on disk are dropped",
+        f"study {no_image[0]}" if no_image else None,
+    )
+    log_dropped(
+        base,
+        len(no_text),
+        "studies without findings or impression text are dropped",
+        f"study {no_text[0]}" if no_text else None,
+    )
 
     findings = [studies.findings[k] for k in keep]
     impression = [studies.impression[k] for k in keep]
@@ -239,6 +270,11 @@ def read_iu_xray(
         has_labels=True,
         label_sources=dict.fromkeys(CHEXPERT_LABELS, "text"),
     )
-    log.info("%s (%s layout): %d studies, %d images; labels derived from the report text", base, layout,
-             len(table), sum(map(len, table.image_paths)))
+    log.info(
+        "%s (%s layout): %d studies, %d images; labels derived from the report text",
+        base,
+        layout,
+        len(table),
+        sum(map(len, table.image_paths)),
+    )
     return table

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_vlp.text.labels import NUM_LABELS, UncertainPolicy, apply_policy
 from cxr_vlp.data.readers.common import (
     check_root,
     existing_mask,
@@ -47,9 +46,10 @@ from cxr_vlp.data.readers.common import (
     require_columns,
     strip_id_prefix,
 )
+from cxr_vlp.data.table import StudyTable
+from cxr_vlp.text.labels import NUM_LABELS, UncertainPolicy, apply_policy
 from cxr_vlp.text.sections import collapse_whitespace, findings_and_impression
 from cxr_vlp.text.text_views import is_missing
-from cxr_vlp.data.table import StudyTable
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,10 @@ def _check_one_value_per_study(path: Path, df: pd.DataFrame, column: str, what: 
         row = int(np.flatnonzero(bad)[0])
         study = df["study_id"].iloc[row]
         ref = int(np.flatnonzero((df["study_id"] == study).to_numpy())[0])
-        raise ValueError(f"{path}: row {row + 1}: study {study} has {what} {values.iloc[row]!r} here but "
-                         f"{values.iloc[ref]!r} at row {ref + 1} (one {what} per study expected)")
+        raise ValueError(
+            f"{path}: row {row + 1}: study {study} has {what} {values.iloc[row]!r} here but "
+            f"{values.iloc[ref]!r} at row {ref + 1} (one {what} per study expected)"
+        )
 
 
 def _read_metadata(path: Path, views: list[str] | None) -> pd.DataFrame:
@@ -109,8 +111,9 @@ def _read_metadata(path: Path, views: list[str] | None) -> pd.DataFrame:
     if views:
         wanted = {str(v).strip().upper() for v in views}
         keep = meta["ViewPosition"].isin(wanted)
-        log.info("%s: keeping %d of %d images with ViewPosition in %s", path, int(keep.sum()), len(meta),
-                 sorted(wanted))
+        log.info(
+            "%s: keeping %d of %d images with ViewPosition in %s", path, int(keep.sum()), len(meta), sorted(wanted)
+        )
         meta = meta[keep]
     return meta.reset_index(drop=True)
 
@@ -124,8 +127,12 @@ def _attach_split(meta: pd.DataFrame, path: Path) -> pd.DataFrame:
     _check_one_value_per_study(path, split, "split", "split")
     merged = meta.merge(split[["dicom_id", "split"]], on="dicom_id", how="left", validate="one_to_one")
     absent = int(merged["split"].isna().sum())
-    log_dropped(path, absent, "images of the metadata have no official split (their subjects are split by "
-                "the data module)", merged.loc[merged["split"].isna(), "dicom_id"].head(1).tolist() or None)
+    log_dropped(
+        path,
+        absent,
+        "images of the metadata have no official split (their subjects are split by the data module)",
+        merged.loc[merged["split"].isna(), "dicom_id"].head(1).tolist() or None,
+    )
     # images of one study present and absent in the split file: the study takes its known split
     merged["split"] = merged.groupby("study_id", sort=False)["split"].transform("first")
     return merged
@@ -133,8 +140,21 @@ def _attach_split(meta: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def _image_paths(root: Path, meta: pd.DataFrame) -> pd.Series:
     subject, study = meta["subject_id"], meta["study_id"]
-    return (str(root / "files") + os.sep + "p" + subject.str[:2] + os.sep + "p" + subject + os.sep + "s" + study
-            + os.sep + meta["dicom_id"] + ".jpg")
+    return (
+        str(root / "files")
+        + os.sep
+        + "p"
+        + subject.str[:2]
+        + os.sep
+        + "p"
+        + subject
+        + os.sep
+        + "s"
+        + study
+        + os.sep
+        + meta["dicom_id"]
+        + ".jpg"
+    )
 
 
 def _labels(path: Path, subjects: list[str], studies: list[str]) -> np.ndarray:
@@ -149,8 +169,12 @@ def _labels(path: Path, subjects: list[str], studies: list[str]) -> np.ndarray:
     found = pos >= 0
     out[found] = raw[pos[found]]
     missing = np.flatnonzero(~found)
-    log_dropped(path, len(missing), "studies are not in the CheXpert label table: their labels are unknown",
-                f"study {studies[missing[0]]}" if len(missing) else None)
+    log_dropped(
+        path,
+        len(missing),
+        "studies are not in the CheXpert label table: their labels are unknown",
+        f"study {studies[missing[0]]}" if len(missing) else None,
+    )
     return out
 
 
@@ -189,8 +213,10 @@ def _reports_from_csv(path: Path, studies: list[str]) -> tuple[list, list, list[
     pos = pd.Index(df["study"]).get_indexer(pd.Index(studies))
     findings = [f.iloc[p] if p >= 0 else None for p in pos]
     impression = [i.iloc[p] if p >= 0 else None for p in pos]
-    reasons = ["" if (a or b) else (f"empty: study s{s}" if p >= 0 else f"no row for study s{s}")
-               for a, b, s, p in zip(findings, impression, studies, pos)]
+    reasons = [
+        "" if (a or b) else (f"empty: study s{s}" if p >= 0 else f"no row for study s{s}")
+        for a, b, s, p in zip(findings, impression, studies, pos)
+    ]
     return findings, impression, reasons
 
 
@@ -224,15 +250,25 @@ def read_mimic_cxr(
     paths = _image_paths(root, meta)
     exists = existing_mask(paths.tolist(), check_files)
     if len(meta) and not exists.any():
-        raise FileNotFoundError(f"{root}: none of the {len(meta)} images listed in {meta_path} was found, e.g. "
-                                f"{paths.iloc[0]} (expected files/pXX/p<subject_id>/s<study_id>/<dicom_id>.jpg)")
-    log_dropped(root, int((~exists).sum()), "images listed in the metadata are missing on disk and skipped",
-                paths[~exists].iloc[0] if (~exists).any() else None)
+        raise FileNotFoundError(
+            f"{root}: none of the {len(meta)} images listed in {meta_path} was found, e.g. "
+            f"{paths.iloc[0]} (expected files/pXX/p<subject_id>/s<study_id>/<dicom_id>.jpg)"
+        )
+    log_dropped(
+        root,
+        int((~exists).sum()),
+        "images listed in the metadata are missing on disk and skipped",
+        paths[~exists].iloc[0] if (~exists).any() else None,
+    )
     n_studies = meta["study_id"].nunique()
     meta = meta.assign(path=paths)[exists]
     grouped = meta.groupby("study_id", sort=False).agg(
-        subject_id=("subject_id", "first"), image_paths=("path", list), view_names=("ViewPosition", list),
-        dicom_ids=("dicom_id", list), split=("split", "first"))
+        subject_id=("subject_id", "first"),
+        image_paths=("path", list),
+        view_names=("ViewPosition", list),
+        dicom_ids=("dicom_id", list),
+        split=("split", "first"),
+    )
     log_dropped(root, n_studies - len(grouped), "studies have none of their images on disk and are dropped")
 
     studies = grouped.index.tolist()
@@ -245,8 +281,12 @@ def read_mimic_cxr(
 
     keep = [k for k, reason in enumerate(reasons) if not reason]
     dropped = [reason for reason in reasons if reason]
-    log_dropped(root, len(dropped), "studies without report text (no report, or empty findings and impression) "
-                "are dropped", dropped[0] if dropped else None)
+    log_dropped(
+        root,
+        len(dropped),
+        "studies without report text (no report, or empty findings and impression) are dropped",
+        dropped[0] if dropped else None,
+    )
     split = [None if pd.isna(s) else str(s) for s in grouped["split"]]
     table = StudyTable(
         study_ids=[studies[k] for k in keep],
@@ -261,6 +301,11 @@ def read_mimic_cxr(
         has_labels=True,
         extra={"dicom_ids": [grouped["dicom_ids"].iloc[k] for k in keep]},
     )
-    log.info("%s: %d studies, %d images, %d subjects", root, len(table), sum(map(len, table.image_paths)),
-             len(set(table.subject_ids)))
+    log.info(
+        "%s: %d studies, %d images, %d subjects",
+        root,
+        len(table),
+        sum(map(len, table.image_paths)),
+        len(set(table.subject_ids)),
+    )
     return table

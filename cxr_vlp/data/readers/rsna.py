@@ -73,8 +73,10 @@ def _checked(csv_path: Path, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         no_box = (target == 1.0) & np.isnan(boxes).any(axis=1)
         if no_box.any():
             row = int(np.flatnonzero(no_box)[0])
-            raise ValueError(f"{csv_path}: row {row + 1}: Target 1 needs a box (x, y, width, height), got "
-                             f"{df.loc[df.index[row], list(BOX_COLUMNS)].tolist()}")
+            raise ValueError(
+                f"{csv_path}: row {row + 1}: Target 1 needs a box (x, y, width, height), got "
+                f"{df.loc[df.index[row], list(BOX_COLUMNS)].tolist()}"
+            )
     return target, boxes
 
 
@@ -105,8 +107,9 @@ def _headers(paths: list[str]) -> dict[str, list]:
             age.append(None)
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition", "PatientSex",
-                                                                               "PatientAge"])
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["ViewPosition", "PatientSex", "PatientAge"]
+            )
         except Exception as err:
             raise OSError(f"unreadable DICOM header: {path} ({type(err).__name__}: {err})") from err
         views.append(str(getattr(ds, "ViewPosition", "") or "FRONTAL").strip().upper())
@@ -162,11 +165,17 @@ def read_rsna_pneumonia(
         paths = [str(folder / f"{p}{extensions[0]}") for p in patients]
     keep = [k for k, p in enumerate(paths) if p is not None]
     missing = len(patients) - len(keep)
-    log_dropped(root, missing, f"patients of {labels_csv} have no image in {folder} and are skipped",
-                next((folder / f"{patients[k]}{extensions[0]}" for k, p in enumerate(paths) if p is None), None))
+    log_dropped(
+        root,
+        missing,
+        f"patients of {labels_csv} have no image in {folder} and are skipped",
+        next((folder / f"{patients[k]}{extensions[0]}" for k, p in enumerate(paths) if p is None), None),
+    )
     if not keep:
-        raise FileNotFoundError(f"{root}: none of the {len(patients)} patients of {labels_csv} has an image "
-                                f"({'/'.join(extensions)}) in {folder}")
+        raise FileNotFoundError(
+            f"{root}: none of the {len(patients)} patients of {labels_csv} has an image "
+            f"({'/'.join(extensions)}) in {folder}"
+        )
 
     raw = np.full((len(keep), NUM_LABELS), np.nan, dtype=np.float32)
     raw[:, PNEUMONIA] = study_target[keep]
@@ -189,6 +198,11 @@ def read_rsna_pneumonia(
         extra=extra,
         label_sources={"Pneumonia": "given"},
     )
-    log.info("%s: %d patients (%d with pneumonia, %d boxes); text built from the label", root, len(table),
-             int(raw[:, PNEUMONIA].sum()), sum(map(len, extra["boxes"])))
+    log.info(
+        "%s: %d patients (%d with pneumonia, %d boxes); text built from the label",
+        root,
+        len(table),
+        int(raw[:, PNEUMONIA].sum()),
+        sum(map(len, extra["boxes"])),
+    )
     return table

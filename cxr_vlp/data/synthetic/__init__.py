@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 
 from cxr_vlp import __version__
-from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.data.synthetic.attributes import Study, sample_cohort
 from cxr_vlp.data.synthetic.render import image_rng, render_view
 from cxr_vlp.data.synthetic.report import write_report
+from cxr_vlp.text.labels import CHEXPERT_LABELS
 from cxr_vlp.utils.files import file_lock
 from cxr_vlp.utils.procs import die_with_parent
 
@@ -48,8 +48,15 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CSV_COLUMNS: tuple[str, ...] = (
-    "study_id", "subject_id", "image_paths", "view_names", "findings", "impression", *CHEXPERT_LABELS,
-    "study_date", "attributes",
+    "study_id",
+    "subject_id",
+    "image_paths",
+    "view_names",
+    "findings",
+    "impression",
+    *CHEXPERT_LABELS,
+    "study_date",
+    "attributes",
 )
 _NOT_PART_OF_IDENTITY = ("workers",)  # config fields that do not change the generated files
 
@@ -68,9 +75,11 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "num_patients": self.num_patients >= 1, "image_size": self.image_size >= 32,
+            "num_patients": self.num_patients >= 1,
+            "image_size": self.image_size >= 32,
             "max_studies_per_patient": self.max_studies_per_patient >= 1,
-            "max_views_per_study": self.max_views_per_study >= 1, "jpeg_quality": 1 <= self.jpeg_quality <= 100,
+            "max_views_per_study": self.max_views_per_study >= 1,
+            "jpeg_quality": 1 <= self.jpeg_quality <= 100,
             "workers": self.workers >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -108,14 +117,18 @@ def _check_existing(out: Path, cfg: SyntheticConfig) -> bool:
             raise FileExistsError(f"{out} has an unreadable manifest.json ({err}); refusing to overwrite it") from err
         diffs = _config_diff(manifest, cfg)
         if diffs:
-            raise FileExistsError(f"{out} already holds a synthetic dataset generated with a different config: "
-                                  f"{'; '.join(diffs)}. Use another out_dir or delete that directory.")
+            raise FileExistsError(
+                f"{out} already holds a synthetic dataset generated with a different config: "
+                f"{'; '.join(diffs)}. Use another out_dir or delete that directory."
+            )
         if not (out / "studies.csv").is_file():
             raise FileExistsError(f"{out} has a manifest.json but no studies.csv; delete the directory to regenerate")
         return True
     if any(out.iterdir()):
-        raise FileExistsError(f"{out} exists, is not empty and has no synthetic manifest.json; "
-                              "refusing to write into it (it may hold user data)")
+        raise FileExistsError(
+            f"{out} exists, is not empty and has no synthetic manifest.json; "
+            "refusing to write into it (it may hold user data)"
+        )
     return False
 
 
@@ -167,20 +180,26 @@ def _table(studies: list[Study], seed: int) -> Any:
     for st in studies:
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, st.index)))
         findings, impression = write_report(st, rng)
-        rows.append({
-            "study_id": st.study_id, "subject_id": st.subject_id,
-            "image_paths": ";".join(_image_relpath(st, vi, v) for vi, v in enumerate(st.views)),
-            "view_names": ";".join(st.views), "findings": findings, "impression": impression,
-            **st.labels, "study_date": st.study_date, "attributes": st.attributes_json(),
-        })
+        rows.append(
+            {
+                "study_id": st.study_id,
+                "subject_id": st.subject_id,
+                "image_paths": ";".join(_image_relpath(st, vi, v) for vi, v in enumerate(st.views)),
+                "view_names": ";".join(st.views),
+                "findings": findings,
+                "impression": impression,
+                **st.labels,
+                "study_date": st.study_date,
+                "attributes": st.attributes_json(),
+            }
+        )
     df = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     for name in CHEXPERT_LABELS:
         df[name] = pd.array(df[name].tolist(), dtype="Int64")
     return df
 
 
-def generate_dataset(out_dir: str | os.PathLike[str], config: SyntheticConfig | None = None,
-                     **overrides: Any) -> Path:
+def generate_dataset(out_dir: str | os.PathLike[str], config: SyntheticConfig | None = None, **overrides: Any) -> Path:
     """Generate the synthetic dataset into ``out_dir`` (or reuse it) and return the path of studies.csv.
 
     ``overrides`` replace fields of ``config`` (e.g. ``num_patients=20``). If ``out_dir`` already holds a
@@ -213,12 +232,15 @@ def _generate(out: Path, cfg: SyntheticConfig) -> Path:
     tmp.mkdir()
     try:
         studies = sample_cohort(cfg.num_patients, cfg.seed, cfg.max_studies_per_patient, cfg.max_views_per_study)
-        logger.info("sampled %d patients, %d studies; rendering with %d worker(s)", cfg.num_patients,
-                    len(studies), cfg.workers)
+        logger.info(
+            "sampled %d patients, %d studies; rendering with %d worker(s)", cfg.num_patients, len(studies), cfg.workers
+        )
         n_images = _render_all(studies, tmp, cfg)
         _table(studies, cfg.seed).to_csv(tmp / "studies.csv", index=False)
         manifest = {
-            "format_version": FORMAT_VERSION, "generator": __name__, "package_version": __version__,
+            "format_version": FORMAT_VERSION,
+            "generator": __name__,
+            "package_version": __version__,
             "config": asdict(cfg),
             "counts": {"patients": cfg.num_patients, "studies": len(studies), "images": n_images},
         }

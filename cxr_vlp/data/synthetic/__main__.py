@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     counts = json.loads((csv_path.parent / "manifest.json").read_text())["counts"]
-    print(f"synthetic dataset: {counts['studies']} studies, {counts['images']} images, "
-          f"{counts['patients']} patients in {time.perf_counter() - t0:.1f}s -> {csv_path}")
+    print(
+        f"synthetic dataset: {counts['studies']} studies, {counts['images']} images, "
+        f"{counts['patients']} patients in {time.perf_counter() - t0:.1f}s -> {csv_path}"
+    )
     return 0
 
 

@@ -35,8 +35,19 @@ DEVICE_KINDS: tuple[str, ...] = ("ett", "cvc", "ng", "pacemaker", "chest_tube")
 
 # Probability that an absent observation is explicitly negated in the report (else left blank).
 NEGATION_PROB: dict[str, float] = {
-    ECM: 0.30, CARDIO: 0.55, OPACITY: 0.20, LESION: 0.08, EDEMA: 0.35, CONSOL: 0.50, PNEUMONIA: 0.25,
-    ATELEC: 0.10, PTX: 0.70, EFFUSION: 0.70, PLEURAL_OTHER: 0.03, FRACTURE: 0.12, DEVICES: 0.05,
+    ECM: 0.30,
+    CARDIO: 0.55,
+    OPACITY: 0.20,
+    LESION: 0.08,
+    EDEMA: 0.35,
+    CONSOL: 0.50,
+    PNEUMONIA: 0.25,
+    ATELEC: 0.10,
+    PTX: 0.70,
+    EFFUSION: 0.70,
+    PLEURAL_OTHER: 0.03,
+    FRACTURE: 0.12,
+    DEVICES: 0.05,
 }
 UNCERTAIN_PROB = 0.055  # share of present (non-device) findings worded as uncertain
 _CAN_BE_UNCERTAIN = (ECM, CARDIO, OPACITY, LESION, EDEMA, CONSOL, PNEUMONIA, ATELEC, PTX, EFFUSION)
@@ -121,8 +132,11 @@ def sample_patient(rng: np.random.Generator) -> PatientTraits:
     cardio = _choice(rng, ("mild", "moderate", "severe"), [0.5, 0.33, 0.17]) if rng.random() < 0.15 else None
     pacemaker = None
     if rng.random() < 0.05:
-        pacemaker = {"kind": "pacemaker", "side": "left" if rng.random() < 0.85 else "right",
-                     "leads": _choice(rng, (1, 2), [0.35, 0.65])}
+        pacemaker = {
+            "kind": "pacemaker",
+            "side": "left" if rng.random() < 0.85 else "right",
+            "leads": _choice(rng, (1, 2), [0.35, 0.65]),
+        }
     old_fracture = None
     if rng.random() < 0.016:
         old_fracture = {"side": _side(rng, 0.0), "rib": int(rng.integers(4, 10)), "age": "old"}
@@ -132,8 +146,11 @@ def sample_patient(rng: np.random.Generator) -> PatientTraits:
     nodule = None
     if rng.random() < 0.025:
         size_cm = float(_choice(rng, (0.9, 1.4, 2.2, 3.5, 4.5), [0.3, 0.3, 0.2, 0.12, 0.08]))
-        nodule = {"side": _side(rng, 0.0), "zone": _choice(rng, ("upper", "middle", "lower"), [0.5, 0.25, 0.25]),
-                  "size_cm": size_cm}
+        nodule = {
+            "side": _side(rng, 0.0),
+            "zone": _choice(rng, ("upper", "middle", "lower"), [0.5, 0.25, 0.25]),
+            "size_cm": size_cm,
+        }
     incidental: dict[str, Any] = {}
     if rng.random() < 0.15:
         incidental["aortic_calcification"] = True
@@ -162,21 +179,30 @@ _SEVERITY = ("small", "moderate", "large")
 
 
 def _lung_finding(rng: np.random.Generator, p_bilateral: float, zones: list[float]) -> dict[str, Any]:
-    return {"side": _side(rng, p_bilateral), "zone": _choice(rng, ("upper", "middle", "lower"), zones),
-            "severity": _choice(rng, ("mild", "moderate", "severe"), [0.45, 0.35, 0.2])}
+    return {
+        "side": _side(rng, p_bilateral),
+        "zone": _choice(rng, ("upper", "middle", "lower"), zones),
+        "severity": _choice(rng, ("mild", "moderate", "severe"), [0.45, 0.35, 0.2]),
+    }
 
 
-def _sample_devices(rng: np.random.Generator, icu: bool, findings: dict[str, dict[str, Any]],
-                    traits: PatientTraits) -> list[dict[str, Any]]:
+def _sample_devices(
+    rng: np.random.Generator, icu: bool, findings: dict[str, dict[str, Any]], traits: PatientTraits
+) -> list[dict[str, Any]]:
     devices: list[dict[str, Any]] = []
     if icu:
         ett = rng.random() < 0.5
         if ett:
             devices.append({"kind": "ett", "tip_cm": int(rng.integers(2, 8))})
         if rng.random() < 0.6:
-            devices.append({"kind": "cvc", "side": "right" if rng.random() < 0.7 else "left",
-                            "approach": _choice(rng, ("jugular", "subclavian"), [0.7, 0.3]),
-                            "tip": _choice(rng, ("svc", "cavoatrial", "atrium"), [0.5, 0.3, 0.2])})
+            devices.append(
+                {
+                    "kind": "cvc",
+                    "side": "right" if rng.random() < 0.7 else "left",
+                    "approach": _choice(rng, ("jugular", "subclavian"), [0.7, 0.3]),
+                    "tip": _choice(rng, ("svc", "cavoatrial", "atrium"), [0.5, 0.3, 0.2]),
+                }
+            )
         if rng.random() < (0.75 if ett else 0.2):
             devices.append({"kind": "ng", "tip": "stomach" if rng.random() < 0.9 else "esophagus"})
     ptx, eff = findings.get(PTX), findings.get(EFFUSION)
@@ -190,8 +216,9 @@ def _sample_devices(rng: np.random.Generator, icu: bool, findings: dict[str, dic
     return devices
 
 
-def sample_study_content(rng: np.random.Generator, traits: PatientTraits,
-                         carried: dict[str, dict[str, Any]], was_icu: bool) -> dict[str, Any]:
+def sample_study_content(
+    rng: np.random.Generator, traits: PatientTraits, carried: dict[str, dict[str, Any]], was_icu: bool
+) -> dict[str, Any]:
     """Draw the clinical content of one study (findings, devices, views, volumes, rotation).
 
     ``carried`` holds the previous study's acute findings (some persist) and ``was_icu`` whether the
@@ -225,8 +252,10 @@ def sample_study_content(rng: np.random.Generator, traits: PatientTraits,
         f[EDEMA] = {"side": "bilateral", "severity": _choice(rng, ("mild", "moderate", "severe"), [0.5, 0.35, 0.15])}
     edema = EDEMA in f
     if EFFUSION not in f and rng.random() < 0.08 + 0.22 * cardio + 0.28 * edema + 0.12 * icu:
-        f[EFFUSION] = {"side": _side(rng, 0.4 if (cardio or edema) else 0.2),
-                       "size": _choice(rng, _SEVERITY, [0.5, 0.33, 0.17])}
+        f[EFFUSION] = {
+            "side": _side(rng, 0.4 if (cardio or edema) else 0.2),
+            "size": _choice(rng, _SEVERITY, [0.5, 0.33, 0.17]),
+        }
     if PNEUMONIA not in f and rng.random() < 0.05 + 0.06 * icu:
         f[PNEUMONIA] = _lung_finding(rng, 0.15, [0.2, 0.25, 0.55])
     pneu = f.get(PNEUMONIA)
@@ -235,16 +264,18 @@ def sample_study_content(rng: np.random.Generator, traits: PatientTraits,
         f[CONSOL] = dict(pneu) if same_place else _lung_finding(rng, 0.1, [0.2, 0.25, 0.55])
     if ATELEC not in f and rng.random() < 0.115 + 0.12 * (EFFUSION in f) + 0.08 * icu + 0.1 * (lung_volumes == "low"):
         side = f[EFFUSION]["side"] if EFFUSION in f and rng.random() < 0.6 else _side(rng, 0.35)
-        f[ATELEC] = {"side": side, "zone": _choice(rng, ("lower", "middle", "upper"), [0.75, 0.2, 0.05]),
-                     "kind": _choice(rng, ("linear", "plate-like", "subsegmental"), [0.4, 0.3, 0.3])}
+        f[ATELEC] = {
+            "side": side,
+            "zone": _choice(rng, ("lower", "middle", "upper"), [0.75, 0.2, 0.05]),
+            "kind": _choice(rng, ("linear", "plate-like", "subsegmental"), [0.4, 0.3, 0.3]),
+        }
     p_op = 0.125 + 0.4 * (pneu is not None) + 0.25 * (CONSOL in f) + 0.15 * edema + 0.05 * (ATELEC in f)
     if OPACITY not in f and rng.random() < p_op:
         src = pneu or f.get(CONSOL)
         same_place = src is not None and rng.random() < 0.6
         f[OPACITY] = dict(src) if same_place else _lung_finding(rng, 0.25, [0.25, 0.3, 0.45])
     if PTX not in f and rng.random() < 0.024 + 0.06 * icu:
-        f[PTX] = {"side": "right" if rng.random() < 0.5 else "left",
-                  "size": _choice(rng, _SEVERITY, [0.6, 0.28, 0.12])}
+        f[PTX] = {"side": "right" if rng.random() < 0.5 else "left", "size": _choice(rng, _SEVERITY, [0.6, 0.28, 0.12])}
     if traits.nodule is not None:
         f[LESION] = dict(traits.nodule)
     elif rng.random() < 0.01:
@@ -263,8 +294,15 @@ def sample_study_content(rng: np.random.Generator, traits: PatientTraits,
         f[DEVICES] = {"kinds": [d["kind"] for d in devices]}
     heart_ratio = _CARDIO_RATIO[f[CARDIO]["degree"]] if CARDIO in f else traits.heart_ratio
     heart_ratio = float(heart_ratio + rng.uniform(-0.01, 0.01))
-    return {"findings": f, "devices": devices, "lung_volumes": lung_volumes, "rotation": rotation,
-            "icu": icu, "heart_ratio": heart_ratio, "views": _sample_views(rng, icu or bool(devices))}
+    return {
+        "findings": f,
+        "devices": devices,
+        "lung_volumes": lung_volumes,
+        "rotation": rotation,
+        "icu": icu,
+        "heart_ratio": heart_ratio,
+        "views": _sample_views(rng, icu or bool(devices)),
+    }
 
 
 def _sample_views(rng: np.random.Generator, portable: bool) -> list[str]:
@@ -302,12 +340,13 @@ def assign_labels(rng: np.random.Generator, findings: dict[str, dict[str, Any]])
 
 
 def _num_studies(rng: np.random.Generator, max_studies: int) -> int:
-    weights = np.array([0.75 ** k for k in range(max_studies)])
+    weights = np.array([0.75**k for k in range(max_studies)])
     return int(rng.choice(max_studies, p=weights / weights.sum())) + 1
 
 
-def sample_cohort(num_patients: int, seed: int, max_studies_per_patient: int = 4,
-                  max_views_per_study: int = 3) -> list[Study]:
+def sample_cohort(
+    num_patients: int, seed: int, max_studies_per_patient: int = 4, max_views_per_study: int = 3
+) -> list[Study]:
     """Sample every study of ``num_patients`` patients, in patient then date order."""
     id_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
     subject_offsets = np.cumsum(id_rng.integers(1, 40, size=num_patients))
@@ -327,14 +366,27 @@ def sample_cohort(num_patients: int, seed: int, max_studies_per_patient: int = 4
             labels = assign_labels(rng, findings)
             content["views"] = content["views"][:max_views_per_study]
             next_study += int(id_rng.integers(1, 60))
-            studies.append(Study(
-                index=len(studies), patient_index=p, subject_id=f"p{10_000_000 + int(subject_offsets[p])}",
-                study_id=f"s{next_study}", study_date=date.isoformat(), labels=labels, findings=findings,
-                sex=traits.sex, thorax_scale=traits.thorax_scale, prior_date=prior,
-                incidental=dict(traits.incidental), **content,
-            ))
-            carried = {k: {a: v for a, v in findings[k].items() if a != "uncertain"}
-                       for k in (EDEMA, EFFUSION, PNEUMONIA, CONSOL, ATELEC, OPACITY, PTX) if k in findings}
+            studies.append(
+                Study(
+                    index=len(studies),
+                    patient_index=p,
+                    subject_id=f"p{10_000_000 + int(subject_offsets[p])}",
+                    study_id=f"s{next_study}",
+                    study_date=date.isoformat(),
+                    labels=labels,
+                    findings=findings,
+                    sex=traits.sex,
+                    thorax_scale=traits.thorax_scale,
+                    prior_date=prior,
+                    incidental=dict(traits.incidental),
+                    **content,
+                )
+            )
+            carried = {
+                k: {a: v for a, v in findings[k].items() if a != "uncertain"}
+                for k in (EDEMA, EFFUSION, PNEUMONIA, CONSOL, ATELEC, OPACITY, PTX)
+                if k in findings
+            }
             was_icu = content["icu"]
             prior = date.isoformat()
             date = date + _dt.timedelta(days=int(rng.integers(1, 6) if was_icu else rng.integers(7, 700)))

@@ -21,7 +21,18 @@ import cv2
 import numpy as np
 
 from cxr_vlp.data.synthetic.attributes import (
-    ATELEC, CONSOL, EDEMA, EFFUSION, ECM, FRACTURE, LESION, OPACITY, PLEURAL_OTHER, PNEUMONIA, PTX, Study,
+    ATELEC,
+    CONSOL,
+    ECM,
+    EDEMA,
+    EFFUSION,
+    FRACTURE,
+    LESION,
+    OPACITY,
+    PLEURAL_OTHER,
+    PNEUMONIA,
+    PTX,
+    Study,
 )
 
 _SHIFT = 4
@@ -62,8 +73,17 @@ class Canvas:
     def line(self, img: np.ndarray, points: Any, value: float, thick: float) -> None:
         cv2.polylines(img, [self.pts(points)], False, float(value), self.t(thick), cv2.LINE_8, _SHIFT)
 
-    def ellipse(self, img: np.ndarray, c: tuple[float, float], axes: tuple[float, float], value: float,
-                angle: float = 0.0, start: float = 0.0, end: float = 360.0, thick: float | None = None) -> None:
+    def ellipse(
+        self,
+        img: np.ndarray,
+        c: tuple[float, float],
+        axes: tuple[float, float],
+        value: float,
+        angle: float = 0.0,
+        start: float = 0.0,
+        end: float = 360.0,
+        thick: float | None = None,
+    ) -> None:
         ax = (max(1, int(axes[0] * self.s * _ONE)), max(1, int(axes[1] * self.s * _ONE)))
         th = -1 if thick is None else self.t(thick)
         cv2.ellipse(img, self.p(*c), ax, angle, start, end, float(value), th, cv2.LINE_8, _SHIFT)
@@ -142,8 +162,20 @@ def _draw_frontal_anatomy(c: Canvas, st: Study, view: str, f: Frame, rng: np.ran
     mw = 0.05
     wide = {"mild": 1.55, "marked": 2.0}.get(st.findings.get(ECM, {}).get("degree", ""), 1.0)
     hx, hy = mx + 0.33 * f.ctr * w, f.dome["left"] - 0.08
-    c.poly(c.base, [(mx - 0.8 * mw, 0.0), (mx + 0.8 * mw, 0.0), (mx + mw * wide, 0.17), (mx + mw * wide, 0.33),
-                    (mx + 1.1 * mw, hy), (mx - mw, hy), (mx - mw * wide, 0.33), (mx - mw * wide, 0.17)], 0.56)
+    c.poly(
+        c.base,
+        [
+            (mx - 0.8 * mw, 0.0),
+            (mx + 0.8 * mw, 0.0),
+            (mx + mw * wide, 0.17),
+            (mx + mw * wide, 0.33),
+            (mx + 1.1 * mw, hy),
+            (mx - mw, hy),
+            (mx - mw * wide, 0.33),
+            (mx - mw * wide, 0.17),
+        ],
+        0.56,
+    )
     c.ellipse(c.base, (mx + mw * wide + 0.005, 0.27), (0.026, 0.024), 0.56)  # aortic knob
     if st.incidental.get("aortic_calcification"):
         c.ellipse(c.sharp, (mx + mw * wide + 0.005, 0.27), (0.024, 0.022), 0.22, 0, 190, 350, thick=0.007)
@@ -168,7 +200,7 @@ def _draw_frontal_anatomy(c: Canvas, st: Study, view: str, f: Frame, rng: np.ran
         for i in range(10):  # posterior ribs (outwards and down) and fainter anterior ribs (down and in)
             yi = f.apex - 0.012 + i * 0.056
             u = np.linspace(0.0, 1.0, 9)
-            rib = np.stack([cx + g * (0.02 + (0.97 * w - 0.02) * u), yi + 0.02 * u + 0.1 * u ** 2.5], 1)
+            rib = np.stack([cx + g * (0.02 + (0.97 * w - 0.02) * u), yi + 0.02 * u + 0.1 * u**2.5], 1)
             if fx is not None and fx["side"] == side and fx["rib"] == i + 1:
                 c.line(c.sharp, rib[:5], 0.07, 0.017)  # displaced fracture: gap + step-off
                 c.line(c.sharp, rib[5:] + np.array([-g * 0.004, 0.013]), 0.07, 0.017)
@@ -195,17 +227,33 @@ def _shrunk(o: np.ndarray, anchor: tuple[float, float], k: float) -> np.ndarray:
     return np.asarray(anchor) + (o - np.asarray(anchor)) * k
 
 
-def _blobs(c: Canvas, rng: np.random.Generator, cxy: tuple[float, float], r: float, n: int, spread: float,
-           value: float, sx: float = 1.0) -> None:
+def _blobs(
+    c: Canvas,
+    rng: np.random.Generator,
+    cxy: tuple[float, float],
+    r: float,
+    n: int,
+    spread: float,
+    value: float,
+    sx: float = 1.0,
+) -> None:
     for dx, dy, rr in rng.uniform([-spread, -spread, 0.45], [spread, spread, 1.0], size=(n, 3)):
-        c.ellipse(c.soft, (cxy[0] + dx * r * sx, cxy[1] + dy * r), (rr * r * 0.9, rr * r), value,
-                  angle=float(rng.uniform(0, 180)))
+        c.ellipse(
+            c.soft,
+            (cxy[0] + dx * r * sx, cxy[1] + dy * r),
+            (rr * r * 0.9, rr * r),
+            value,
+            angle=float(rng.uniform(0, 180)),
+        )
 
 
 def _airspace(c: Canvas, rng: np.random.Generator, st: Study, xy: Any) -> None:
     """Lung opacity, consolidation and pneumonia; ``xy(side, zone) -> (x, y)`` locates a zone."""
-    for label, n, spread, value, rk in ((OPACITY, 3, 0.5, 0.19, 1.0), (CONSOL, 1, 0.0, 0.32, 0.9),
-                                        (PNEUMONIA, 6, 0.9, 0.2, 0.4)):
+    for label, n, spread, value, rk in (
+        (OPACITY, 3, 0.5, 0.19, 1.0),
+        (CONSOL, 1, 0.0, 0.32, 0.9),
+        (PNEUMONIA, 6, 0.9, 0.2, 0.4),
+    ):
         fd = st.findings.get(label)
         if fd is None:
             continue
@@ -224,8 +272,13 @@ def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray]
     """Draw every present observation of a frontal view, sized and placed by its attributes."""
     X, Y = _grid(c.s)
     fd = st.findings
-    xy = lambda s, z: (f.cx + _SIDE_SIGN[s] * f.w * float(rng.uniform(0.5, 0.62)),  # noqa: E731
-                       _zone_y(f.apex, f.dome[s], z) + float(rng.uniform(-0.02, 0.02)))
+
+    def xy(s, z):
+        return (
+            f.cx + _SIDE_SIGN[s] * f.w * float(rng.uniform(0.5, 0.62)),
+            _zone_y(f.apex, f.dome[s], z) + float(rng.uniform(-0.02, 0.02)),
+        )
+
     _airspace(c, rng, st, xy)
     if EFFUSION in fd:
         e = fd[EFFUSION]
@@ -248,8 +301,16 @@ def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray]
         sev = _SEV[fd[EDEMA]["severity"]]
         hs = c.haze.shape[0] / c.s
         for g in (-1.0, 1.0):  # bat-wing perihilar haze, low resolution then upsampled
-            cv2.ellipse(c.haze, (int((f.mx + g * 0.13) * c.s * hs), int(0.45 * c.s * hs)),
-                        (int(0.13 * c.s * hs), int(0.15 * c.s * hs)), 0, 0, 360, 0.1 + 0.06 * sev, -1)
+            cv2.ellipse(
+                c.haze,
+                (int((f.mx + g * 0.13) * c.s * hs), int(0.45 * c.s * hs)),
+                (int(0.13 * c.s * hs), int(0.15 * c.s * hs)),
+                0,
+                0,
+                360,
+                0.1 + 0.06 * sev,
+                -1,
+            )
             for _ in range(4 + 2 * sev):  # Kerley B lines at the lateral bases
                 y = f.cp["left" if g > 0 else "right"] - float(rng.uniform(0.04, 0.16))
                 x0 = f.cx + g * f.w * 0.93
@@ -268,7 +329,7 @@ def _frontal_findings(c: Canvas, st: Study, f: Frame, out: dict[str, np.ndarray]
                 c.line(c.sharp, wall, 0.17, 0.015)
             else:
                 for k in range(0, len(wall) - 1, 2):
-                    c.line(c.sharp, wall[k:k + 2], 0.32, 0.014)
+                    c.line(c.sharp, wall[k : k + 2], 0.32, 0.014)
     if PTX in fd:
         p = fd[PTX]
         s, g = p["side"], _SIDE_SIGN[p["side"]]
@@ -300,8 +361,11 @@ def _frontal_devices(c: Canvas, st: Study, f: Frame) -> None:
         elif k == "cvc":
             g = _SIDE_SIGN[d["side"]]
             tip_y = {"svc": 0.34, "cavoatrial": 0.41, "atrium": 0.47}[d["tip"]]
-            start = [(mx + g * 0.09, 0.0), (mx + g * 0.06, 0.16)] if d["approach"] == "jugular" else \
-                [(cx + g * 0.75 * w, 0.17), (mx + g * 0.07, 0.2)]
+            start = (
+                [(mx + g * 0.09, 0.0), (mx + g * 0.06, 0.16)]
+                if d["approach"] == "jugular"
+                else [(cx + g * 0.75 * w, 0.17), (mx + g * 0.07, 0.2)]
+            )
             c.line(c.sharp, start + [(mx + g * 0.02 - 0.012, 0.25), (mx - 0.03, 0.29), (mx - 0.03, tip_y)], 0.4, 0.007)
         elif k == "pacemaker":
             g = _SIDE_SIGN[d["side"]]
@@ -309,12 +373,24 @@ def _frontal_devices(c: Canvas, st: Study, f: Frame) -> None:
             c.poly(c.sharp, [(bx - 0.045, 0.14), (bx + 0.045, 0.14), (bx + 0.045, 0.2), (bx - 0.045, 0.2)], 0.75)
             tips = [(mx + 0.05, 0.56)] + ([(mx - 0.05, 0.45)] if d["leads"] == 2 else [])
             for tx, ty in tips:
-                c.line(c.sharp, [(bx - g * 0.04, 0.17), (mx + g * 0.03, 0.22), (mx - 0.03, 0.3), (mx - 0.035, 0.4),
-                                 (tx, ty)], 0.5, 0.006)
+                c.line(
+                    c.sharp,
+                    [(bx - g * 0.04, 0.17), (mx + g * 0.03, 0.22), (mx - 0.03, 0.3), (mx - 0.035, 0.4), (tx, ty)],
+                    0.5,
+                    0.006,
+                )
         elif k == "chest_tube":
             g = _SIDE_SIGN[d["side"]]
-            c.line(c.sharp, [(cx + g * 1.08 * w, f.dome[d["side"]] + 0.03), (cx + g * 0.86 * w, 0.45),
-                             (cx + g * 0.5 * w, f.apex + 0.07)], 0.45, 0.014)
+            c.line(
+                c.sharp,
+                [
+                    (cx + g * 1.08 * w, f.dome[d["side"]] + 0.03),
+                    (cx + g * 0.86 * w, 0.45),
+                    (cx + g * 0.5 * w, f.apex + 0.07),
+                ],
+                0.45,
+                0.014,
+            )
 
 
 def _lateral(c: Canvas, st: Study, rng: np.random.Generator) -> None:
@@ -326,9 +402,21 @@ def _lateral(c: Canvas, st: Study, rng: np.random.Generator) -> None:
     dome = 0.68 + {"low": -0.08, "normal": 0.0, "hyperinflated": 0.07}[st.lung_volumes] + j(0.01)
     c.ellipse(c.base, (0.5 + ox, 0.6), (0.41 * sc, 0.62), 0.47)
     c.poly(c.base, [(0.36 + ox, 0.0), (0.7 + ox, 0.0), (0.78 + ox, 0.15), (0.3 + ox, 0.15)], 0.47)
-    lung = [(0.52, 0.11), (0.36, 0.17), (0.26, 0.3), (0.22, 0.45), (0.23, dome + 0.03), (0.33, dome - 0.01),
-            (0.47, dome - 0.03), (0.62, dome), (0.74, dome + 0.06), (0.81, dome + 0.11), (0.83, 0.5), (0.79, 0.27),
-            (0.66, 0.13)]
+    lung = [
+        (0.52, 0.11),
+        (0.36, 0.17),
+        (0.26, 0.3),
+        (0.22, 0.45),
+        (0.23, dome + 0.03),
+        (0.33, dome - 0.01),
+        (0.47, dome - 0.03),
+        (0.62, dome),
+        (0.74, dome + 0.06),
+        (0.81, dome + 0.11),
+        (0.83, 0.5),
+        (0.79, 0.27),
+        (0.66, 0.13),
+    ]
     lung = [((x - 0.5) * sc + 0.5 + ox, y) for x, y in lung]
     c.poly(c.base, lung, 0.17)
     c.poly(c.lung, lung, 1)
@@ -368,8 +456,16 @@ def _lateral(c: Canvas, st: Study, rng: np.random.Generator) -> None:
         c.line(c.soft, [(0.3 + ox, y - 0.02), (0.7 + ox, y + 0.02)], 0.28, 0.014)
     if EDEMA in fd:
         hs = c.haze.shape[0] / c.s
-        cv2.ellipse(c.haze, (int((0.5 + ox) * c.s * hs), int(0.45 * c.s * hs)), (int(0.17 * c.s * hs),) * 2, 0, 0, 360,
-                    0.1 + 0.06 * _SEV[fd[EDEMA]["severity"]], -1)
+        cv2.ellipse(
+            c.haze,
+            (int((0.5 + ox) * c.s * hs), int(0.45 * c.s * hs)),
+            (int(0.17 * c.s * hs),) * 2,
+            0,
+            0,
+            360,
+            0.1 + 0.06 * _SEV[fd[EDEMA]["severity"]],
+            -1,
+        )
     if LESION in fd:
         x, y = xy("", fd[LESION]["zone"])
         c.ellipse(c.sharp, (x, y), (0.012 + 0.01 * fd[LESION]["size_cm"],) * 2, 0.22)
@@ -398,8 +494,9 @@ def _finish(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     """Compose the layers, apply blur, exposure, gamma and noise; return uint8."""
     s = c.s
     lungf = c.lung.astype(np.float32)
-    lowres = cv2.resize(rng.standard_normal((max(s // 16, 4),) * 2).astype(np.float32), (s, s),
-                        interpolation=cv2.INTER_CUBIC)
+    lowres = cv2.resize(
+        rng.standard_normal((max(s // 16, 4),) * 2).astype(np.float32), (s, s), interpolation=cv2.INTER_CUBIC
+    )
     sharp = c.base + c.sharp + (c.marks + 0.012 * lowres) * lungf
     d = cv2.GaussianBlur(sharp, (0, 0), 0.0035 * s + 0.3)
     d += cv2.GaussianBlur(c.soft, (0, 0), 0.012 * s) * cv2.GaussianBlur(lungf, (0, 0), 0.004 * s)

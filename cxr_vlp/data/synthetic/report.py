@@ -16,8 +16,20 @@ from typing import Any, Callable
 import numpy as np
 
 from cxr_vlp.data.synthetic.attributes import (
-    ATELEC, CARDIO, CONSOL, DEVICES, ECM, EDEMA, EFFUSION, FRACTURE, LESION, OPACITY, PLEURAL_OTHER, PNEUMONIA,
-    PTX, Study,
+    ATELEC,
+    CARDIO,
+    CONSOL,
+    DEVICES,
+    ECM,
+    EDEMA,
+    EFFUSION,
+    FRACTURE,
+    LESION,
+    OPACITY,
+    PLEURAL_OTHER,
+    PNEUMONIA,
+    PTX,
+    Study,
 )
 
 # Regexes (word-bounded, case-insensitive) naming each observation; every sentence about it uses one.
@@ -37,8 +49,15 @@ LABEL_TERMS: dict[str, tuple[str, ...]] = {
     DEVICES: (r"tubes?", r"catheters?", r"pacemaker", r"devices?"),
 }
 NEGATION_CUES: tuple[str, ...] = (r"no", r"not", r"without", r"normal", r"within normal limits", r"negative for")
-UNCERTAINTY_CUES: tuple[str, ...] = (r"possible", r"possibly", r"cannot be excluded", r"cannot exclude", r"may",
-                                     r"questionable", r"could")
+UNCERTAINTY_CUES: tuple[str, ...] = (
+    r"possible",
+    r"possibly",
+    r"cannot be excluded",
+    r"cannot exclude",
+    r"may",
+    r"questionable",
+    r"could",
+)
 
 
 def _rx(words: tuple[str, ...]) -> re.Pattern[str]:
@@ -49,13 +68,29 @@ TERM_RE: dict[str, re.Pattern[str]] = {k: _rx(v) for k, v in LABEL_TERMS.items()
 NEGATION_RE = _rx(NEGATION_CUES)
 UNCERTAINTY_RE = _rx(UNCERTAINTY_CUES)
 
-_ORD = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh", 8: "eighth",
-        9: "ninth", 10: "tenth"}
+_ORD = {
+    1: "first",
+    2: "second",
+    3: "third",
+    4: "fourth",
+    5: "fifth",
+    6: "sixth",
+    7: "seventh",
+    8: "eighth",
+    9: "ninth",
+    10: "tenth",
+}
 _NUM = {1: "1st", 2: "2nd", 3: "3rd"}
-_SIZE_WORDS = {"small": ("small", "small", "minimal"), "moderate": ("moderate", "moderate-sized"),
-               "large": ("large", "large", "sizable")}
-_SEV_WORDS = {"mild": ("mild", "patchy", "faint"), "moderate": ("moderate", "moderate", "confluent"),
-              "severe": ("extensive", "dense", "widespread")}
+_SIZE_WORDS = {
+    "small": ("small", "small", "minimal"),
+    "moderate": ("moderate", "moderate-sized"),
+    "large": ("large", "large", "sizable"),
+}
+_SEV_WORDS = {
+    "mild": ("mild", "patchy", "faint"),
+    "moderate": ("moderate", "moderate", "confluent"),
+    "severe": ("extensive", "dense", "widespread"),
+}
 _DEGREE = {"mild": ("mild", "mildly"), "moderate": ("moderate", "moderately"), "severe": ("severe", "markedly")}
 
 
@@ -70,18 +105,31 @@ def _cap(s: str) -> str:
 def _loc(rng: np.random.Generator, side: str, zone: str) -> tuple[str, str]:
     """(adjective, noun phrase) for a lung location, e.g. ("right lower lobe", "the right lung base")."""
     if side == "bilateral":
-        adj = {"lower": ("bibasilar", "bilateral lower lobe"), "middle": ("bilateral mid lung",),
-               "upper": ("bilateral upper lobe", "bilateral apical")}[zone]
-        noun = {"lower": ("both lung bases", "the lung bases bilaterally"), "middle": ("both mid lungs",),
-                "upper": ("both upper lobes", "the upper lungs bilaterally")}[zone]
+        adj = {
+            "lower": ("bibasilar", "bilateral lower lobe"),
+            "middle": ("bilateral mid lung",),
+            "upper": ("bilateral upper lobe", "bilateral apical"),
+        }[zone]
+        noun = {
+            "lower": ("both lung bases", "the lung bases bilaterally"),
+            "middle": ("both mid lungs",),
+            "upper": ("both upper lobes", "the upper lungs bilaterally"),
+        }[zone]
     else:
         mid_l = ("lingular", "left mid lung") if side == "left" else ("right middle lobe", "right mid lung")
-        adj = {"lower": (f"{side} lower lobe", f"{side} basilar", f"{side} base"), "middle": mid_l,
-               "upper": (f"{side} upper lobe", f"{side} apical", f"{side} upper lung")}[zone]
-        mid_n = (("the lingula", "the left mid lung") if side == "left"
-                 else ("the right middle lobe", "the right mid lung"))
-        noun = {"lower": (f"the {side} lower lobe", f"the {side} lung base", f"the {side} base"), "middle": mid_n,
-                "upper": (f"the {side} upper lobe", f"the {side} lung apex", f"the {side} upper lung")}[zone]
+        adj = {
+            "lower": (f"{side} lower lobe", f"{side} basilar", f"{side} base"),
+            "middle": mid_l,
+            "upper": (f"{side} upper lobe", f"{side} apical", f"{side} upper lung"),
+        }[zone]
+        mid_n = (
+            ("the lingula", "the left mid lung") if side == "left" else ("the right middle lobe", "the right mid lung")
+        )
+        noun = {
+            "lower": (f"the {side} lower lobe", f"the {side} lung base", f"the {side} base"),
+            "middle": mid_n,
+            "upper": (f"the {side} upper lobe", f"the {side} lung apex", f"the {side} upper lung"),
+        }[zone]
     return _pick(rng, adj), _pick(rng, noun)
 
 
@@ -94,41 +142,76 @@ def _phrases(label: str, a: dict[str, Any], rng: np.random.Generator) -> tuple[s
     """A noun phrase for ``label`` with its attributes, and a few positive sentences built on it."""
     if label == CARDIO:
         adj, adv = _DEGREE[a["degree"]]
-        np_ = _pick(rng, (f"{adj} cardiomegaly", f"{adj} enlargement of the cardiac silhouette",
-                          f"{adv} enlarged cardiac silhouette"))
-        return np_, [f"There is {np_}.", f"The heart is {adv} enlarged.", f"{_cap(adj)} cardiomegaly.",
-                     f"The cardiac silhouette is {adv} enlarged."]
+        np_ = _pick(
+            rng,
+            (
+                f"{adj} cardiomegaly",
+                f"{adj} enlargement of the cardiac silhouette",
+                f"{adv} enlarged cardiac silhouette",
+            ),
+        )
+        return np_, [
+            f"There is {np_}.",
+            f"The heart is {adv} enlarged.",
+            f"{_cap(adj)} cardiomegaly.",
+            f"The cardiac silhouette is {adv} enlarged.",
+        ]
     if label == ECM:
         marked = a["degree"] == "marked"
-        np_ = _pick(rng, ("marked widening of the mediastinum", "markedly widened mediastinum") if marked else
-                    ("mild widening of the mediastinum", "mildly widened mediastinal contour"))
+        np_ = _pick(
+            rng,
+            ("marked widening of the mediastinum", "markedly widened mediastinum")
+            if marked
+            else ("mild widening of the mediastinum", "mildly widened mediastinal contour"),
+        )
         adv = "markedly" if marked else "mildly"
-        return np_, [f"There is {np_}.", f"The mediastinum is {adv} widened.",
-                     f"The mediastinal silhouette is {adv} widened."]
+        return np_, [
+            f"There is {np_}.",
+            f"The mediastinum is {adv} widened.",
+            f"The mediastinal silhouette is {adv} widened.",
+        ]
     if label == EFFUSION:
         size = _pick(rng, _SIZE_WORDS[a["size"]])
         side = a["side"]
         if side == "bilateral":
             np_ = _pick(rng, (f"{size} bilateral pleural effusions", f"{size} bilateral effusions"))
-            return np_, [f"There are {np_}.", f"{_cap(size)} pleural effusions are present bilaterally.",
-                         f"{_cap(np_)} with blunting of both costophrenic angles."]
-        np_ = _pick(rng, (f"{size} {side} pleural effusion", f"{size} {side}-sided pleural effusion",
-                          f"{size} {side} effusion"))
-        return np_, [f"There is a {np_}.", f"{_cap(np_)} blunts the {side} costophrenic angle.",
-                     f"A {size} amount of fluid in the pleural space on the {side}.", f"{_cap(np_)}."]
+            return np_, [
+                f"There are {np_}.",
+                f"{_cap(size)} pleural effusions are present bilaterally.",
+                f"{_cap(np_)} with blunting of both costophrenic angles.",
+            ]
+        np_ = _pick(
+            rng, (f"{size} {side} pleural effusion", f"{size} {side}-sided pleural effusion", f"{size} {side} effusion")
+        )
+        return np_, [
+            f"There is a {np_}.",
+            f"{_cap(np_)} blunts the {side} costophrenic angle.",
+            f"A {size} amount of fluid in the pleural space on the {side}.",
+            f"{_cap(np_)}.",
+        ]
     if label == PTX:
         size = _pick(rng, _SIZE_WORDS[a["size"]] + (("tiny",) if a["size"] == "small" else ()))
         where = {"small": "apical", "moderate": "apicolateral", "large": ""}[a["size"]]
         np_ = " ".join(w for w in (size, a["side"], where, "pneumothorax") if w)
-        return np_, [f"There is a {np_}.", f"{_cap(np_)} with a visible pleural line.",
-                     f"A {size} pneumothorax is present on the {a['side']}.", f"{_cap(np_)}."]
+        return np_, [
+            f"There is a {np_}.",
+            f"{_cap(np_)} with a visible pleural line.",
+            f"A {size} pneumothorax is present on the {a['side']}.",
+            f"{_cap(np_)}.",
+        ]
     if label == EDEMA:
-        adj = {"mild": ("mild", "mild interstitial"), "moderate": ("moderate",),
-               "severe": ("severe", "severe alveolar")}[a["severity"]]
+        adj = {
+            "mild": ("mild", "mild interstitial"),
+            "moderate": ("moderate",),
+            "severe": ("severe", "severe alveolar"),
+        }[a["severity"]]
         np_ = f"{_pick(rng, adj)} pulmonary edema"
         extra = _pick(rng, ("with perihilar haziness", "with Kerley B lines", "with perihilar predominance", ""))
-        return np_, [f"There is {np_} {extra}.".replace(" .", "."), f"{_cap(np_)}.",
-                     f"Findings are compatible with {np_}."]
+        return np_, [
+            f"There is {np_} {extra}.".replace(" .", "."),
+            f"{_cap(np_)}.",
+            f"Findings are compatible with {np_}.",
+        ]
     if label in (OPACITY, CONSOL, PNEUMONIA):
         adj, noun = _loc(rng, a["side"], a["zone"])
         sev = _pick(rng, _SEV_WORDS[a["severity"]])
@@ -136,35 +219,48 @@ def _phrases(label: str, a: dict[str, Any], rng: np.random.Generator) -> tuple[s
             many = "opacities" if a["side"] == "bilateral" else "opacity"
             np_ = _pick(rng, (f"{sev} {adj} {many}", f"{sev} airspace {many} in {noun}"))
             verb = "are" if many == "opacities" else "is"
-            return np_, [f"There is {np_}.", f"{_cap(sev)} {many} {verb} seen in {noun}.",
-                         f"{_cap(np_)}."]
+            return np_, [f"There is {np_}.", f"{_cap(sev)} {many} {verb} seen in {noun}.", f"{_cap(np_)}."]
         if label == CONSOL:
             np_ = _pick(rng, (f"{sev} {adj} consolidation", f"{sev} consolidation in {noun}"))
-            return np_, [f"There is {np_}.", f"{_cap(np_)} with air bronchograms.",
-                         f"{_cap(sev)} consolidation is present in {noun}."]
+            return np_, [
+                f"There is {np_}.",
+                f"{_cap(np_)} with air bronchograms.",
+                f"{_cap(sev)} consolidation is present in {noun}.",
+            ]
         sev = {"mild": "early", "moderate": "", "severe": "extensive"}[a["severity"]]
         np_ = " ".join(w for w in (sev, adj, "pneumonia") if w)
-        return np_, [f"Findings are consistent with {np_}.", f"{_cap(np_)}.",
-                     f"There is {np_}.", f"Airspace changes in {noun} reflect {sev + ' ' if sev else ''}pneumonia."]
+        return np_, [
+            f"Findings are consistent with {np_}.",
+            f"{_cap(np_)}.",
+            f"There is {np_}.",
+            f"Airspace changes in {noun} reflect {sev + ' ' if sev else ''}pneumonia.",
+        ]
     if label == ATELEC:
         adj, noun = _loc(rng, a["side"], a["zone"])
-        np_ = _pick(rng, (f"{a['kind']} {adj} atelectasis", f"{adj} {a['kind']} atelectasis",
-                          f"{a['kind']} atelectasis in {noun}"))
+        np_ = _pick(
+            rng,
+            (f"{a['kind']} {adj} atelectasis", f"{adj} {a['kind']} atelectasis", f"{a['kind']} atelectasis in {noun}"),
+        )
         return np_, [f"There is {np_}.", f"{_cap(np_)}.", f"{_cap(np_)} with mild volume loss."]
     if label == LESION:
         kind = "mass" if a["size_cm"] >= 3.0 else "nodule"
         adj, noun = _loc(rng, a["side"], a["zone"])
         np_ = _pick(rng, (f"{_size_cm(a['size_cm'])} {adj} {kind}", f"{_size_cm(a['size_cm'])} {kind} in {noun}"))
-        return np_, [f"There is a {np_}.", f"A {kind} in {noun} measures {_size_cm(a['size_cm'])}.",
-                     f"{_cap(np_)} is again seen." if kind == "nodule" else f"{_cap(np_)}."]
+        return np_, [
+            f"There is a {np_}.",
+            f"A {kind} in {noun} measures {_size_cm(a['size_cm'])}.",
+            f"{_cap(np_)} is again seen." if kind == "nodule" else f"{_cap(np_)}.",
+        ]
     if label == FRACTURE:
         rib = _pick(rng, (_ORD[a["rib"]], _NUM.get(a["rib"], f"{a['rib']}th")))
         if a.get("age") == "old":
-            np_ = _pick(rng, (f"old healed {a['side']} {rib} rib fracture",
-                              f"healed fracture of the {a['side']} {rib} rib"))
+            np_ = _pick(
+                rng, (f"old healed {a['side']} {rib} rib fracture", f"healed fracture of the {a['side']} {rib} rib")
+            )
         else:
-            np_ = _pick(rng, (f"acute {a['side']} {rib} rib fracture",
-                              f"displaced fracture of the {a['side']} {rib} rib"))
+            np_ = _pick(
+                rng, (f"acute {a['side']} {rib} rib fracture", f"displaced fracture of the {a['side']} {rib} rib")
+            )
         return np_, [f"There is an {np_}." if np_[0] in "aeiou" else f"There is a {np_}.", f"{_cap(np_)}."]
     if label == PLEURAL_OTHER:
         side = a["side"]
@@ -178,8 +274,11 @@ def _phrases(label: str, a: dict[str, Any], rng: np.random.Generator) -> tuple[s
 
 
 _DEV_NAMES = {"ett": ("endotracheal tube", "ET tube"), "ng": ("nasogastric tube", "enteric tube", "NG tube")}
-_CVC_TIPS = {"svc": ("the mid SVC", "the superior vena cava"), "cavoatrial": ("the cavoatrial junction",),
-             "atrium": ("the right atrium",)}
+_CVC_TIPS = {
+    "svc": ("the mid SVC", "the superior vena cava"),
+    "cavoatrial": ("the cavoatrial junction",),
+    "atrium": ("the right atrium",),
+}
 
 
 def _short_device(d: dict[str, Any]) -> str:
@@ -198,64 +297,134 @@ def _device_sentence(d: dict[str, Any], rng: np.random.Generator) -> str:
     k = d["kind"]
     if k == "ett":
         name = _pick(rng, _DEV_NAMES["ett"])
-        return _pick(rng, (f"The {name} terminates {d['tip_cm']} cm above the carina.",
-                           f"{_cap(name)} tip is {d['tip_cm']} cm from the carina.",
-                           f"An {name} is in place with its tip {d['tip_cm']} cm above the carina."))
+        return _pick(
+            rng,
+            (
+                f"The {name} terminates {d['tip_cm']} cm above the carina.",
+                f"{_cap(name)} tip is {d['tip_cm']} cm from the carina.",
+                f"An {name} is in place with its tip {d['tip_cm']} cm above the carina.",
+            ),
+        )
     if k == "ng":
         name = _pick(rng, _DEV_NAMES["ng"])
         if d["tip"] == "stomach":
-            return _pick(rng, (f"The {name} courses below the diaphragm with its tip in the stomach.",
-                               f"{_cap(name)} tip is in the stomach."))
+            return _pick(
+                rng,
+                (
+                    f"The {name} courses below the diaphragm with its tip in the stomach.",
+                    f"{_cap(name)} tip is in the stomach.",
+                ),
+            )
         return f"The {name} tip is in the distal esophagus; advancement is recommended."
     if k == "cvc":
         site = "internal jugular" if d["approach"] == "jugular" else "subclavian"
         tip = _pick(rng, _CVC_TIPS[d["tip"]])
-        return _pick(rng, (f"A {d['side']} {site} central venous catheter terminates in {tip}.",
-                           f"{_cap(d['side'])} {site} catheter with tip at {tip}."))
+        return _pick(
+            rng,
+            (
+                f"A {d['side']} {site} central venous catheter terminates in {tip}.",
+                f"{_cap(d['side'])} {site} catheter with tip at {tip}.",
+            ),
+        )
     if k == "pacemaker":
         leads = "leads in the right atrium and right ventricle" if d["leads"] == 2 else "a lead in the right ventricle"
-        return _pick(rng, (f"A {d['side']}-sided pacemaker is present with {leads}.",
-                           f"{_cap(d['side'])} chest wall pacemaker device with {leads}."))
+        return _pick(
+            rng,
+            (
+                f"A {d['side']}-sided pacemaker is present with {leads}.",
+                f"{_cap(d['side'])} chest wall pacemaker device with {leads}.",
+            ),
+        )
     if k == "chest_tube":
-        return _pick(rng, (f"A {d['side']} chest tube is in place with its tip near the apex.",
-                           f"{_cap(d['side'])}-sided chest tube is present."))
+        return _pick(
+            rng,
+            (
+                f"A {d['side']} chest tube is in place with its tip near the apex.",
+                f"{_cap(d['side'])}-sided chest tube is present.",
+            ),
+        )
     raise KeyError(k)
 
 
 _NEGATIONS: dict[str, tuple[str, ...]] = {
-    ECM: ("The mediastinal contours are normal.", "The mediastinum is not widened.",
-          "The cardiomediastinal silhouette is within normal limits.", "Normal mediastinal contours."),
-    CARDIO: ("Heart size is normal.", "The heart is not enlarged.", "No cardiomegaly.",
-             "The cardiac silhouette is normal in size."),
+    ECM: (
+        "The mediastinal contours are normal.",
+        "The mediastinum is not widened.",
+        "The cardiomediastinal silhouette is within normal limits.",
+        "Normal mediastinal contours.",
+    ),
+    CARDIO: (
+        "Heart size is normal.",
+        "The heart is not enlarged.",
+        "No cardiomegaly.",
+        "The cardiac silhouette is normal in size.",
+    ),
     OPACITY: ("No focal opacity.", "There are no focal airspace opacities.", "No new opacity is seen."),
     LESION: ("No pulmonary nodules or masses.", "No lung nodule is seen."),
     EDEMA: ("No pulmonary edema.", "There is no edema.", "No evidence of pulmonary edema."),
     CONSOL: ("No focal consolidation.", "No consolidation is seen.", "There is no consolidation."),
-    PNEUMONIA: ("No evidence of pneumonia.", "No findings to suggest pneumonia.",
-                "No radiographic evidence of pneumonia."),
+    PNEUMONIA: (
+        "No evidence of pneumonia.",
+        "No findings to suggest pneumonia.",
+        "No radiographic evidence of pneumonia.",
+    ),
     ATELEC: ("No atelectasis.", "No significant atelectasis."),
     PTX: ("No pneumothorax.", "No evidence of pneumothorax.", "Pneumothorax is not seen.", "There is no pneumothorax."),
-    EFFUSION: ("No pleural effusion.", "No pleural effusions.", "There is no fluid in the pleural space.",
-               "No effusion is seen."),
+    EFFUSION: (
+        "No pleural effusion.",
+        "No pleural effusions.",
+        "There is no fluid in the pleural space.",
+        "No effusion is seen.",
+    ),
     PLEURAL_OTHER: ("No pleural thickening.",),
     FRACTURE: ("No acute fracture.", "No displaced rib fractures.", "No fracture is identified."),
     DEVICES: ("No support devices are present.", "No tubes or catheters.", "No indwelling devices."),
 }
 _COMBINED: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    ((CONSOL, EFFUSION, PTX), ("No focal consolidation, pleural effusion, or pneumothorax.",
-                               "There is no consolidation, effusion, or pneumothorax.")),
-    ((EFFUSION, PTX), ("No pleural effusion or pneumothorax.", "There is no pneumothorax or pleural effusion.",
-                       "No effusion or pneumothorax.")),
+    (
+        (CONSOL, EFFUSION, PTX),
+        (
+            "No focal consolidation, pleural effusion, or pneumothorax.",
+            "There is no consolidation, effusion, or pneumothorax.",
+        ),
+    ),
+    (
+        (EFFUSION, PTX),
+        (
+            "No pleural effusion or pneumothorax.",
+            "There is no pneumothorax or pleural effusion.",
+            "No effusion or pneumothorax.",
+        ),
+    ),
     ((EDEMA, EFFUSION), ("No pulmonary edema or pleural effusion.",)),
 )
 _UNCERTAIN: tuple[Callable[[str], str], ...] = (
-    lambda p: f"Possible {p}.", lambda p: f"{_cap(p)} cannot be excluded.", lambda p: f"Cannot exclude {p}.",
-    lambda p: f"Findings may represent {p}.", lambda p: f"Questionable {p}.",
+    lambda p: f"Possible {p}.",
+    lambda p: f"{_cap(p)} cannot be excluded.",
+    lambda p: f"Cannot exclude {p}.",
+    lambda p: f"Findings may represent {p}.",
+    lambda p: f"Questionable {p}.",
 )
-_IMPRESSION_ORDER = (PTX, PNEUMONIA, CONSOL, EDEMA, EFFUSION, CARDIO, ECM, OPACITY, LESION, ATELEC, FRACTURE,
-                     PLEURAL_OTHER)
-_NORMAL_IMPRESSIONS = ("No acute cardiopulmonary process.", "No acute intrathoracic abnormality.",
-                       "Normal chest radiograph.", "No acute cardiopulmonary abnormality.")
+_IMPRESSION_ORDER = (
+    PTX,
+    PNEUMONIA,
+    CONSOL,
+    EDEMA,
+    EFFUSION,
+    CARDIO,
+    ECM,
+    OPACITY,
+    LESION,
+    ATELEC,
+    FRACTURE,
+    PLEURAL_OTHER,
+)
+_NORMAL_IMPRESSIONS = (
+    "No acute cardiopulmonary process.",
+    "No acute intrathoracic abnormality.",
+    "Normal chest radiograph.",
+    "No acute cardiopulmonary abnormality.",
+)
 
 
 def _negations(labels: dict[str, int | None], rng: np.random.Generator) -> list[str]:
@@ -271,42 +440,100 @@ def _negations(labels: dict[str, int | None], rng: np.random.Generator) -> list[
 def _technique(views: list[str], rng: np.random.Generator) -> str:
     frontal, lateral = views[0], "LATERAL" in views
     if lateral:
-        return _pick(rng, (f"{frontal} and lateral views of the chest.", "Frontal and lateral chest radiographs.",
-                           f"{frontal} and lateral chest radiographs were obtained."))
+        return _pick(
+            rng,
+            (
+                f"{frontal} and lateral views of the chest.",
+                "Frontal and lateral chest radiographs.",
+                f"{frontal} and lateral chest radiographs were obtained.",
+            ),
+        )
     if frontal == "AP":
         return _pick(rng, ("Portable AP view of the chest.", "Single portable frontal view of the chest."))
     return _pick(rng, ("Single PA view of the chest.", "PA chest radiograph."))
 
 
-_INDICATIONS = ("shortness of breath", "chest pain", "cough", "fever", "dyspnea", "preoperative evaluation",
-                "follow-up", "hypoxia", "weakness")
+_INDICATIONS = (
+    "shortness of breath",
+    "chest pain",
+    "cough",
+    "fever",
+    "dyspnea",
+    "preoperative evaluation",
+    "follow-up",
+    "hypoxia",
+    "weakness",
+)
 
 
 def _global_sentences(st: Study, rng: np.random.Generator) -> list[str]:
     """Lung volumes, incidental (non-label) findings and patient rotation."""
     out = []
     if st.lung_volumes == "low":
-        out.append(_pick(rng, ("Lung volumes are low.", "Low lung volumes.",
-                               "The lung volumes are low, crowding the bronchovascular markings.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    "Lung volumes are low.",
+                    "Low lung volumes.",
+                    "The lung volumes are low, crowding the bronchovascular markings.",
+                ),
+            )
+        )
     elif st.lung_volumes == "hyperinflated":
-        out.append(_pick(rng, ("The lungs are hyperinflated.", "Hyperinflated lungs.",
-                               "Lungs are hyperexpanded, suggesting emphysema.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    "The lungs are hyperinflated.",
+                    "Hyperinflated lungs.",
+                    "Lungs are hyperexpanded, suggesting emphysema.",
+                ),
+            )
+        )
     elif rng.random() < 0.3:
         out.append(_pick(rng, ("Lung volumes are normal.", "Normal lung volumes.")))
     inc = st.incidental
     if inc.get("aortic_calcification"):
-        out.append(_pick(rng, ("Atherosclerotic calcification of the aortic knob.", "Aortic knob calcification.",
-                               "Calcification of the aortic arch.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    "Atherosclerotic calcification of the aortic knob.",
+                    "Aortic knob calcification.",
+                    "Calcification of the aortic arch.",
+                ),
+            )
+        )
     if inc.get("scoliosis"):
-        out.append(_pick(rng, (f"Mild {inc['scoliosis']}scoliosis of the thoracic spine.",
-                               f"Thoracic {inc['scoliosis']}scoliosis.")))
+        out.append(
+            _pick(
+                rng,
+                (f"Mild {inc['scoliosis']}scoliosis of the thoracic spine.", f"Thoracic {inc['scoliosis']}scoliosis."),
+            )
+        )
     if inc.get("clips"):
-        out.append(_pick(rng, ("Cholecystectomy clips in the right upper quadrant.",
-                               "Surgical clips project over the right upper quadrant.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    "Cholecystectomy clips in the right upper quadrant.",
+                    "Surgical clips project over the right upper quadrant.",
+                ),
+            )
+        )
     if st.rotation != "none":
         r = st.rotation
-        out.append(_pick(rng, (f"The patient is rotated to the {r}.", f"Mild {r}ward rotation of the patient.",
-                               f"Patient positioning is rotated to the {r}.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    f"The patient is rotated to the {r}.",
+                    f"Mild {r}ward rotation of the patient.",
+                    f"Patient positioning is rotated to the {r}.",
+                ),
+            )
+        )
     return out
 
 
@@ -325,8 +552,9 @@ def write_report(st: Study, rng: np.random.Generator) -> tuple[str, str]:
     if lungs_ok and rng.random() < 0.5:
         body.append(_pick(rng, ("The lungs are clear.", "Lungs are well expanded and clear.")))
     if labels[FRACTURE] != 1 and rng.random() < 0.3:
-        body.append(_pick(rng, ("Osseous structures are unremarkable.",
-                                "The visualized osseous structures are intact.")))
+        body.append(
+            _pick(rng, ("Osseous structures are unremarkable.", "The visualized osseous structures are intact."))
+        )
     order = rng.permutation(len(body))
     findings = [body[i] for i in order]
     if rng.random() < 0.55:
@@ -334,8 +562,11 @@ def write_report(st: Study, rng: np.random.Generator) -> tuple[str, str]:
     if rng.random() < 0.4:
         findings.insert(0, f"Indication: {_pick(rng, _INDICATIONS)}.")
     if rng.random() < 0.5:
-        findings.append(f"Comparison is made to the prior radiograph from {st.prior_date}." if st.prior_date
-                        else _pick(rng, ("No prior studies are available for comparison.", "No previous studies.")))
+        findings.append(
+            f"Comparison is made to the prior radiograph from {st.prior_date}."
+            if st.prior_date
+            else _pick(rng, ("No prior studies are available for comparison.", "No previous studies."))
+        )
     return " ".join(findings), _impression(st, rng)
 
 

@@ -60,9 +60,11 @@ def _load_folder(path: Path, spec: str, options: dict[str, Any]) -> ImageTextMod
         return load_open_clip(path, **options)
     if is_hf_clip_folder(path):
         return load_hf_clip(path, **_own(options, spec, "transformers model"))
-    raise ValueError(f"{spec}: {path} is not a model folder this version can load (a cxr_vlp export with "
-                     f"config.json 'format', an open_clip folder with {CONFIG_NAME}, or a transformers CLIP-style "
-                     "folder with config.json and preprocessor_config.json)")
+    raise ValueError(
+        f"{spec}: {path} is not a model folder this version can load (a cxr_vlp export with "
+        f"config.json 'format', an open_clip folder with {CONFIG_NAME}, or a transformers CLIP-style "
+        "folder with config.json and preprocessor_config.json)"
+    )
 
 
 def load_model(spec: str | Path, **kwargs: Any) -> ImageTextModel:
@@ -81,13 +83,16 @@ def load_model(spec: str | Path, **kwargs: Any) -> ImageTextModel:
     if path.is_file():
         if path.suffix.lower() in STATE_DICT_SUFFIXES:
             return load_open_clip(path, **kwargs)
-        raise ValueError(f"{spec}: a file that is neither a cxr_vlp .ckpt nor a state dict "
-                         f"({', '.join(STATE_DICT_SUFFIXES)})")
+        raise ValueError(
+            f"{spec}: a file that is neither a cxr_vlp .ckpt nor a state dict ({', '.join(STATE_DICT_SUFFIXES)})"
+        )
     if path.is_dir():
         return _load_folder(path, text, kwargs)
     if text.startswith("hf-hub:"):
         return load_open_clip(text, **kwargs)
     if _HUB_ID.fullmatch(text):
         return _load_folder(resolve_folder(text), text, kwargs)
-    raise ValueError(f"{spec}: not a model this version can load: no such file or folder, and not a hub id "
-                     "(<org>/<name> or hf-hub:<org>/<name>)")
+    raise ValueError(
+        f"{spec}: not a model this version can load: no such file or folder, and not a hub id "
+        "(<org>/<name> or hf-hub:<org>/<name>)"
+    )

@@ -95,4 +95,5 @@ def cached_hf_file(name: str, filename: str, needed_by: str) -> None:
     if not isinstance(found, (str, os.PathLike)):
         raise ModelNotAvailableError(
             f"{needed_by} needs {filename!r} of {name!r}, which is not in the Hugging Face cache, and HF_HUB_OFFLINE "
-            f"is set. " + how_to_make_available(name))
+            f"is set. " + how_to_make_available(name)
+        )

@@ -52,8 +52,10 @@ def _tensor(out: Any) -> Tensor:
 def _max_length(model: torch.nn.Module, tokenizer: Any) -> int:
     """The text tower's position limit, capped by the tokenizer's ``model_max_length`` when that is set."""
     config = getattr(model.config, "text_config", model.config)
-    limits = [int(getattr(config, "max_position_embeddings", 0) or 0),
-              int(getattr(tokenizer, "model_max_length", 0) or 0)]
+    limits = [
+        int(getattr(config, "max_position_embeddings", 0) or 0),
+        int(getattr(tokenizer, "model_max_length", 0) or 0),
+    ]
     limits = [v for v in limits if 0 < v < 1_000_000]
     return min(limits) if limits else 77
 
@@ -62,9 +64,16 @@ class HFClipModel(ImageTextModel):
     """A transformers dual encoder with its image processor and tokenizer (see the module docstring). Build it with
     :func:`load_hf_clip`."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any, tokenizer: Any, name: str,
-                 device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        tokenizer: Any,
+        name: str,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 32,
+    ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         for method in ("get_image_features", "get_text_features"):
             if not callable(getattr(model, method, None)):
@@ -93,8 +102,11 @@ class HFClipModel(ImageTextModel):
     def encode_pixels(self, pixels: Tensor) -> ImageEncoding:
         captured: list[Tensor] = []
         projection = getattr(self.model, "visual_projection", None)
-        hook = (projection.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-                if isinstance(projection, torch.nn.Module) else None)
+        hook = (
+            projection.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+            if isinstance(projection, torch.nn.Module)
+            else None
+        )
         try:
             with self.autocast():
                 embedding = _tensor(self.model.get_image_features(pixel_values=pixels.to(self.device)))
@@ -106,8 +118,9 @@ class HFClipModel(ImageTextModel):
 
     def tokens(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """The tokenizer's ``input_ids`` / ``attention_mask`` for ``texts`` (on ``device``)."""
-        tok = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        tok = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
@@ -145,8 +158,9 @@ def load_hf_clip(spec: str | Path, **kwargs: Any) -> HFClipModel:
 
     folder = resolve_folder(str(spec))
     if not is_hf_clip_folder(folder):
-        raise ValueError(f"{spec}: {folder} holds no transformers config.json with an image processor "
-                         "(preprocessor_config.json)")
+        raise ValueError(
+            f"{spec}: {folder} holds no transformers config.json with an image processor (preprocessor_config.json)"
+        )
     model = AutoModel.from_pretrained(str(folder))
     processor = AutoImageProcessor.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

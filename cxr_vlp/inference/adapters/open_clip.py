@@ -78,9 +78,16 @@ class OpenClipModel(ImageTextModel):
     """An open_clip ``CLIP`` / ``CustomTextCLIP`` with its evaluation preprocessing and tokenizer (see the module
     docstring). Build it with :func:`load_open_clip`."""
 
-    def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, name: str,
-                 device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Any,
+        tokenizer: Any,
+        name: str,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 32,
+    ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         self.model = model.float().to(self.device).eval()
         self.preprocess_fn = preprocess
@@ -170,8 +177,12 @@ def _folder_tokenizer(folder: Path, text_cfg: dict[str, Any], context_length: in
     else:
         cached_hf_file(hf_name, "tokenizer_config.json", f"the tokenizer of {where}")
         source = str(resolve_folder(hf_name)) if not Path(hf_name).is_dir() else hf_name
-    return HFTokenizer(source, context_length=length, tokenizer_mode=text_cfg.get("tokenizer_mode"),
-                       **dict(text_cfg.get("tokenizer_kwargs") or {}))
+    return HFTokenizer(
+        source,
+        context_length=length,
+        tokenizer_mode=text_cfg.get("tokenizer_mode"),
+        **dict(text_cfg.get("tokenizer_kwargs") or {}),
+    )
 
 
 def _load_folder(folder: Path, where: str, context_length: int | None, **kwargs: Any) -> OpenClipModel:
@@ -181,16 +192,20 @@ def _load_folder(folder: Path, where: str, context_length: int | None, **kwargs:
     if text_cfg.get("hf_model_name"):  # the text tower's architecture comes from its Hugging Face config
         cached_hf_file(text_cfg["hf_model_name"], "config.json", f"the text tower of {where}")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.pth")):
-        raise FileNotFoundError(f"{where}: {CONFIG_NAME} but no weights (open_clip_model.safetensors or "
-                                f"open_clip_pytorch_model.bin) in {folder}")
+        raise FileNotFoundError(
+            f"{where}: {CONFIG_NAME} but no weights (open_clip_model.safetensors or "
+            f"open_clip_pytorch_model.bin) in {folder}"
+        )
     model, _, preprocess = open_clip.create_model_and_transforms(
-        f"local-dir:{folder}", force_context_length=context_length)
+        f"local-dir:{folder}", force_context_length=context_length
+    )
     tokenizer = _folder_tokenizer(folder, text_cfg, context_length, where)
     return OpenClipModel(model, preprocess, tokenizer, name=where, **kwargs)
 
 
-def _load_state_dict_file(path: Path, arch: str | None, quick_gelu: bool | None, context_length: int | None,
-                          **kwargs: Any) -> OpenClipModel:
+def _load_state_dict_file(
+    path: Path, arch: str | None, quick_gelu: bool | None, context_length: int | None, **kwargs: Any
+) -> OpenClipModel:
     import open_clip
     from open_clip.factory import load_state_dict
     from open_clip.model import build_model_from_openai_state_dict
@@ -204,26 +219,35 @@ def _load_state_dict_file(path: Path, arch: str | None, quick_gelu: bool | None,
     gelu = openai_layout if quick_gelu is None else bool(quick_gelu)
     if arch:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=str(path), force_quick_gelu=gelu, force_context_length=context_length)
+            arch, pretrained=str(path), force_quick_gelu=gelu, force_context_length=context_length
+        )
         tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
         return OpenClipModel(model, preprocess, tokenizer, name=f"{arch}:{path.name}", **kwargs)
     if not openai_layout:
         missing = [k for k in _OPENAI_KEYS if k not in state]
-        raise ValueError(f"{path}: not an OpenAI-layout CLIP state dict (missing {missing}); name its open_clip "
-                         "architecture (load_model(..., arch='ViT-B-32'); model_source.arch=ViT-B-32 in "
-                         "python -m cxr_vlp.eval)")
+        raise ValueError(
+            f"{path}: not an OpenAI-layout CLIP state dict (missing {missing}); name its open_clip "
+            "architecture (load_model(..., arch='ViT-B-32'); model_source.arch=ViT-B-32 in "
+            "python -m cxr_vlp.eval)"
+        )
     model = build_model_from_openai_state_dict(dict(state), quick_gelu=gelu, cast_dtype=torch.float32).float()
     model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})  # the builder rounds to fp16
     preprocess = image_transform_v2(PreprocessCfg(size=model.visual.image_size), is_train=False)
     if context_length is not None and int(context_length) != model.context_length:
-        raise ValueError(f"{path}: the weights were trained with context length {model.context_length}, not "
-                         f"{context_length}")
+        raise ValueError(
+            f"{path}: the weights were trained with context length {model.context_length}, not {context_length}"
+        )
     tokenizer = open_clip.SimpleTokenizer(context_length=model.context_length)
     return OpenClipModel(model, preprocess, tokenizer, name=f"openai-clip:{path.name}", **kwargs)
 
 
-def load_open_clip(spec: str | Path, arch: str | None = None, quick_gelu: bool | None = None,
-                   context_length: int | None = None, **kwargs: Any) -> OpenClipModel:
+def load_open_clip(
+    spec: str | Path,
+    arch: str | None = None,
+    quick_gelu: bool | None = None,
+    context_length: int | None = None,
+    **kwargs: Any,
+) -> OpenClipModel:
     """The open_clip model ``spec`` names (a folder, ``hf-hub:<id>`` or a state-dict file; module docstring).
 
     ``arch``: the open_clip architecture of a state-dict file (inferred from an OpenAI-layout one when None);
