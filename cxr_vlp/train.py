@@ -178,7 +178,11 @@ def evaluate_trained(
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     model = CXRModel.from_module(
-        module, data_cfg, device=evaluation.get("device", "auto"), dtype=evaluation.get("precision")
+        module,
+        data_cfg,
+        device=evaluation.get("device", "auto"),
+        dtype=evaluation.get("precision"),
+        tokenizer=datamodule.tokenizer,
     )
     result = Evaluator(
         model,

@@ -348,7 +348,7 @@ class Evaluator:
         images = self._images("test", rows)
 
         if not self.model.explainable:
-            log.info("figure gradcam skipped: %s has no Grad-CAM target layer", self.model.name)
+            log.info("figure gradcam skipped: Grad-CAM is not available for %s", self.model.name)
             return
 
         def draw(path: Path) -> Path:

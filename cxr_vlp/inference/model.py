@@ -66,7 +66,8 @@ def _cpu(emb: Embeddings) -> Embeddings:
 class CXRModel(ImageTextModel):
     """A trained model for inference (see the module docstring). Build it with :meth:`from_checkpoint`,
     :meth:`from_pretrained` or, for a module in memory (the weights a training run just tested),
-    :meth:`from_module`."""
+    :meth:`from_module`. ``tokenizer``: the texts' tokenizer when it is not the module's own (a module in memory
+    after a fit tokenises through its data module's)."""
 
     def __init__(
         self,
@@ -75,12 +76,15 @@ class CXRModel(ImageTextModel):
         dtype: str | torch.dtype | None = None,
         batch_size: int = 32,
         module: torch.nn.Module | None = None,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         self.payload = payload
         self.module = (module if module is not None else build_module(payload)).to(self.device).eval()
         run_tokenizer = getattr(self.module, "run_tokenizer", None)
-        self.tokenizer = run_tokenizer() if callable(run_tokenizer) else self.module.tokenizer
+        if tokenizer is None:
+            tokenizer = run_tokenizer() if callable(run_tokenizer) else self.module.tokenizer
+        self.tokenizer = tokenizer
         self.transform_config = TransformConfig(**dict(payload.preprocessing.get("transforms") or {}))
         self.transform = build_transforms(self.transform_config, train=False)
         self.max_length = int(payload.preprocessing.get("max_length", 128))

@@ -309,11 +309,20 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
     @property
     def flops_per_batch(self) -> int | None:
         """Forward + backward FLOPs of one training batch on this device (``torch.utils.flop_counter``: matmuls,
-        convolutions, attention), counted during the first optimiser step of the fit; None until then."""
+        convolutions, attention), counted during the first optimiser step of the fit; None until then, and under the
+        feature cache (``optim.micro_batch_size``: its ``torch.autograd.grad`` calls cannot run under the counter)."""
         return getattr(self, "_flops_per_batch", None)
 
+    def _counts_flops(self) -> bool:
+        """Whether to count: a ThroughputMonitor reads the value (its subclass
+        :class:`~cxr_vlp.lit.throughput.StudyThroughputMonitor` also stops the count when the fit raises)."""
+        from lightning.pytorch.callbacks import ThroughputMonitor
+
+        callbacks = getattr(self.trainer, "callbacks", [])
+        return self.automatic_optimization and any(isinstance(c, ThroughputMonitor) for c in callbacks)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.flops_per_batch is None:
+        if self.flops_per_batch is None and self._counts_flops():
             if getattr(self, "_flop_count", None) is None:
                 from torch.utils.flop_counter import FlopCounterMode
 
@@ -322,23 +331,24 @@ class ContrastiveModule(BatchTransferMixin, L.LightningModule):
             self._flop_count[1] += 1  # batches accumulated into the first step
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._stop_flop_count()
+        self.stop_flop_count()
 
     def on_train_end(self) -> None:
-        self._stop_flop_count()
+        self.stop_flop_count()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.automatic_optimization and self.trainer.accumulate_grad_batches == 1:
-            self._stop_flop_count()  # a step that skipped the optimiser (e.g. a None loss)
+            self.stop_flop_count()  # a step that skipped the optimiser (e.g. a None loss)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         try:
             super().backward(loss, *args, **kwargs)
         except BaseException:
-            self._stop_flop_count()
+            self.stop_flop_count()
             raise
 
-    def _stop_flop_count(self) -> None:
+    def stop_flop_count(self) -> None:
+        """Leave the FLOP counter (a process-wide dispatch mode) if it is running, keeping what it counted."""
         counter = getattr(self, "_flop_count", None)
         if counter is not None:
             self._flop_count = None

@@ -90,3 +90,49 @@ def test_fit_counts_the_training_step_flops_and_the_monitor_reads_them(tmp_path)
     )
     assert module.flops_per_batch == direct > 0
     assert 2 * forward_only < direct <= 3 * forward_only  # backward of a matmul / conv: one or two more products
+
+
+def test_a_fit_that_raises_in_its_first_step_leaves_no_flop_counter_running(tmp_path) -> None:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    from cxr_vlp.lit.throughput import StudyThroughputMonitor
+
+    class Failing(ContrastiveModule):
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("a broken first step")
+
+    module = Failing(**{k: module_arg for k, module_arg in _tiny_module().hparams.items()})
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[StudyThroughputMonitor(batch_size_fn=studies_in_batch)],
+    )
+    try:
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([_batch(0)], batch_size=None))
+    except RuntimeError as err:
+        assert "a broken first step" in str(err)
+    else:
+        raise AssertionError("the fit should have raised")
+    assert _get_current_dispatch_mode() is None
+    # without a ThroughputMonitor nothing is counted at all
+    plain = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    module = _tiny_module()
+    plain.fit(module, train_dataloaders=torch.utils.data.DataLoader([_batch(0)], batch_size=None))
+    assert module.flops_per_batch is None
