@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cxr_vlp.inference.base import ImageTextModel
 from cxr_vlp.models.outputs import Embeddings
 from cxr_vlp.utils.hub import ModelNotAvailableError, how_to_make_available, offline, resolve_hf_model
 
@@ -97,3 +98,27 @@ def cached_hf_file(name: str, filename: str, needed_by: str) -> None:
             f"{needed_by} needs {filename!r} of {name!r}, which is not in the Hugging Face cache, and HF_HUB_OFFLINE "
             f"is set. " + how_to_make_available(name)
         )
+
+
+class ScaledCosineModel(ImageTextModel):
+    """A CLIP-style model: cosines rank, ``scale · cosine`` (the model's own logits, :attr:`scale`) is the score
+    shown and the zero-shot multiplier."""
+
+    @property
+    def scale(self) -> float:
+        """The multiplier of cosines in the model's logits (``logit_scale.exp()``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def similarity_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """``scale · cosine`` ``[Nq, Ng]``."""
+        return self.scale * self.ranking_scores(query, gallery)
+
+    @torch.no_grad()
+    def ranking_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
+        """The cosine ``[Nq, Ng]`` (float32): its order is the order of the scaled scores, without rounding ties."""
+        return query.mean.float() @ gallery.mean.float().T
+
+    @property
+    def zero_shot_scale(self) -> float:
+        return self.scale

@@ -21,8 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cxr_vlp.inference.adapters.common import PilTransform, l2_embeddings, resolve_folder, weights_fingerprint
-from cxr_vlp.inference.base import ImageEncoding, ImageTextModel, as_texts
+from cxr_vlp.inference.adapters.common import (
+    PilTransform,
+    ScaledCosineModel,
+    l2_embeddings,
+    resolve_folder,
+    weights_fingerprint,
+)
+from cxr_vlp.inference.base import ImageEncoding, as_texts
 from cxr_vlp.models.outputs import Embeddings
 
 __all__ = ["HFClipModel", "is_hf_clip_folder", "load_hf_clip"]
@@ -60,7 +66,7 @@ def _max_length(model: torch.nn.Module, tokenizer: Any) -> int:
     return min(limits) if limits else 77
 
 
-class HFClipModel(ImageTextModel):
+class HFClipModel(ScaledCosineModel):
     """A transformers dual encoder with its image processor and tokenizer (see the module docstring). Build it with
     :func:`load_hf_clip`."""
 
@@ -134,20 +140,6 @@ class HFClipModel(ImageTextModel):
         """``logit_scale.exp()`` (1 for a model without a logit scale)."""
         logit_scale = getattr(self.model, "logit_scale", None)
         return 1.0 if logit_scale is None else float(logit_scale.detach().float().exp())
-
-    @torch.no_grad()
-    def similarity_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
-        """``scale · cosine`` ``[Nq, Ng]``."""
-        return self.scale * self.ranking_scores(query, gallery)
-
-    @torch.no_grad()
-    def ranking_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
-        """The cosine ``[Nq, Ng]`` (float32)."""
-        return query.mean.float() @ gallery.mean.float().T
-
-    @property
-    def zero_shot_scale(self) -> float:
-        return self.scale
 
 
 def load_hf_clip(spec: str | Path, **kwargs: Any) -> HFClipModel:

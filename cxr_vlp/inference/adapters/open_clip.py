@@ -34,12 +34,13 @@ from torch import Tensor
 
 from cxr_vlp.inference.adapters.common import (
     PilTransform,
+    ScaledCosineModel,
     cached_hf_file,
     l2_embeddings,
     resolve_folder,
     weights_fingerprint,
 )
-from cxr_vlp.inference.base import ImageEncoding, ImageTextModel, as_texts
+from cxr_vlp.inference.base import ImageEncoding, as_texts
 from cxr_vlp.models.outputs import Embeddings
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _image_features(visual: torch.nn.Module, pixels: Tensor) -> tuple[Tensor, Te
     return out, out
 
 
-class OpenClipModel(ImageTextModel):
+class OpenClipModel(ScaledCosineModel):
     """An open_clip ``CLIP`` / ``CustomTextCLIP`` with its evaluation preprocessing and tokenizer (see the module
     docstring). Build it with :func:`load_open_clip`."""
 
@@ -132,20 +133,6 @@ class OpenClipModel(ImageTextModel):
     def scale(self) -> float:
         """``logit_scale.exp()``: the multiplier of cosines in the model's own logits."""
         return float(self.model.logit_scale.detach().float().exp())
-
-    @torch.no_grad()
-    def similarity_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
-        """``scale · cosine`` ``[Nq, Ng]`` (as the model's own logits, without a SigLIP bias)."""
-        return self.scale * self.ranking_scores(query, gallery)
-
-    @torch.no_grad()
-    def ranking_scores(self, query: Embeddings, gallery: Embeddings) -> Tensor:
-        """The cosine ``[Nq, Ng]`` (float32): its order is the order of the scaled scores, without rounding ties."""
-        return query.mean.float() @ gallery.mean.float().T
-
-    @property
-    def zero_shot_scale(self) -> float:
-        return self.scale
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
