@@ -56,13 +56,10 @@ def _batch(seed: int, b: int = 4, size: int = 32, length: int = 9) -> Batch:
     )
 
 
-def test_fit_counts_the_training_step_flops_and_the_monitor_reads_them(tmp_path) -> None:
-    module = _tiny_module()
-    reference = copy.deepcopy(module)
-    batches = [_batch(0), _batch(1)]
-    assert module.flops_per_batch is None
-    trainer = L.Trainer(
-        max_steps=2,
+def _trainer(root, max_steps: int, callbacks: list | None = None) -> L.Trainer:
+    """A CPU trainer without logger, checkpoints, progress bar or validation."""
+    return L.Trainer(
+        max_steps=max_steps,
         accelerator="cpu",
         devices=1,
         logger=False,
@@ -70,9 +67,17 @@ def test_fit_counts_the_training_step_flops_and_the_monitor_reads_them(tmp_path)
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        default_root_dir=tmp_path,
-        callbacks=[ThroughputMonitor(batch_size_fn=studies_in_batch)],
+        default_root_dir=root,
+        callbacks=callbacks or [],
     )
+
+
+def test_fit_counts_the_training_step_flops_and_the_monitor_reads_them(tmp_path) -> None:
+    module = _tiny_module()
+    reference = copy.deepcopy(module)
+    batches = [_batch(0), _batch(1)]
+    assert module.flops_per_batch is None
+    trainer = _trainer(tmp_path, 2, [ThroughputMonitor(batch_size_fn=studies_in_batch)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
@@ -102,18 +107,7 @@ def test_a_fit_that_raises_in_its_first_step_leaves_no_flop_counter_running(tmp_
             raise RuntimeError("a broken first step")
 
     module = Failing(**{k: module_arg for k, module_arg in _tiny_module().hparams.items()})
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        callbacks=[StudyThroughputMonitor(batch_size_fn=studies_in_batch)],
-    )
+    trainer = _trainer(tmp_path, 1, [StudyThroughputMonitor(batch_size_fn=studies_in_batch)])
     try:
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([_batch(0)], batch_size=None))
     except RuntimeError as err:
@@ -122,17 +116,7 @@ def test_a_fit_that_raises_in_its_first_step_leaves_no_flop_counter_running(tmp_
         raise AssertionError("the fit should have raised")
     assert _get_current_dispatch_mode() is None
     # without a ThroughputMonitor nothing is counted at all
-    plain = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    plain = _trainer(tmp_path, 1)
     module = _tiny_module()
     plain.fit(module, train_dataloaders=torch.utils.data.DataLoader([_batch(0)], batch_size=None))
     assert module.flops_per_batch is None
