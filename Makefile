@@ -35,8 +35,8 @@ explore: install
 browser:
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      chromium chromium-driver; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium chromium-driver; } || echo "apt-get could not install chromium / chromium-driver"; \
 	  else echo "no chromium / chromedriver: tests/browser will be skipped (apt-get install chromium chromium-driver)"; fi; \
 	fi
 
