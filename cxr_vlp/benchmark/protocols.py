@@ -37,7 +37,7 @@ from cxr_vlp.eval.embed import SplitEmbeddings
 from cxr_vlp.eval.probe import ProbeConfig, predict_probs, train_probe
 from cxr_vlp.eval.zeroshot import class_text_embeddings, zeroshot_classify
 from cxr_vlp.inference.base import ImageTextModel
-from cxr_vlp.metrics.retrieval import evaluate_retrieval, scan_retrieval
+from cxr_vlp.metrics.retrieval import class_precision_per_query, evaluate_retrieval
 from cxr_vlp.text.labels import CHEXPERT_LABELS, apply_policy
 
 log = logging.getLogger(__name__)
@@ -392,19 +392,8 @@ class FiveByTwoHundred(Protocol):
         return torch.nn.functional.one_hot(idx, len(self.classes)).float()
 
     def _precision(self, scores: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor) -> np.ndarray:
-        scan = scan_retrieval(
-            lambda s, e: scores[s:e],
-            scores.shape[0],
-            scores.shape[1],
-            torch.zeros(scores.shape[0], dtype=torch.long),
-            torch.zeros(scores.shape[1], dtype=torch.long),
-            k=1,
-            query_labels=q_labels,
-            gallery_labels=g_labels,
-            precision_ks=self.precision_ks,
-        )
-        assert scan.precision is not None
-        return scan.precision.double().numpy()
+        precision, _ = class_precision_per_query(scores, q_labels, g_labels, self.precision_ks)
+        return precision.double().numpy()
 
     def run(self, model: ImageTextModel, embed: Embed, ctx: Context) -> list[Result]:
         emb = embed(self.split)

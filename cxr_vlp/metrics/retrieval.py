@@ -693,6 +693,19 @@ def class_precision_at_k(
     """Tie-fair ``P@k`` of a ``[Nq, Ng]`` score matrix = mean over queries with a positive label of the expected
     share of the top k sharing a positive label (see the section note), plus ``P_queries``. A gallery smaller
     than k: precision over all of it."""
+    precision, precision_ks = class_precision_per_query(similarity, query_labels, gallery_labels, ks, chunk_size)
+    return precision_summary(precision, precision_ks)
+
+
+def class_precision_per_query(
+    similarity: Tensor | np.ndarray,
+    query_labels: Tensor | np.ndarray,
+    gallery_labels: Tensor | np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, tuple[int, ...]]:
+    """The per-query tie-fair class precision ``[Nq, len(ks)]`` behind :func:`class_precision_at_k` (NaN rows:
+    queries without a positive label) and the ks it was computed at."""
     sim = _as_tensor(similarity)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be [Nq, Ng], got shape {tuple(sim.shape)}")
@@ -709,7 +722,7 @@ def class_precision_at_k(
         precision_ks=ks,
     )
     assert scan.precision is not None
-    return precision_summary(scan.precision, scan.precision_ks)
+    return scan.precision, scan.precision_ks
 
 
 def text_groups(texts: Sequence[str]) -> tuple[Tensor, Tensor]:
